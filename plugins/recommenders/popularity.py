@@ -1,0 +1,62 @@
+"""Most-popular items, optionally weighted towards recent interactions."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+
+from recforge.interactions import Interactions, csr_from_arrays, csr_to_arrays
+from recforge.protocols import FitContext
+from recforge.ranking import top_k
+
+
+class Popularity:
+    """Scores every item by its (optionally time-decayed) interaction count.
+
+    ``half_life_days``: an interaction this many days before the last training
+    event counts half; None counts all equally.
+    """
+
+    def __init__(self, half_life_days: float | None = None) -> None:
+        self.half_life_days = half_life_days
+        self.item_scores: np.ndarray | None = None
+        self.seen: sp.csr_matrix | None = None
+
+    def fit(self, train: Interactions, *, context: FitContext) -> Popularity:
+        weights = np.ones(len(train))
+        if self.half_life_days:
+            age_days = (train.last_timestamp() - train.timestamps) / 86_400.0
+            weights = 0.5 ** (age_days / self.half_life_days)
+        self.item_scores = np.bincount(train.item_ids, weights=weights, minlength=train.n_items)
+        self.seen = train.csr
+        return self
+
+    def recommend(self, user_ids, *, k, exclude_seen=True, candidates=None):
+        user_ids = np.asarray(user_ids)
+        scores = np.broadcast_to(self.item_scores, (len(user_ids), len(self.item_scores)))
+        seen = self.seen[user_ids] if exclude_seen else None
+        return top_k(scores, k, seen=seen, candidates=candidates)
+
+    def recommend_history(self, item_ids, *, k, exclude_seen=True):
+        seen = None
+        if exclude_seen and len(item_ids):
+            seen = sp.csr_matrix((np.ones(len(item_ids)), (np.zeros(len(item_ids), int), item_ids)), shape=(1, len(self.item_scores)))
+        return top_k(self.item_scores[None, :], k, seen=seen)
+
+    def save(self, directory: Path) -> None:
+        directory = Path(directory)
+        np.savez(directory / "popularity.npz", item_scores=self.item_scores, **csr_to_arrays(self.seen, "seen"))
+        (directory / "config.json").write_text(json.dumps({"half_life_days": self.half_life_days}))
+
+    @classmethod
+    def load(cls, directory: Path, *, context: FitContext) -> Popularity:
+        directory = Path(directory)
+        model = cls(**json.loads((directory / "config.json").read_text()))
+        with np.load(directory / "popularity.npz", allow_pickle=False) as data:
+            model.item_scores = data["item_scores"]
+            model.seen = csr_from_arrays(data, "seen")
+        return model
+

@@ -1,0 +1,240 @@
+"""The ``recforge`` command line (typer + rich).
+
+User errors (``RecforgeError``) print one line and exit with code 2; pass
+``--debug`` to see the traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from recforge.errors import RecforgeError
+from recforge.params import DEFAULT_PARAMS_FILE, Params, load_params
+
+app = typer.Typer(help="recforge: train, evaluate, version and serve two-stage recommenders.", no_args_is_help=True)
+data_app = typer.Typer(help="Download, import and describe datasets.", no_args_is_help=True)
+plugins_app = typer.Typer(help="Inspect registered plugins.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+app.add_typer(plugins_app, name="plugins")
+
+console = Console()
+errors = Console(stderr=True)
+
+ParamsOpt = Annotated[Path, typer.Option("--params", "-p", help="params file")]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", "-S", help="override, e.g. -S data.format=synthetic")]
+DebugOpt = Annotated[bool, typer.Option("--debug", help="show tracebacks")]
+
+
+def _setup_logging(debug: bool) -> None:
+    level = logging.DEBUG if debug else logging.INFO
+    logging.basicConfig(level=level, format="%(message)s", handlers=[RichHandler(console=errors, show_path=False)], force=True)
+    for noisy in ("great_expectations", "numexpr", "urllib3", "matplotlib", "httpx", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _guard(debug: bool, body: Callable[[], Any]) -> Any:
+    _setup_logging(debug)
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+    try:
+        return body()
+    except RecforgeError as exc:
+        if debug:
+            raise
+        errors.print(f"[bold red]error:[/] {exc}", soft_wrap=True, highlight=False)
+        raise typer.Exit(2) from None
+
+
+def metrics_table(metrics: dict[str, dict], k: int = 10) -> Table:
+    table = Table(title=f"test metrics (validation NDCG@{k} in the last column)")
+    for column in ["model", f"NDCG@{k}", f"Recall@{k}", f"MRR@{k}", f"MAP@{k}", f"coverage@{k}", "users", f"val NDCG@{k}"]:
+        table.add_column(column, justify="left" if column == "model" else "right")
+    for name, m in metrics.items():
+        table.add_row(
+            name,
+            *(f"{m.get(f'{key}@{k}', float('nan')):.4f}" for key in ("ndcg", "recall", "mrr", "map", "coverage")),
+            str(m.get("users", "")),
+            f"{m.get('val', {}).get(f'ndcg@{k}', float('nan')):.4f}",
+        )
+    return table
+
+
+@app.command()
+def run(params_file: ParamsOpt = Path(DEFAULT_PARAMS_FILE), set_: SetOpt = None, debug: DebugOpt = False) -> None:
+    """Run the whole pipeline and print the metrics table."""
+
+    def body() -> None:
+        from recforge.pipeline import run_pipeline
+        from recforge.stages import STAGE_ORDER
+
+        params = load_params(params_file, set_ or [])
+        with Progress(
+            SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=errors
+        ) as progress:
+            task = progress.add_task("pipeline", total=len(STAGE_ORDER))
+            progress.update(task, description=f"stage {STAGE_ORDER[0]}")
+
+            def advance(name: str, seconds: float) -> None:
+                done = STAGE_ORDER.index(name) + 1
+                following = STAGE_ORDER[done] if done < len(STAGE_ORDER) else "done"
+                progress.update(task, advance=1, description=f"stage {following}")
+
+            run_pipeline(params, on_stage=advance)
+        _print_metrics(params)
+
+    _guard(debug, body)
+
+
+@app.command()
+def stage(
+    name: Annotated[str, typer.Argument(help="ingest|validate|split|encode|train|rerank|evaluate|package")],
+    params_file: ParamsOpt = Path(DEFAULT_PARAMS_FILE),
+    set_: SetOpt = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Run one pipeline stage (what dvc.yaml calls)."""
+
+    def body() -> None:
+        from recforge.stages import get_stage
+
+        params = load_params(params_file, set_ or [])
+        get_stage(name)(params)
+        if name == "evaluate":
+            _print_metrics(params)
+
+    _guard(debug, body)
+
+
+@app.command()
+def validate(params_file: ParamsOpt = Path(DEFAULT_PARAMS_FILE), set_: SetOpt = None, debug: DebugOpt = False) -> None:
+    """Run the data gate on the canonical tables."""
+
+    def body() -> None:
+        from recforge.stages.validate import run_validate
+
+        params = load_params(params_file, set_ or [])
+        run_validate(params)
+        console.print(f"validation passed; report: {Path(params.paths.reports_dir) / 'validation.md'}")
+
+    _guard(debug, body)
+
+
+@app.command()
+def evaluate(params_file: ParamsOpt = Path(DEFAULT_PARAMS_FILE), set_: SetOpt = None, debug: DebugOpt = False) -> None:
+    """Compute metrics from the written lists and print them."""
+
+    def body() -> None:
+        from recforge.stages.evaluate import run_evaluate
+
+        params = load_params(params_file, set_ or [])
+        run_evaluate(params)
+        _print_metrics(params)
+
+    _guard(debug, body)
+
+
+def _print_metrics(params: Params) -> None:
+    path = Path(params.paths.metrics_file)
+    if path.exists():
+        console.print(metrics_table(json.loads(path.read_text()), params.evaluate.k))
+
+
+@data_app.command("download")
+def data_download(
+    name: Annotated[str, typer.Argument(help="movielens-100k | movielens-1m | movielens-latest-small")],
+    dest: Annotated[Path, typer.Option(help="where to unpack")] = Path("data/raw"),
+    debug: DebugOpt = False,
+) -> None:
+    """Download a public dataset (needs network access)."""
+
+    def body() -> None:
+        from recforge.data.download import download
+
+        path, data_format = download(name, dest)
+        console.print(f"downloaded to {path}; use -S data.format={data_format} -S data.path={path}")
+
+    _guard(debug, body)
+
+
+@data_app.command("import")
+def data_import(
+    path: Annotated[Path, typer.Argument(help="dataset file or directory")],
+    data_format: Annotated[str, typer.Option("--format", help="data.format")] = "table",
+    params_file: ParamsOpt = Path(DEFAULT_PARAMS_FILE),
+    set_: SetOpt = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Load a dataset, gate it and write the canonical tables."""
+
+    def body() -> None:
+        from recforge.stages.ingest import run_ingest
+
+        params = load_params(params_file, [f"data.format={data_format}", f"data.path={path}", *(set_ or [])])
+        run_ingest(params)
+        _describe(params)
+
+    _guard(debug, body)
+
+
+@data_app.command("describe")
+def data_describe(params_file: ParamsOpt = Path(DEFAULT_PARAMS_FILE), set_: SetOpt = None, debug: DebugOpt = False) -> None:
+    """Counts and density of the canonical tables."""
+    _guard(debug, lambda: _describe(load_params(params_file, set_ or [])))
+
+
+def _describe(params: Params) -> None:
+    from recforge.workspace import Workspace
+
+    workspace = Workspace(params)
+    inter, items = workspace.interactions, workspace.items
+    per_user = inter.groupby("user_id").size()
+    table = Table(title=f"dataset ({params.data.format})")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    rows = {
+        "interactions": f"{len(inter):,}",
+        "users": f"{inter['user_id'].nunique():,}",
+        "items (catalogue)": f"{len(items):,}",
+        "items with interactions": f"{inter['item_id'].nunique():,}",
+        "density": f"{len(inter) / max(1, inter['user_id'].nunique() * len(items)):.5f}",
+        "interactions per user (median)": f"{per_user.median():.0f}",
+    }
+    for key, value in rows.items():
+        table.add_row(key, value)
+    console.print(table)
+
+
+@plugins_app.command("list")
+def plugins_list(debug: DebugOpt = False) -> None:
+    """Every registered plugin and where it comes from."""
+
+    def body() -> None:
+        from recforge import registry
+
+        table = Table(title="recforge plugins")
+        for column in ("group", "name", "source"):
+            table.add_column(column)
+        for group, reg in registry.ALL.items():
+            for name, source in reg.view().items():
+                table.add_row(group, name, source)
+        console.print(table)
+
+    _guard(debug, body)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

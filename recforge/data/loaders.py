@@ -1,0 +1,273 @@
+"""Loaders that turn known formats into the canonical tables.
+
+Canonical schema:
+    interactions(user_id, item_id, rating?, timestamp[int seconds])
+    items(item_id, title, text, genres)     every interaction's item is present
+    users(user_id, text)                    optional
+
+Every loader raises ``RecforgeError`` naming the file for a missing or
+malformed input. Original ids are kept unchanged.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from recforge.data import synthetic
+from recforge.errors import RecforgeError
+from recforge.params import DataParams
+
+log = logging.getLogger(__name__)
+
+INTERACTION_COLUMNS = ["user_id", "item_id", "rating", "timestamp"]
+ITEM_COLUMNS = ["item_id", "title", "text", "genres"]
+
+
+@dataclass
+class Tables:
+    interactions: pd.DataFrame
+    items: pd.DataFrame
+    users: pd.DataFrame | None = None
+
+
+def load(params: DataParams) -> Tables:
+    """Load ``params.format`` from ``params.path`` (raw, before filtering)."""
+    if params.format == "synthetic":
+        interactions, items = synthetic.generate(params.synthetic)
+        return Tables(interactions, items)
+    if not params.path:
+        raise RecforgeError(f"data.path is required for data.format={params.format}")
+    root = Path(params.path)
+    if not root.exists():
+        raise RecforgeError(f"{root}: data path not found")
+    loader = {
+        "movielens-100k": _movielens_100k,
+        "movielens-1m": _movielens_1m,
+        "movielens-latest": _movielens_latest,
+        "amazon-reviews": _amazon,
+        "table": _table,
+    }[params.format]
+    return loader(root, params)
+
+
+def _need(path: Path) -> Path:
+    if not path.exists():
+        raise RecforgeError(f"{path}: file not found")
+    return path
+
+
+def _read_csv(path: Path, **kwargs) -> pd.DataFrame:
+    try:
+        return pd.read_csv(_need(path), **kwargs)
+    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
+        raise RecforgeError(f"{path}: malformed file ({str(exc).splitlines()[0]})") from None
+
+
+def _require_columns(frame: pd.DataFrame, columns: list[str], source: Path | str) -> None:
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise RecforgeError(f"{source}: missing column(s) {', '.join(missing)} (found: {', '.join(map(str, frame.columns))})")
+
+
+def _movielens_100k(root: Path, params: DataParams) -> Tables:
+    ratings = _read_csv(root / "u.data", sep="\t", header=None, names=INTERACTION_COLUMNS)
+    genre_names = _read_csv(root / "u.genre", sep="|", header=None, names=["genre", "index"], encoding="latin-1")
+    genre_list = genre_names.dropna()["genre"].tolist()
+    raw = _read_csv(root / "u.item", sep="|", header=None, encoding="latin-1")
+    if raw.shape[1] < 5 + len(genre_list):
+        raise RecforgeError(f"{root / 'u.item'}: expected {5 + len(genre_list)} columns, found {raw.shape[1]}")
+    flags = raw.iloc[:, 5 : 5 + len(genre_list)].to_numpy(dtype=bool)
+    genres = ["|".join(g for g, on in zip(genre_list, row) if on) for row in flags]
+    items = pd.DataFrame({"item_id": raw[0], "title": raw[1].astype(str), "genres": genres})
+    items["text"] = items["genres"].str.replace("|", " ", regex=False)
+    return Tables(ratings, items[ITEM_COLUMNS])
+
+
+def _movielens_1m(root: Path, params: DataParams) -> Tables:
+    opts = dict(sep="::", header=None, engine="python", encoding="latin-1")
+    ratings = _read_csv(root / "ratings.dat", names=INTERACTION_COLUMNS, **opts)
+    movies = _read_csv(root / "movies.dat", names=["item_id", "title", "genres"], **opts)
+    movies["text"] = movies["genres"].str.replace("|", " ", regex=False)
+    return Tables(ratings, movies[ITEM_COLUMNS])
+
+
+def _movielens_latest(root: Path, params: DataParams) -> Tables:
+    ratings = _read_csv(root / "ratings.csv")
+    _require_columns(ratings, ["userId", "movieId", "rating", "timestamp"], root / "ratings.csv")
+    ratings = ratings.rename(columns={"userId": "user_id", "movieId": "item_id"})
+    movies = _read_csv(root / "movies.csv")
+    _require_columns(movies, ["movieId", "title", "genres"], root / "movies.csv")
+    movies = movies.rename(columns={"movieId": "item_id"})
+    movies["genres"] = movies["genres"].replace("(no genres listed)", "")
+    tags_text = pd.Series(dtype=str)
+    if (root / "tags.csv").exists():
+        tags = _read_csv(root / "tags.csv")
+        tags_text = tags.groupby("movieId")["tag"].agg(lambda t: " ".join(sorted(set(map(str, t)))))
+    movies["text"] = (
+        movies["genres"].str.replace("|", " ", regex=False)
+        + " "
+        + movies["item_id"].map(tags_text).fillna("")
+    ).str.strip()
+    return Tables(ratings[INTERACTION_COLUMNS], movies[ITEM_COLUMNS])
+
+
+def _read_json_lines(path: Path) -> list[dict]:
+    opener = gzip.open if path.suffix == ".gz" else open
+    rows = []
+    with opener(_need(path), "rt", encoding="utf-8") as handle:
+        for line_no, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                raise RecforgeError(f"{path}:{line_no}: malformed JSON line") from None
+    return rows
+
+
+def _amazon(root: Path, params: DataParams) -> Tables:
+    reviews_path = root if root.is_file() else _first(root, ["reviews.json", "reviews.jsonl", "reviews.json.gz"])
+    reviews = pd.DataFrame(_read_json_lines(reviews_path))
+    _require_columns(reviews, ["reviewerID", "asin", "overall", "unixReviewTime"], reviews_path)
+    review_text = reviews.get("summary", "").fillna("") + ". " + reviews.get("reviewText", "").fillna("")
+    interactions = pd.DataFrame(
+        {
+            "user_id": reviews["reviewerID"].astype(str),
+            "item_id": reviews["asin"].astype(str),
+            "rating": reviews["overall"].astype(float),
+            "timestamp": reviews["unixReviewTime"].astype(np.int64),
+            "review": review_text.str.strip(". "),
+        }
+    )
+    items = pd.DataFrame({"item_id": interactions["item_id"].unique()})
+    items["title"] = items["item_id"]
+    items["genres"] = ""
+    items["text"] = ""
+    meta_path = Path(params.metadata_path) if params.metadata_path else None
+    if meta_path is None and root.is_dir():
+        meta_path = next((root / n for n in ["meta.json", "meta.jsonl", "meta.json.gz"] if (root / n).exists()), None)
+    if meta_path is not None:
+        meta = pd.DataFrame(_read_json_lines(meta_path))
+        _require_columns(meta, ["asin"], meta_path)
+        meta = meta.drop_duplicates("asin").set_index("asin")
+        if "title" in meta:
+            items["title"] = items["item_id"].map(meta["title"]).fillna(items["item_id"])
+        if "categories" in meta:
+            items["genres"] = items["item_id"].map(meta["categories"].map(_flatten_categories)).fillna("")
+        if "description" in meta:
+            items["text"] = items["item_id"].map(meta["description"].astype(str)).fillna("")
+    # reviews describe items too: fall back to them where metadata has no text
+    review_by_item = interactions.groupby("item_id")["review"].agg(lambda r: " ".join(r.head(5)))
+    empty = items["text"].str.len() == 0
+    items.loc[empty, "text"] = items.loc[empty, "item_id"].map(review_by_item).fillna("")
+    users = interactions.groupby("user_id")["review"].agg(lambda r: " ".join(r.tail(10))).rename("text").reset_index()
+    return Tables(interactions, items[ITEM_COLUMNS], users)
+
+
+def _flatten_categories(value) -> str:
+    if isinstance(value, list):
+        flat = [c for group in value for c in (group if isinstance(group, list) else [group])]
+        return "|".join(dict.fromkeys(map(str, flat)))
+    return str(value) if value is not None else ""
+
+
+def _first(root: Path, names: list[str]) -> Path:
+    for name in names:
+        if (root / name).exists():
+            return root / name
+    raise RecforgeError(f"{root}: none of {', '.join(names)} found")
+
+
+def _read_table(path: Path) -> pd.DataFrame:
+    if path.suffix == ".parquet":
+        try:
+            return pd.read_parquet(_need(path))
+        except Exception as exc:  # pyarrow raises several types for a bad file
+            raise RecforgeError(f"{path}: malformed Parquet file ({exc.__class__.__name__})") from None
+    return _read_csv(path)
+
+
+def _table(root: Path, params: DataParams) -> Tables:
+    """Any CSV/Parquet; ``column_map`` maps canonical names to the file's columns."""
+    path = root if root.is_file() else _first(root, ["interactions.parquet", "interactions.csv"])
+    frame = _read_table(path)
+    mapping = {"user_id": "user_id", "item_id": "item_id", "timestamp": "timestamp", "rating": "rating"}
+    mapping.update(params.column_map)
+    unknown = sorted(set(params.column_map) - set(mapping) - {"title", "text", "genres"})
+    if unknown:
+        raise RecforgeError(f"data.column_map: unknown canonical column(s) {', '.join(unknown)}")
+    required = [mapping[c] for c in ("user_id", "item_id", "timestamp")]
+    _require_columns(frame, required, f"{path} (data.column_map)")
+    interactions = pd.DataFrame({c: frame[mapping[c]] for c in ("user_id", "item_id", "timestamp")})
+    if mapping["rating"] in frame:
+        interactions["rating"] = frame[mapping["rating"]].astype(float)
+    interactions["timestamp"] = _to_seconds(interactions["timestamp"], path)
+    items_path = Path(params.items_path) if params.items_path else None
+    if items_path is None and root.is_dir():
+        items_path = next((root / n for n in ["items.parquet", "items.csv"] if (root / n).exists()), None)
+    if items_path is not None:
+        raw_items = _read_table(items_path)
+        item_key = mapping["item_id"] if mapping["item_id"] in raw_items else "item_id"
+        _require_columns(raw_items, [item_key], items_path)
+        items = pd.DataFrame({"item_id": raw_items[item_key]})
+        for column in ("title", "text", "genres"):
+            source = params.column_map.get(column, column)
+            items[column] = raw_items[source].fillna("").astype(str) if source in raw_items else ""
+        items.loc[items["title"] == "", "title"] = items["item_id"].astype(str)
+    else:
+        items = pd.DataFrame({"item_id": interactions["item_id"].unique()})
+        items["title"] = items["item_id"].astype(str)
+        items["text"] = ""
+        items["genres"] = ""
+    return Tables(interactions, items[ITEM_COLUMNS])
+
+
+def _to_seconds(column: pd.Series, source: Path) -> pd.Series:
+    if pd.api.types.is_numeric_dtype(column):
+        return column.astype(np.int64)
+    try:
+        parsed = pd.to_datetime(column, utc=True)
+    except (ValueError, TypeError):
+        raise RecforgeError(f"{source}: timestamp column is neither numbers nor dates") from None
+    return (parsed - pd.Timestamp("1970-01-01", tz="UTC")) // pd.Timedelta(seconds=1)
+
+
+def prepare(tables: Tables, params: DataParams) -> Tables:
+    """Apply the rating threshold, duplicate policy and iterative k-core filter."""
+    interactions = tables.interactions
+    if params.min_rating is not None and "rating" in interactions:
+        interactions = interactions[interactions["rating"] >= params.min_rating]
+    if params.duplicates != "keep":
+        interactions = interactions.sort_values(["user_id", "item_id", "timestamp"], kind="stable")
+        interactions = interactions.drop_duplicates(["user_id", "item_id"], keep=params.duplicates)
+    kcore = params.kcore if params.kcore is not None else (0 if params.format == "synthetic" else 5)
+    if kcore > 1:
+        interactions = kcore_filter(interactions, kcore)
+    interactions = interactions.sort_values(["user_id", "timestamp", "item_id"], kind="stable").reset_index(drop=True)
+    used = set(interactions["item_id"])
+    items = tables.items
+    if kcore > 1:  # k-core keeps only items that survived; otherwise keep the full catalogue
+        items = items[items["item_id"].isin(used)]
+    items = items.sort_values("item_id", kind="stable").reset_index(drop=True)
+    users = tables.users
+    if users is not None:
+        users = users[users["user_id"].isin(set(interactions["user_id"]))].reset_index(drop=True)
+    return Tables(interactions, items, users)
+
+
+def kcore_filter(interactions: pd.DataFrame, k: int) -> pd.DataFrame:
+    """Drop users and items with fewer than ``k`` interactions until none is left."""
+    while True:
+        user_counts = interactions["user_id"].map(interactions["user_id"].value_counts())
+        item_counts = interactions["item_id"].map(interactions["item_id"].value_counts())
+        keep = (user_counts >= k) & (item_counts >= k)
+        if keep.all():
+            return interactions
+        interactions = interactions[keep]

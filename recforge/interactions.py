@@ -1,0 +1,151 @@
+"""Dense-index views of the canonical tables that models train on.
+
+Every model sees users and items as dense integers: item ``i`` is row ``i`` of
+the items table (so items without interactions still exist and can be ranked),
+user ``u`` is the ``u``-th sorted user id. ``IdMaps`` translates to and from
+the original ids, which are what users see on disk and over HTTP.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+
+@dataclass(frozen=True)
+class IdMaps:
+    """Original ids, positioned by dense index."""
+
+    user_ids: pd.Index
+    item_ids: pd.Index
+
+    @classmethod
+    def build(cls, interactions: pd.DataFrame, items: pd.DataFrame) -> IdMaps:
+        users = pd.Index(np.sort(interactions["user_id"].unique()), name="user_id")
+        return cls(user_ids=users, item_ids=pd.Index(items["item_id"].to_numpy(), name="item_id"))
+
+    def user_index(self, user_ids) -> np.ndarray:
+        """Dense indices of original user ids; -1 where unknown."""
+        return self.user_ids.get_indexer(pd.Index(user_ids))
+
+    def item_index(self, item_ids) -> np.ndarray:
+        """Dense indices of original item ids; -1 where unknown."""
+        return self.item_ids.get_indexer(pd.Index(item_ids))
+
+    def lookup_user(self, raw: object) -> int:
+        """Index of a user id given as string or integer (HTTP clients send either); -1 if unknown."""
+        return _lookup(self.user_ids, raw)
+
+    def lookup_item(self, raw: object) -> int:
+        return _lookup(self.item_ids, raw)
+
+
+def _lookup(index: pd.Index, raw: object) -> int:
+    candidates: list[object] = [raw]
+    if isinstance(raw, str) and raw.lstrip("-").isdigit():
+        candidates.append(int(raw))
+    elif isinstance(raw, (int, np.integer)):
+        candidates.append(str(raw))
+    for candidate in candidates:
+        try:
+            position = index.get_loc(candidate)
+        except (KeyError, TypeError):
+            continue
+        if isinstance(position, (int, np.integer)):
+            return int(position)
+    return -1
+
+
+@dataclass(frozen=True)
+class Interactions:
+    """A set of (user, item, timestamp, rating) events in dense indices."""
+
+    user_ids: np.ndarray
+    item_ids: np.ndarray
+    timestamps: np.ndarray
+    ratings: np.ndarray | None
+    n_users: int
+    n_items: int
+    weights: np.ndarray | None = field(default=None)
+
+    @classmethod
+    def from_frame(cls, frame: pd.DataFrame, maps: IdMaps) -> Interactions:
+        users = maps.user_index(frame["user_id"])
+        items = maps.item_index(frame["item_id"])
+        if (users < 0).any() or (items < 0).any():
+            raise ValueError("interactions reference ids that are not in the id maps")
+        ratings = frame["rating"].to_numpy(np.float32) if "rating" in frame else None
+        order = np.lexsort((items, frame["timestamp"].to_numpy(), users))
+        return cls(
+            user_ids=users[order].astype(np.int32),
+            item_ids=items[order].astype(np.int32),
+            timestamps=frame["timestamp"].to_numpy(np.int64)[order],
+            ratings=None if ratings is None else ratings[order],
+            n_users=len(maps.user_ids),
+            n_items=len(maps.item_ids),
+        )
+
+    def __len__(self) -> int:
+        return len(self.user_ids)
+
+    def concat(self, other: Interactions) -> Interactions:
+        """Both event sets, re-sorted by user, time and item (e.g. train + validation)."""
+        users = np.concatenate([self.user_ids, other.user_ids])
+        items = np.concatenate([self.item_ids, other.item_ids])
+        times = np.concatenate([self.timestamps, other.timestamps])
+        ratings = None
+        if self.ratings is not None and other.ratings is not None:
+            ratings = np.concatenate([self.ratings, other.ratings])
+        order = np.lexsort((items, times, users))
+        return Interactions(
+            user_ids=users[order],
+            item_ids=items[order],
+            timestamps=times[order],
+            ratings=None if ratings is None else ratings[order],
+            n_users=self.n_users,
+            n_items=self.n_items,
+        )
+
+    @cached_property
+    def csr(self) -> sp.csr_matrix:
+        """Binary user x item matrix (duplicates collapse to 1)."""
+        data = np.ones(len(self), dtype=np.float32)
+        matrix = sp.csr_matrix((data, (self.user_ids, self.item_ids)), shape=(self.n_users, self.n_items))
+        matrix.sum_duplicates()
+        matrix.data[:] = 1.0
+        return matrix
+
+    @cached_property
+    def sequences(self) -> list[np.ndarray]:
+        """Per user, item indices in time order (empty for users without events)."""
+        bounds = np.searchsorted(self.user_ids, np.arange(self.n_users + 1))
+        return [self.item_ids[bounds[u] : bounds[u + 1]] for u in range(self.n_users)]
+
+    @cached_property
+    def item_counts(self) -> np.ndarray:
+        return np.bincount(self.item_ids, minlength=self.n_items).astype(np.float64)
+
+    def last_timestamp(self) -> int:
+        return int(self.timestamps.max()) if len(self) else 0
+
+
+def csr_to_arrays(matrix: sp.csr_matrix, prefix: str) -> dict[str, np.ndarray]:
+    """A CSR matrix as plain arrays for ``np.savez`` (no pickle)."""
+    matrix = matrix.tocsr()
+    return {
+        f"{prefix}_data": matrix.data,
+        f"{prefix}_indices": matrix.indices,
+        f"{prefix}_indptr": matrix.indptr,
+        f"{prefix}_shape": np.array(matrix.shape),
+    }
+
+
+def csr_from_arrays(data, prefix: str) -> sp.csr_matrix:
+    return sp.csr_matrix(
+        (data[f"{prefix}_data"], data[f"{prefix}_indices"], data[f"{prefix}_indptr"]),
+        shape=tuple(data[f"{prefix}_shape"]),
+    )

@@ -1,0 +1,216 @@
+"""params.yaml: the single source of configuration, validated with pydantic.
+
+DVC reads the same file (per-key ``params:`` in dvc.yaml) and Prefect flows
+take it plus overrides. Overrides use the syntax of ``dvc exp run -S``:
+``section.key=value`` where value is parsed as YAML.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from recforge.errors import RecforgeError
+
+DEFAULT_PARAMS_FILE = "params.yaml"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PathsParams(_Section):
+    canonical_dir: str = "data/canonical"
+    split_dir: str = "data/split"
+    embeddings_dir: str = "artifacts/embeddings"
+    profiles_dir: str = "artifacts/profiles"
+    models_dir: str = "artifacts/models"
+    lists_dir: str = "artifacts/lists"
+    recs_dir: str = "artifacts/recs"
+    reports_dir: str = "reports"
+    metrics_file: str = "metrics/metrics.json"
+    plots_dir: str = "plots"
+    cache_dir: str = ".recforge-cache"
+
+
+class SyntheticParams(_Section):
+    num_users: int = Field(1000, ge=2)
+    num_items: int = Field(500, ge=2)
+    num_interactions: int = Field(30_000, ge=10)
+    num_topics: int = Field(8, ge=1)
+    drift: float = Field(0.3, ge=0.0, le=1.0)
+    popularity_skew: float = Field(1.0, ge=0.0)
+    seed: int = 0
+
+
+class DataParams(_Section):
+    format: Literal[
+        "synthetic", "movielens-100k", "movielens-1m", "movielens-latest", "amazon-reviews", "table"
+    ] = "synthetic"
+    path: str | None = None
+    metadata_path: str | None = None
+    column_map: dict[str, str] = Field(default_factory=dict)
+    items_path: str | None = None
+    min_rating: float | None = None
+    kcore: int | None = Field(None, ge=0)
+    duplicates: Literal["last", "first", "keep"] = "last"
+    synthetic: SyntheticParams = Field(default_factory=SyntheticParams)
+
+
+class ValidateParams(_Section):
+    enabled: bool = True
+    rating_min: float = 0.0
+    rating_max: float = 5.0
+    timestamp_min: str = "1970-01-01"
+    timestamp_max: str = "2100-01-01"
+    min_interactions_per_user: int = Field(3, ge=1)
+    require_text: bool = True
+    max_examples: int = Field(5, ge=1)
+
+
+class SplitParams(_Section):
+    method: Literal["leave-last-out", "temporal", "random"] = "leave-last-out"
+    test_fraction: float = Field(0.1, gt=0.0, lt=1.0)
+    val_fraction: float = Field(0.1, gt=0.0, lt=1.0)
+    seed: int = 0
+
+
+class EncodeParams(_Section):
+    encoders: list[str] = Field(default_factory=list)
+    fields: list[str] = Field(default_factory=lambda: ["title", "text"])
+    batch_size: int = Field(64, ge=1)
+    options: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    profile_half_life_days: float | None = None
+
+
+class RerankParams(_Section):
+    enabled: bool = False
+    plugin: str = "lambdarank"
+    candidates_per_model: int = Field(50, ge=1)
+    num_leaves: int = Field(31, ge=2)
+    learning_rate: float = Field(0.05, gt=0.0)
+    num_boost_round: int = Field(500, ge=1)
+    early_stopping_rounds: int = Field(50, ge=1)
+    folds: int = Field(5, ge=1)
+    distributed: bool = False
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class EvaluateParams(_Section):
+    k: int = Field(10, ge=1)
+    ks: list[int] = Field(default_factory=lambda: [1, 5, 10, 20])
+    list_length: int = Field(50, ge=1)
+
+    @field_validator("ks")
+    @classmethod
+    def _positive(cls, ks: list[int]) -> list[int]:
+        if not ks or min(ks) < 1:
+            raise ValueError("ks must be a non-empty list of positive integers")
+        return sorted(set(ks))
+
+
+class ServeParams(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(3000, ge=1, le=65535)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    api_token: str | None = None
+    model: str | None = None
+
+
+class OrchestrationParams(_Section):
+    runner: Literal["local", "dask"] = "local"
+    dask_address: str | None = None
+    dask_workers: int = Field(2, ge=1)
+
+
+class Params(_Section):
+    paths: PathsParams = Field(default_factory=PathsParams)
+    data: DataParams = Field(default_factory=DataParams)
+    validate_: ValidateParams = Field(default_factory=ValidateParams, alias="validate")
+    split: SplitParams = Field(default_factory=SplitParams)
+    encode: EncodeParams = Field(default_factory=EncodeParams)
+    recommenders: dict[str, dict[str, Any]] = Field(default_factory=lambda: {"popularity": {}})
+    rerank: RerankParams = Field(default_factory=RerankParams)
+    evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
+    serve: ServeParams = Field(default_factory=ServeParams)
+    orchestration: OrchestrationParams = Field(default_factory=OrchestrationParams)
+    seed: int = 0
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    @field_validator("recommenders")
+    @classmethod
+    def _non_empty(cls, models: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        if not models:
+            raise ValueError("at least one recommender must be configured")
+        return {name: dict(options or {}) for name, options in models.items()}
+
+    def plugin_of(self, model_name: str) -> str:
+        """The registered plugin behind a configured model name (``plugin:`` or the name)."""
+        return str(self.recommenders[model_name].get("plugin", model_name))
+
+    def model_options(self, model_name: str) -> dict[str, Any]:
+        return {k: v for k, v in self.recommenders[model_name].items() if k != "plugin"}
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(by_alias=True, mode="json")
+
+
+def parse_override(override: str) -> tuple[list[str], Any]:
+    """Split ``a.b.c=value`` into (["a", "b", "c"], parsed value)."""
+    key, sep, raw = override.partition("=")
+    if not sep or not key.strip():
+        raise RecforgeError(f"bad override {override!r}: expected section.key=value")
+    value = yaml.safe_load(raw) if raw.strip() else None
+    return key.strip().split("."), value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for override in overrides:
+        keys, value = parse_override(override)
+        node = raw
+        for key in keys[:-1]:
+            child = node.get(key)
+            if child is None:
+                child = node[key] = {}
+            if not isinstance(child, dict):
+                raise RecforgeError(f"override {override!r}: {key!r} is not a section")
+            node = child
+        node[keys[-1]] = value
+    return raw
+
+
+def _format_error(error: ValidationError, source: str) -> str:
+    problems = []
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]).replace("validate_", "validate")
+        if item["type"] == "extra_forbidden":
+            problems.append(f"unknown key '{key}'")
+        else:
+            problems.append(f"'{key}': {item['msg']}")
+    return f"{source}: " + "; ".join(problems)
+
+
+def load_params(path: str | Path | None = DEFAULT_PARAMS_FILE, overrides: list[str] | None = None) -> Params:
+    """Read and validate params.yaml (a missing default file means all defaults)."""
+    raw: dict[str, Any] = {}
+    source = str(path) if path else "<defaults>"
+    if path is not None:
+        file = Path(path)
+        if file.exists():
+            try:
+                raw = yaml.safe_load(file.read_text()) or {}
+            except yaml.YAMLError as exc:
+                raise RecforgeError(f"{file}: not valid YAML ({exc.__class__.__name__})") from exc
+            if not isinstance(raw, dict):
+                raise RecforgeError(f"{file}: expected a mapping of sections at the top level")
+        elif str(path) != DEFAULT_PARAMS_FILE:
+            raise RecforgeError(f"{file}: params file not found")
+    raw = apply_overrides(raw, overrides or [])
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        raise RecforgeError(_format_error(exc, source)) from None

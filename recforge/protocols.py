@@ -1,0 +1,126 @@
+"""The interfaces every plugin implements.
+
+Plugins are plain classes; they satisfy a protocol by shape, not by
+inheritance. Users and items are dense indices (see recforge.interactions);
+the stages translate to and from original ids.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import pandas as pd
+
+from recforge.interactions import IdMaps, Interactions
+
+
+@dataclass
+class FitContext:
+    """What a recommender may use besides the training events.
+
+    ``items`` is the items table aligned with dense item indices. ``embeddings``
+    returns the L2-normalised item embeddings of a configured encoder (computed
+    and cached on first use). ``validation`` holds held-out events a model may
+    use for early stopping and tuning; never test events.
+    """
+
+    items: pd.DataFrame
+    maps: IdMaps | None = None
+    embeddings: Callable[[str], np.ndarray] | None = None
+    encoder: Callable[[str], Encoder] | None = None
+    profiles: dict[str, Any] | None = None
+    validation: Interactions | None = None
+    seed: int = 0
+    device: str = "cpu"
+    progress: Callable[[str, float], None] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Encoder(Protocol):
+    """Turns texts into L2-normalised float32 vectors.
+
+    ``fit`` is called once with the corpus (items' text) before ``encode``;
+    encoders that need no training return ``self``. ``name`` and ``dim`` key
+    the on-disk embedding cache together with a hash of the texts.
+    """
+
+    name: str
+
+    @property
+    def dim(self) -> int: ...
+
+    def fit(self, texts: Sequence[str]) -> Encoder: ...
+
+    def encode(self, texts: Sequence[str], *, batch_size: int = 64) -> np.ndarray: ...
+
+
+@runtime_checkable
+class Recommender(Protocol):
+    """A candidate recommender.
+
+    ``fit`` learns from training events. ``recommend`` returns, for each user
+    index, the top-``k`` item indices and their scores (both ``[n_users, k]``,
+    best first); with ``exclude_seen`` the user's training items never appear;
+    with ``candidates`` (``[n_users, c]`` item indices, -1 padded) only those
+    items are scored. Where fewer than ``k`` items qualify, the rest of the row
+    is -1 with score ``-inf``. ``save``/``load`` use safe formats only
+    (npz, JSON, safetensors), never pickle.
+    """
+
+    def fit(self, train: Interactions, *, context: FitContext) -> Recommender: ...
+
+    def recommend(
+        self,
+        user_ids: np.ndarray,
+        *,
+        k: int,
+        exclude_seen: bool = True,
+        candidates: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def save(self, directory: Path) -> None: ...
+
+    @classmethod
+    def load(cls, directory: Path, *, context: FitContext) -> Recommender: ...
+
+
+@runtime_checkable
+class SimilarItems(Protocol):
+    """Optional: items most similar to one item (best first, the item itself excluded)."""
+
+    def similar_items(self, item_id: int, *, k: int) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+@runtime_checkable
+class FoldIn(Protocol):
+    """Optional: score a user unseen in training from an item history (time order)."""
+
+    def recommend_history(
+        self, item_ids: np.ndarray, *, k: int, exclude_seen: bool = True
+    ) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+@runtime_checkable
+class Reranker(Protocol):
+    """Second stage: scores (user, candidate) rows from a feature table.
+
+    ``groups`` are the sizes of consecutive per-user blocks of rows; ``labels``
+    is 1 for the held-out target, 0 otherwise.
+    """
+
+    def fit(self, candidates: pd.DataFrame, labels: np.ndarray, groups: np.ndarray) -> Reranker: ...
+
+    def rerank(self, candidates: pd.DataFrame) -> np.ndarray: ...
+
+
+@runtime_checkable
+class Explainer(Protocol):
+    """Writes a short reason why ``item`` suits ``user``, grounded in ``evidence``
+    (history items that drove the score, shared keywords)."""
+
+    def explain(self, user: Any, item: Any, *, evidence: dict[str, Any]) -> str: ...

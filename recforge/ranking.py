@@ -1,0 +1,70 @@
+"""Top-k selection shared by every recommender: history exclusion, candidate
+restriction and padding behave the same for all models."""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+
+
+def top_k(
+    scores: np.ndarray,
+    k: int,
+    *,
+    seen: sp.csr_matrix | None = None,
+    candidates: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Best ``k`` columns of each row of ``scores`` ([n, n_items]).
+
+    ``seen`` rows (aligned with ``scores`` rows) are masked out; with
+    ``candidates`` ([n, c], -1 padded) every other item is masked. Rows with
+    fewer than ``k`` eligible items are padded with -1 / -inf. Ties break
+    towards the lower item index, so results are deterministic.
+    """
+    scores = np.array(scores, dtype=np.float64, copy=True)
+    n_rows, n_items = scores.shape
+    if candidates is not None:
+        mask = np.full_like(scores, -np.inf)
+        rows = np.repeat(np.arange(n_rows), candidates.shape[1])
+        cols = candidates.ravel()
+        valid = cols >= 0
+        mask[rows[valid], cols[valid]] = 0.0
+        scores += mask
+    if seen is not None:
+        coo = seen.tocoo()
+        scores[coo.row, coo.col] = -np.inf
+    k_eff = min(k, n_items)
+    # stable: sort by (-score, index) using lexsort on the partitioned block
+    part = np.argpartition(-scores, k_eff - 1, axis=1)[:, :k_eff] if k_eff < n_items else np.tile(np.arange(n_items), (n_rows, 1))
+    part_scores = np.take_along_axis(scores, part, axis=1)
+    # include all items tied with the k-th score so tie-breaking is by index
+    order = np.lexsort((part, -part_scores), axis=1)
+    items = np.take_along_axis(part, order, axis=1)
+    top_scores = np.take_along_axis(part_scores, order, axis=1)
+    if k_eff < n_items:
+        items, top_scores = _fix_ties(scores, items, top_scores, k_eff)
+    items = np.where(np.isneginf(top_scores), -1, items)
+    if k > k_eff:
+        pad = k - k_eff
+        items = np.hstack([items, np.full((n_rows, pad), -1)])
+        top_scores = np.hstack([top_scores, np.full((n_rows, pad), -np.inf)])
+    return items.astype(np.int64), top_scores.astype(np.float32)
+
+
+def _fix_ties(scores: np.ndarray, items: np.ndarray, top_scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """argpartition picks an arbitrary member of a tie at the k-th place; pick the lowest index."""
+    kth = top_scores[:, -1:]
+    tied_rows = np.nonzero((scores == kth).sum(axis=1) > (top_scores == kth).sum(axis=1))[0]
+    for row in tied_rows:
+        better = np.nonzero(scores[row] > kth[row, 0])[0]
+        better = better[np.lexsort((better, -scores[row, better]))]
+        tied = np.nonzero(scores[row] == kth[row, 0])[0][: k - len(better)]
+        items[row] = np.concatenate([better, tied])
+        top_scores[row] = scores[row, items[row]]
+    return items, top_scores
+
+
+def batched(n: int, batch_size: int):
+    """Slices covering range(n) in batches."""
+    for start in range(0, n, batch_size):
+        yield slice(start, min(start + batch_size, n))

@@ -1,0 +1,122 @@
+"""train: fit every configured recommender twice and write its candidate lists.
+
+Protocol (no stage ever trains on a test target):
+- the ``val`` model is fitted on train; its lists for the validation users feed
+  validation metrics, tuning and the re-ranker's training data;
+- the ``full`` model is refitted on train + val; its lists for the test users
+  feed the test metrics, and it is the model that gets served.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from recforge import registry
+from recforge.artifacts import atomic_dir, checksums, write_parquet
+from recforge.interactions import IdMaps
+from recforge.params import Params
+from recforge.protocols import FitContext
+from recforge.ranking import batched
+from recforge.workspace import Workspace
+
+log = logging.getLogger(__name__)
+
+
+def run_train(params: Params, models: list[str] | None = None) -> None:
+    """Fit ``models`` (default: all configured) and write models and lists."""
+    workspace = Workspace(params)
+    for name in models or list(params.recommenders):
+        train_model(workspace, name)
+
+
+def train_model(workspace: Workspace, name: str) -> dict:
+    params = workspace.params
+    plugin = params.plugin_of(name)
+    options = params.model_options(name)
+    train, val = workspace.events("train"), workspace.events("val")
+    model_dir = Path(params.paths.models_dir) / name
+    lists_dir = Path(params.paths.lists_dir) / name
+    length = params.evaluate.list_length
+
+    started = time.perf_counter()
+    model = registry.recommenders.create(plugin, **options)
+    model.fit(train, context=workspace.context(validation=val))
+    val_fit_s = time.perf_counter() - started
+    val_lists = recommend_frame(model, workspace.frame("val")["user_id"].unique(), workspace.maps, length)
+
+    # refit on train + val with whatever the validation fit chose (epochs, tuned settings)
+    full_options = dict(options)
+    if hasattr(model, "refit_options"):
+        full_options.update(model.refit_options())
+    started = time.perf_counter()
+    full = registry.recommenders.create(plugin, **full_options)
+    full.fit(workspace.events("train+val"), context=workspace.context(validation=None))
+    full_fit_s = time.perf_counter() - started
+    test_lists = recommend_frame(full, workspace.frame("test")["user_id"].unique(), workspace.maps, length)
+
+    meta = {
+        "name": name,
+        "plugin": plugin,
+        "options": options,
+        "refit_options": full_options,
+        "fit_seconds": {"val": round(val_fit_s, 3), "full": round(full_fit_s, 3)},
+    }
+    with atomic_dir(model_dir) as staging:
+        for part, fitted in (("val", model), ("full", full)):
+            (staging / part).mkdir()
+            fitted.save(staging / part)
+            (staging / part / "meta.json").write_text(
+                json.dumps({**meta, "part": part, "checksums": checksums(staging / part)}, indent=2, default=str)
+            )
+    write_parquet(val_lists, lists_dir / "val.parquet")
+    write_parquet(test_lists, lists_dir / "test.parquet")
+    log.info("trained %s (%s) in %.1fs + %.1fs", name, plugin, val_fit_s, full_fit_s)
+    return meta
+
+
+def recommend_frame(model, user_ids, maps: IdMaps, k: int, batch_size: int = 1024) -> pd.DataFrame:
+    """Top-k lists for original ``user_ids`` as (user_id, item_id, rank, score)."""
+    users = maps.user_index(user_ids)
+    known = users >= 0
+    user_ids, users = np.asarray(user_ids)[known], users[known]
+    frames = []
+    for part in batched(len(users), batch_size):
+        items, scores = model.recommend(users[part], k=k, exclude_seen=True)
+        rows, cols = np.nonzero(items >= 0)
+        frames.append(
+            pd.DataFrame(
+                {
+                    "user_id": user_ids[part][rows],
+                    "item_id": maps.item_ids.to_numpy()[items[rows, cols]],
+                    "rank": (cols + 1).astype(np.int32),
+                    "score": scores[rows, cols].astype(np.float32),
+                }
+            )
+        )
+    if not frames:
+        return pd.DataFrame({"user_id": user_ids[:0], "item_id": maps.item_ids.to_numpy()[:0], "rank": [], "score": []})
+    return pd.concat(frames, ignore_index=True)
+
+
+def load_model(params: Params, name: str, part: str = "full", context: FitContext | None = None):
+    """Load a trained model, verifying its files against the recorded checksums."""
+    from recforge.artifacts import verify_checksums
+    from recforge.errors import RecforgeError
+
+    directory = Path(params.paths.models_dir) / name / part
+    meta_path = directory / "meta.json"
+    if not meta_path.exists():
+        raise RecforgeError(f"{directory}: no trained model; run `recforge stage train`")
+    meta = json.loads(meta_path.read_text())
+    verify_checksums(directory, meta["checksums"])
+    cls = registry.recommenders.get(meta["plugin"])
+    if context is None:
+        context = Workspace(params).context()
+    return cls.load(directory, context=context)
+

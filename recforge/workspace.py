@@ -1,0 +1,93 @@
+"""Read access to what earlier stages wrote, with paths from params.yaml."""
+
+from __future__ import annotations
+
+import logging
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from recforge.errors import RecforgeError
+from recforge.interactions import IdMaps, Interactions
+from recforge.params import Params
+from recforge.protocols import FitContext
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+
+
+class Workspace:
+    """Lazy, cached views of the canonical tables, the split and the embeddings."""
+
+    def __init__(self, params: Params) -> None:
+        self.params = params
+        self.paths = params.paths
+        self._events: dict[str, Interactions] = {}
+
+    def _read(self, path: Path, stage: str) -> pd.DataFrame:
+        if not path.exists():
+            raise RecforgeError(f"{path}: not found; run `recforge stage {stage}` first")
+        return pd.read_parquet(path)
+
+    @cached_property
+    def items(self) -> pd.DataFrame:
+        return self._read(Path(self.paths.canonical_dir) / "items.parquet", "ingest")
+
+    @cached_property
+    def interactions(self) -> pd.DataFrame:
+        return self._read(Path(self.paths.canonical_dir) / "interactions.parquet", "ingest")
+
+    @cached_property
+    def users(self) -> pd.DataFrame | None:
+        path = Path(self.paths.canonical_dir) / "users.parquet"
+        return pd.read_parquet(path) if path.exists() else None
+
+    @cached_property
+    def maps(self) -> IdMaps:
+        return IdMaps.build(self.interactions, self.items)
+
+    def frame(self, part: str) -> pd.DataFrame:
+        return self._read(Path(self.paths.split_dir) / f"{part}.parquet", "split")
+
+    def events(self, part: str) -> Interactions:
+        """Dense-index events of one split part, or 'train+val'."""
+        if part == "train+val":
+            return self.events("train").concat(self.events("val"))
+        if part not in self._events:
+            self._events[part] = Interactions.from_frame(self.frame(part), self.maps)
+        return self._events[part]
+
+    def embeddings(self, encoder: str) -> np.ndarray:
+        """Item embeddings of ``encoder`` (rows aligned with the items table)."""
+        path = Path(self.paths.embeddings_dir) / f"{encoder}.npy"
+        if not path.exists():
+            raise RecforgeError(f"{path}: not found; add '{encoder}' to encode.encoders and run `recforge stage encode`")
+        array = np.load(path, allow_pickle=False)
+        if len(array) != len(self.items):
+            raise RecforgeError(f"{path}: {len(array)} rows for {len(self.items)} items; re-run `recforge stage encode`")
+        return array
+
+    def context(self, *, validation: Interactions | None = None) -> FitContext:
+        return FitContext(
+            items=self.items,
+            maps=self.maps,
+            embeddings=self.embeddings,
+            validation=validation,
+            seed=self.params.seed,
+            device=resolve_device(self.params.serve.device),
+            extra={"params": self.params, "workspace": self},
+        )
+
+
+def resolve_device(device: str) -> str:
+    if device != "auto":
+        return device
+    try:
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    except ImportError:
+        return "cpu"
