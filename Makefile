@@ -1,0 +1,29 @@
+# The README's commands. `make run` and `make test` each set up everything they need.
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.installed
+
+.PHONY: setup run test bench serve clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+
+# torch first: pinned to the CPU build on disk; an unpinned torch pulls a CUDA build.
+$(STAMP): $(PY) pyproject.toml
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e ".[all]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+run: setup
+	$(VENV)/bin/recforge run
+
+test: setup
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf data artifacts metrics plots reports .recforge-cache
