@@ -145,6 +145,7 @@ def run_suites(suites: dict[str, tuple[pd.DataFrame, list]], max_examples: int) 
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
     import great_expectations as gx
 
+    logging.getLogger("great_expectations").setLevel(logging.WARNING)
     context = gx.get_context(mode="ephemeral")
     _quiet_progress(context)
     source = context.data_sources.add_pandas("recforge")
