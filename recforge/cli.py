@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
@@ -28,8 +29,9 @@ plugins_app = typer.Typer(help="Inspect registered plugins.", no_args_is_help=Tr
 app.add_typer(data_app, name="data")
 app.add_typer(plugins_app, name="plugins")
 
-console = Console()
-errors = Console(stderr=True)
+# piped output (CI logs, tests) gets a wide console so tables are not truncated
+console = Console(width=None if sys.stdout.isatty() else 160)
+errors = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 ParamsOpt = Annotated[Path, typer.Option("--params", "-p", help="params file")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", "-S", help="override, e.g. -S data.format=synthetic")]
@@ -58,7 +60,7 @@ def _guard(debug: bool, body: Callable[[], Any]) -> Any:
 def metrics_table(metrics: dict[str, dict], k: int = 10) -> Table:
     table = Table(title=f"test metrics (validation NDCG@{k} in the last column)")
     for column in ["model", f"NDCG@{k}", f"Recall@{k}", f"MRR@{k}", f"MAP@{k}", f"coverage@{k}", "users", f"val NDCG@{k}"]:
-        table.add_column(column, justify="left" if column == "model" else "right")
+        table.add_column(column, justify="left" if column == "model" else "right", no_wrap=True)
     for name, m in metrics.items():
         table.add_row(
             name,

@@ -38,7 +38,19 @@ def _vocabulary(topic: int, size: int, rng: np.random.Generator) -> list[str]:
 
 
 def generate(params: SyntheticParams) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Return (interactions, items) tables in the canonical schema."""
+    """Return (interactions, items) tables in the canonical schema.
+
+    Repeat draws of an item by the same user are dropped, so a second pass
+    draws proportionally more events to land near ``num_interactions``.
+    """
+    interactions, items = _generate(params, params.num_interactions)
+    if len(interactions) < 0.98 * params.num_interactions:
+        inflated = int(params.num_interactions**2 / max(len(interactions), 1))
+        interactions, items = _generate(params, inflated)
+    return interactions, items
+
+
+def _generate(params: SyntheticParams, num_interactions: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     rng = np.random.default_rng(params.seed)
     n_users, n_items, n_topics = params.num_users, params.num_items, params.num_topics
 
@@ -67,7 +79,7 @@ def generate(params: SyntheticParams) -> tuple[pd.DataFrame, pd.DataFrame]:
     start = rng.dirichlet(np.full(n_topics, 0.3), size=n_users)
     end = rng.dirichlet(np.full(n_topics, 0.3), size=n_users)
     activity = rng.lognormal(0.0, 0.8, size=n_users)
-    counts = np.maximum(5, np.round(activity / activity.sum() * params.num_interactions)).astype(np.int64)
+    counts = np.maximum(5, np.round(activity / activity.sum() * num_interactions)).astype(np.int64)
     user_of_event = np.repeat(np.arange(n_users), counts)
     position = np.concatenate([np.arange(c) for c in counts]) if n_users < 50_000 else _positions(counts)
     progress = position / np.maximum(counts[user_of_event] - 1, 1)
@@ -110,7 +122,33 @@ def generate(params: SyntheticParams) -> tuple[pd.DataFrame, pd.DataFrame]:
             "timestamp": timestamps.astype(np.int64),
         }
     )
-    return interactions, items
+    return _top_up(interactions.drop_duplicates(["user_id", "item_id"]), n_items, rng), items
+
+
+def _top_up(interactions: pd.DataFrame, n_items: int, rng: np.random.Generator, minimum: int = 5) -> pd.DataFrame:
+    """Give users left with fewer than ``minimum`` distinct items by repeat draws some unseen ones."""
+    counts = interactions.groupby("user_id").size()
+    short = counts[counts < minimum]
+    if short.empty:
+        return interactions.reset_index(drop=True)
+    extra = []
+    for user, count in short.items():
+        history = interactions[interactions["user_id"] == user]
+        unseen = np.setdiff1d(np.arange(1, n_items + 1), history["item_id"].to_numpy())
+        picks = rng.choice(unseen, size=min(minimum - count, len(unseen)), replace=False)
+        last = int(history["timestamp"].max())
+        extra.append(
+            pd.DataFrame(
+                {
+                    "user_id": user,
+                    "item_id": picks.astype(np.int64),
+                    "rating": np.float32(3.0),
+                    "timestamp": last + 3_600 * np.arange(1, len(picks) + 1, dtype=np.int64),
+                }
+            )
+        )
+    merged = pd.concat([interactions, *extra], ignore_index=True)
+    return merged.sort_values(["user_id", "timestamp"], kind="stable").reset_index(drop=True)
 
 
 def _positions(counts: np.ndarray) -> np.ndarray:
