@@ -1,0 +1,303 @@
+"""Prefect flows over the recforge stages: ``training``, ``batch_recommend``.
+
+The flows are a thin layer: each task calls a stage function from
+``recforge.stages`` (``get_stage(name)(params)``; one ``run_train(params,
+models=[name])`` task per recommender). What Prefect adds:
+
+- retries for failures that can be transient (I/O, a lost Dask worker); a
+  ``RecforgeError`` (bad data, bad params, failed validation) is not retried;
+- caching keyed on the stage's inputs (``recforge.orchestration.stage_key``:
+  the relevant params keys, the input files' contents, the stage's code), so an
+  unchanged stage is skipped; a stamp next to the outputs makes sure a cached
+  result is only used while the outputs it wrote are still on disk;
+- artifacts: the validation summary and the metrics table;
+- ``orchestration.runner: dask`` fits the recommenders (and encoders) in
+  parallel on a Dask cluster through prefect-dask.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.states import get_state_exception
+
+from recforge.errors import RecforgeError, ValidationFailed
+from recforge.orchestration import stage_key, stamp_valid, task_runner, write_stamp
+from recforge.params import DEFAULT_PARAMS_FILE, Params, load_params
+from recforge.stages import STAGE_ORDER, get_stage
+
+# ---------------------------------------------------------------- helpers
+
+
+@contextlib.contextmanager
+def _forward_logs(logger: logging.Logger | logging.LoggerAdapter) -> Iterator[None]:
+    """Send the stage's ``recforge`` log records to the Prefect run logger for the task's duration."""
+
+    class Forward(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            logger.log(record.levelno, "%s: %s", record.name, record.getMessage())
+
+    handler = Forward(level=logging.INFO)
+    targets = [logging.getLogger("recforge"), logging.getLogger("recforge_plugins")]
+    saved = [target.level for target in targets]
+    for target in targets:
+        target.addHandler(handler)
+        if target.level in (logging.NOTSET,) or target.level > logging.INFO:
+            target.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        for target, level in zip(targets, saved, strict=True):
+            target.removeHandler(handler)
+            target.setLevel(level)
+
+
+def _transient(task, task_run, state) -> bool:
+    """Retry unless the failure is the user's (a RecforgeError: bad data, params, validation)."""
+    try:
+        error = get_state_exception(state)
+    except Exception:
+        return True
+    return not isinstance(error, RecforgeError)
+
+
+def _cache_key(context, parameters: dict[str, Any]) -> str:
+    return str(parameters["key"])
+
+
+def _publish_validation(params: Params, failed: bool) -> None:
+    """The validation report (reports/validation.md) as a markdown artifact."""
+    report = Path(params.paths.reports_dir) / "validation.md"
+    if not report.exists():
+        return
+    header = "# Data validation FAILED\n\n" if failed else ""
+    create_markdown_artifact(
+        header + report.read_text(),
+        key="validation-report",
+        description="Great Expectations gate: " + ("failed" if failed else "passed"),
+    )
+
+
+def _stage_params(params: Params, encoder: str | None) -> Params:
+    if encoder is None:
+        return params
+    return params.model_copy(update={"encode": params.encode.model_copy(update={"encoders": [encoder]})})
+
+
+# ---------------------------------------------------------------- tasks
+
+
+@task(
+    retries=2,
+    retry_delay_seconds=2,
+    retry_condition_fn=_transient,
+    cache_key_fn=_cache_key,
+    persist_result=True,
+    result_serializer="json",
+)
+def run_stage(
+    stage: str, params: dict[str, Any], key: str, model: str | None = None, encoder: str | None = None
+) -> dict[str, Any]:
+    """Run one stage (one recommender's fit for ``train``, one encoder for ``encode``)."""
+    logger = get_run_logger()
+    settings = Params.model_validate(params)
+    started = time.perf_counter()
+    logger.info("stage %s%s starting", stage, f" ({model or encoder})" if (model or encoder) else "")
+    with _forward_logs(logger):
+        try:
+            if stage == "train":
+                from recforge.stages.train import run_train
+
+                run_train(settings, models=[model] if model else None)
+            else:
+                get_stage(stage)(_stage_params(settings, encoder))
+        except ValidationFailed:
+            _publish_validation(settings, failed=True)
+            raise
+    if stage != "package":
+        write_stamp(settings, stage, key, model=model, encoder=encoder)
+    seconds = round(time.perf_counter() - started, 3)
+    logger.info("stage %s done in %.2fs", stage, seconds)
+    return {"stage": stage, "model": model, "encoder": encoder, "seconds": seconds, "key": key}
+
+
+# ---------------------------------------------------------------- flows
+
+
+def _submit(runner, params: Params, stage: str, *, force: bool, model: str | None = None, encoder: str | None = None):
+    """Submit one stage; a stale stamp (outputs missing or from other inputs) forces a re-run."""
+    key = stage_key(params, stage, model=model, encoder=encoder)
+    fresh = force or not stamp_valid(params, stage, key, model=model, encoder=encoder)
+    label = stage if stage not in ("train", "encode") else f"{'fit' if stage == 'train' else 'encode'}-{model or encoder}"
+    configured = run_stage.with_options(
+        name=label, refresh_cache=fresh, cache_key_fn=None if stage == "package" else _cache_key
+    )
+    parameters = {"stage": stage, "params": params.to_dict(), "key": key, "model": model, "encoder": encoder}
+    if runner is None:
+        return configured.submit(**parameters)
+    return runner.submit(configured, parameters=parameters)
+
+
+def _package_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("recforge.stages.package") is not None
+
+
+def metrics_rows(metrics: dict[str, dict], k: int) -> list[dict[str, Any]]:
+    """One row per model: the test metrics at ``k`` and the validation NDCG@k."""
+    rows = []
+    for name, values in metrics.items():
+        row: dict[str, Any] = {"model": name}
+        for metric in ("ndcg", "recall", "mrr", "map", "coverage"):
+            value = values.get(f"{metric}@{k}")
+            row[f"{metric}@{k}"] = None if value is None else round(float(value), 4)
+        row["users"] = values.get("users")
+        val = values.get("val", {}).get(f"ndcg@{k}")
+        row[f"val ndcg@{k}"] = None if val is None else round(float(val), 4)
+        rows.append(row)
+    return rows
+
+
+def _markdown_table(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "(no rows)"
+    columns = list(rows[0])
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    lines += ["| " + " | ".join("" if row[c] is None else str(row[c]) for c in columns) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+@flow(name="training", description="ingest -> validate -> split -> encode -> fit -> rerank -> evaluate [-> package]")
+def training(
+    params_file: str = DEFAULT_PARAMS_FILE,
+    overrides: list[str] | None = None,
+    package: bool = False,
+    force: bool = False,
+) -> dict[str, Any]:
+    """Run the recforge pipeline as Prefect tasks.
+
+    ``params_file`` plus ``overrides`` (``section.key=value``, as ``-S``) give
+    the params. ``package`` adds the BentoML packaging stage when it exists.
+    ``force`` ignores cached stage results. Returns the metrics and, per
+    stage, whether it ran or was served from the cache.
+    """
+    logger = get_run_logger()
+    params = load_params(params_file, overrides or [])
+    logger.info("params %s, overrides %s, runner %s", params_file, overrides or [], params.orchestration.runner)
+    states: dict[str, str] = {}
+    seconds: dict[str, float] = {}
+
+    def record(label: str, future) -> None:
+        future.wait()
+        state = future.state
+        states[label] = state.name
+        if state.is_completed():
+            seconds[label] = future.result().get("seconds", 0.0)
+        else:
+            future.result()  # raises the task's error: the flow run fails
+
+    with task_runner(params) as runner:
+        for stage in STAGE_ORDER:
+            if stage == "train":
+                futures = {f"fit-{m}": _submit(runner, params, "train", force=force, model=m) for m in params.recommenders}
+                for label, future in futures.items():
+                    record(label, future)
+            elif stage == "encode" and len(params.encode.encoders) > 0:
+                futures = {
+                    f"encode-{e}": _submit(runner, params, "encode", force=force, encoder=e) for e in params.encode.encoders
+                }
+                for label, future in futures.items():
+                    record(label, future)
+            else:
+                record(stage, _submit(None, params, stage, force=force))
+            if stage == "validate":
+                _publish_validation(params, failed=False)
+        if package:
+            if _package_available():
+                record("package", _submit(None, params, "package", force=True))
+            else:
+                logger.warning("package requested but recforge.stages.package does not exist yet; skipped")
+
+    metrics = json.loads(Path(params.paths.metrics_file).read_text())
+    k = params.evaluate.k
+    rows = metrics_rows(metrics, k)
+    create_table_artifact(rows, key="metrics", description=f"test metrics at K={k} (validation NDCG in the last column)")
+    stage_rows = [{"stage": label, "state": states[label], "seconds": seconds.get(label)} for label in states]
+    create_markdown_artifact(
+        f"# recforge training\n\n## Test metrics (K={k})\n\n{_markdown_table(rows)}\n\n"
+        f"## Stages\n\n{_markdown_table(stage_rows)}\n",
+        key="training-summary",
+        description="metrics table and which stages ran or came from the cache",
+    )
+    return {"metrics": metrics, "stages": states, "seconds": seconds}
+
+
+@task(retries=1, retry_delay_seconds=2, retry_condition_fn=_transient)
+def recommend_all(params: dict[str, Any], model: str, k: int, output: str, batch_users: int) -> dict[str, Any]:
+    """Top-``k`` for every known user from the ``full`` model, written to one Parquet file."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from recforge.artifacts import atomic_path
+    from recforge.stages.train import load_model, recommend_frame
+    from recforge.workspace import Workspace
+
+    logger = get_run_logger()
+    settings = Params.model_validate(params)
+    workspace = Workspace(settings)
+    fitted = load_model(settings, model, "full", context=workspace.context())
+    user_ids = workspace.maps.user_ids.to_numpy()
+    rows = 0
+    with atomic_path(output) as tmp:
+        writer = None
+        try:
+            for start in range(0, len(user_ids), batch_users):
+                frame = recommend_frame(fitted, user_ids[start : start + batch_users], workspace.maps, k)
+                table = pa.Table.from_pandas(frame, preserve_index=False)
+                if writer is None:
+                    writer = pq.ParquetWriter(tmp, table.schema)
+                writer.write_table(table.cast(writer.schema))
+                rows += len(frame)
+                logger.info("batch_recommend: %d / %d users", min(start + batch_users, len(user_ids)), len(user_ids))
+        finally:
+            if writer is not None:
+                writer.close()
+        if writer is None:  # no users: an empty file with the schema
+            recommend_frame(fitted, user_ids[:0], workspace.maps, k).to_parquet(tmp, index=False)
+    return {"model": model, "users": int(len(user_ids)), "rows": rows, "output": output}
+
+
+@flow(name="batch_recommend", description="top-K for every user from a trained model, to Parquet")
+def batch_recommend(
+    params_file: str = DEFAULT_PARAMS_FILE,
+    overrides: list[str] | None = None,
+    model: str | None = None,
+    k: int = 10,
+    output: str | None = None,
+    batch_users: int = 10_000,
+) -> dict[str, Any]:
+    """Write ``<recs_dir>/batch/<model>.parquet`` (user_id, item_id, rank, score; original ids).
+
+    ``model`` defaults to ``serve.model`` or the first configured recommender.
+    """
+    params = load_params(params_file, overrides or [])
+    name = model or params.serve.model or next(iter(params.recommenders))
+    if name not in params.recommenders:
+        raise RecforgeError(f"model '{name}' is not configured (recommenders: {', '.join(params.recommenders)})")
+    target = output or str(Path(params.paths.recs_dir) / "batch" / f"{name}.parquet")
+    summary = recommend_all(params.to_dict(), name, k, target, batch_users)
+    create_markdown_artifact(
+        f"# batch recommendations\n\n{_markdown_table([summary])}\n",
+        key="batch-recommend",
+        description=f"top-{k} for all users from {name}",
+    )
+    return summary
