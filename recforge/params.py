@@ -79,11 +79,24 @@ class SplitParams(_Section):
 
 
 class EncodeParams(_Section):
+    """Item text -> embeddings, and user profiles (see recforge.profiles).
+
+    ``fields``: item columns joined into one document (per dataset: MovieLens
+    title + genres + tags, Amazon title + description, ...). ``options``:
+    encoder name -> constructor options. ``profiles``: also write user
+    profiles; ``profile_*`` set their recency/rating weighting.
+    """
+
     encoders: list[str] = Field(default_factory=list)
     fields: list[str] = Field(default_factory=lambda: ["title", "text"])
+    user_fields: list[str] = Field(default_factory=lambda: ["text"])
     batch_size: int = Field(64, ge=1)
     options: dict[str, dict[str, Any]] = Field(default_factory=dict)
-    profile_half_life_days: float | None = None
+    profiles: bool = True
+    profile_half_life_events: float | None = Field(50.0, gt=0.0)
+    profile_half_life_days: float | None = Field(None, gt=0.0)
+    profile_rating_weight: float = Field(0.5, ge=0.0)
+    profile_keywords: int = Field(10, ge=0)
 
 
 class RerankParams(_Section):

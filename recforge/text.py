@@ -1,0 +1,119 @@
+"""Text preprocessing shared by the encoders, the user profiles and the explanations.
+
+``clean`` strips markup and normalises Unicode (NFKC) and case; ``tokenize``
+also drops punctuation (and, optionally, English stop words) and splits CJK
+text into single characters, since Chinese and Japanese do not separate words
+with spaces. ``item_texts`` builds one document per item from a per-dataset
+choice of fields (``encode.fields`` in params.yaml).
+"""
+
+from __future__ import annotations
+
+import html
+import re
+import unicodedata
+from collections.abc import Iterable, Sequence
+from functools import lru_cache
+
+import pandas as pd
+
+# Han (incl. extension A and compatibility ideographs), Hiragana, Katakana.
+_CJK = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u3040-\u30ff\u31f0-\u31ff"
+_TOKEN = re.compile(rf"[{_CJK}]|[^\W_{_CJK}]+")
+_TAG = re.compile(r"<[^>]{0,500}>")
+_SCRIPT = re.compile(r"<(script|style)\b.*?</\1\s*>", re.IGNORECASE | re.DOTALL)
+_URL = re.compile(r"https?://\S+|www\.\S+")
+_MD_LINK = re.compile(r"\[([^\]]*)\]\([^)]*\)")
+_APOSTROPHE = re.compile(r"(?<=\w)['’](?=\w)")
+_SPACE = re.compile(r"\s+")
+
+
+@lru_cache(maxsize=1)
+def english_stop_words() -> frozenset[str]:
+    """English stop words (scikit-learn's list), loaded on first use."""
+    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+
+    return frozenset(ENGLISH_STOP_WORDS)
+
+
+def strip_markup(text: str) -> str:
+    """Remove HTML/XML tags (and script/style bodies), Markdown link syntax and URLs; unescape entities."""
+    text = _SCRIPT.sub(" ", text)
+    text = _TAG.sub(" ", text)
+    text = html.unescape(text)
+    text = _MD_LINK.sub(r"\1", text)
+    text = _URL.sub(" ", text)
+    return text
+
+
+def normalize(text: str, *, lower: bool = True) -> str:
+    """NFKC normalisation (full-width forms, ligatures), case folding and collapsed whitespace."""
+    text = unicodedata.normalize("NFKC", text)
+    if lower:
+        text = text.casefold()
+    return _SPACE.sub(" ", text).strip()
+
+
+def clean(text: object, *, lower: bool = True) -> str:
+    """Markup stripped, Unicode-normalised, optionally lower-cased text ('' for None/NaN)."""
+    if text is None or (isinstance(text, float) and text != text):
+        return ""
+    return normalize(strip_markup(str(text)), lower=lower)
+
+
+def tokenize(text: object, *, stop_words: bool | Iterable[str] = False, min_length: int = 1) -> list[str]:
+    """Word tokens of ``text`` after :func:`clean`, punctuation dropped.
+
+    CJK ideographs and kana become one token each; ``stop_words`` is True for
+    the English list or any iterable of words to drop; tokens shorter than
+    ``min_length`` characters are dropped (a CJK character always counts).
+    """
+    cleaned = _APOSTROPHE.sub("", clean(text))
+    tokens = _TOKEN.findall(cleaned)
+    if stop_words:
+        stops = english_stop_words() if stop_words is True else frozenset(stop_words)
+        tokens = [t for t in tokens if t not in stops]
+    if min_length > 1:
+        tokens = [t for t in tokens if len(t) >= min_length or _is_cjk(t)]
+    return tokens
+
+
+def _is_cjk(token: str) -> bool:
+    return len(token) == 1 and re.match(rf"[{_CJK}]", token) is not None
+
+
+def preprocess(text: object, *, stop_words: bool | Iterable[str] = False) -> str:
+    """Tokens of ``text`` joined by single spaces (what bag-of-words encoders see)."""
+    return " ".join(tokenize(text, stop_words=stop_words))
+
+
+def item_texts(items: pd.DataFrame, fields: Sequence[str]) -> list[str]:
+    """One document per item from ``fields`` (missing columns skipped; '|' lists become words).
+
+    Markup is stripped and Unicode normalised, but case is kept: sentence
+    encoders use it. Items with no text fall back to their title or id.
+    """
+    present = [f for f in fields if f in items.columns]
+    if not present:
+        present = ["title"] if "title" in items.columns else []
+    if not present:
+        return [str(i) for i in items["item_id"]]
+    parts = [items[f].astype("string").fillna("").str.replace("|", ", ", regex=False) for f in present]
+    documents = []
+    for values in zip(*parts):
+        pieces = [clean(v, lower=False) for v in values]
+        documents.append(". ".join(p for p in pieces if p))
+    return documents
+
+
+def top_terms(texts: Iterable[str], *, k: int = 10, weights: Iterable[float] | None = None) -> list[str]:
+    """The ``k`` most frequent (optionally weighted) non-stop-word tokens of ``texts``."""
+    counts: dict[str, float] = {}
+    weight_list = list(weights) if weights is not None else None
+    for index, text in enumerate(texts):
+        weight = 1.0 if weight_list is None else float(weight_list[index])
+        for token in set(tokenize(text, stop_words=True, min_length=2)):
+            if token.isdigit():
+                continue
+            counts[token] = counts.get(token, 0.0) + weight
+    return [t for t, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:k]]
