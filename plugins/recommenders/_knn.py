@@ -1,0 +1,78 @@
+"""Shared pieces of the neighbourhood recommenders: row weighting (BM25 /
+TF-IDF), cosine similarity with shrinkage and top-neighbour pruning, all on
+scipy sparse matrices."""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+
+WEIGHTINGS = ("none", "tfidf", "bm25")
+
+
+def weight_rows(matrix: sp.csr_matrix, weighting: str = "none", *, k1: float = 1.2, b: float = 0.75) -> sp.csr_matrix:
+    """Reweight a binary ``docs x terms`` matrix.
+
+    ``tfidf`` multiplies each entry by its column's IDF; ``bm25`` also damps
+    long rows (Okapi BM25 with saturation ``k1`` and length normalisation ``b``,
+    as in implicit's ``bm25_weight``).
+    """
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+    matrix = sp.csr_matrix(matrix, dtype=np.float32, copy=True)
+    if weighting == "none" or matrix.nnz == 0:
+        return matrix
+    n_rows = matrix.shape[0]
+    df = np.bincount(matrix.indices, minlength=matrix.shape[1]).astype(np.float64)
+    idf = np.log(n_rows / (1.0 + df)) + 1.0
+    coo = matrix.tocoo()
+    if weighting == "tfidf":
+        coo.data = coo.data * idf[coo.col]
+    else:
+        lengths = np.diff(matrix.indptr).astype(np.float64)
+        norm = (1.0 - b) + b * lengths / max(lengths.mean(), 1e-12)
+        coo.data = coo.data * (k1 + 1.0) / (k1 * norm[coo.row] + coo.data) * idf[coo.col]
+    return coo.tocsr().astype(np.float32)
+
+
+def cosine(matrix: sp.csr_matrix, *, shrink: float = 0.0) -> sp.csr_matrix:
+    """Row-by-row cosine similarity ``A A^T / (|a_i||a_j| + shrink)``, diagonal zeroed."""
+    norms = np.sqrt(np.asarray(matrix.multiply(matrix).sum(axis=1)).ravel())
+    sims = (matrix @ matrix.T).tocoo()
+    sims.data = sims.data / (norms[sims.row] * norms[sims.col] + shrink + 1e-12)
+    sims.data[sims.row == sims.col] = 0.0
+    sims = sims.tocsr()
+    sims.eliminate_zeros()
+    return sims.astype(np.float32)
+
+
+def prune_rows(matrix: sp.csr_matrix, k: int | None) -> sp.csr_matrix:
+    """Keep the ``k`` largest entries of each row (ties towards the lower column)."""
+    matrix = matrix.tocsr()
+    if not k or matrix.nnz == 0:
+        return matrix
+    counts = np.diff(matrix.indptr)
+    if counts.max() <= k:
+        return matrix
+    keep = np.zeros(matrix.nnz, dtype=bool)
+    for row in np.nonzero(counts)[0]:
+        start, end = matrix.indptr[row], matrix.indptr[row + 1]
+        if end - start <= k:
+            keep[start:end] = True
+            continue
+        values, cols = matrix.data[start:end], matrix.indices[start:end]
+        order = np.lexsort((cols, -values))[:k]
+        keep[start + order] = True
+    coo = matrix.tocoo()
+    pruned = sp.csr_matrix((coo.data[keep], (coo.row[keep], coo.col[keep])), shape=matrix.shape)
+    return pruned
+
+
+def history_row(item_ids: np.ndarray, n_items: int) -> sp.csr_matrix:
+    """A 1 x n_items binary row for an anonymous history."""
+    item_ids = np.unique(np.asarray(item_ids, dtype=np.int64))
+    item_ids = item_ids[(item_ids >= 0) & (item_ids < n_items)]
+    return sp.csr_matrix(
+        (np.ones(len(item_ids), dtype=np.float32), (np.zeros(len(item_ids), dtype=np.int64), item_ids)),
+        shape=(1, n_items),
+    )

@@ -1,0 +1,333 @@
+"""Sequential recommenders in PyTorch: GRU, LSTM and a SASRec-style causal
+self-attention encoder, trained with full-softmax cross-entropy on the next item
+at every position of each user's history.
+
+Training windows: each user's time-ordered history is cut, from its end, into
+windows of ``max_len + 1`` items (stride ``max_len``) so every event is a target
+once per epoch. The output layer shares the item embedding table (tied weights)
+plus a per-item bias. With ``context.validation`` present, training stops early on
+validation NDCG@10 (full ranking, history excluded; at least ``min_epochs``
+epochs, ``patience`` epochs without improvement) and the best epoch's weights are
+kept; ``refit_options()`` then returns that epoch count so the train+val refit
+trains exactly that long without validation.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from recforge.interactions import Interactions, csr_from_arrays, csr_to_arrays
+from recforge.protocols import FitContext
+from recforge.ranking import batched, top_k
+
+log = logging.getLogger(__name__)
+
+CELLS = ("gru", "lstm", "sasrec")
+
+
+def _torch():
+    import torch
+
+    return torch
+
+
+def _set_threads(threads: int | None) -> None:
+    """Use the given number of intra-op threads (default: all cores, at most 8)."""
+    torch = _torch()
+    n = threads or min(8, os.cpu_count() or 1)
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+
+
+def _build_network(cell: str, n_items: int, dim: int, layers: int, heads: int, dropout: float, max_len: int):
+    """The encoder network; item index 0 is padding, item ``i`` is row ``i + 1``."""
+    torch = _torch()
+    nn = torch.nn
+
+    class SequenceNet(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.cell = cell
+            self.items = nn.Embedding(n_items + 1, dim, padding_idx=0)
+            self.bias = nn.Parameter(torch.zeros(n_items))
+            self.dropout = nn.Dropout(dropout)
+            if cell == "sasrec":
+                self.positions = nn.Embedding(max_len, dim)
+                layer = nn.TransformerEncoderLayer(
+                    dim, heads, dim_feedforward=dim * 2, dropout=dropout, batch_first=True, norm_first=True,
+                    activation="gelu",
+                )
+                self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+                self.norm = nn.LayerNorm(dim)
+            else:
+                rnn = nn.GRU if cell == "gru" else nn.LSTM
+                self.rnn = rnn(dim, dim, num_layers=layers, batch_first=True, dropout=dropout if layers > 1 else 0.0)
+                self.norm = nn.LayerNorm(dim)
+            nn.init.normal_(self.items.weight, std=dim**-0.5)
+            with torch.no_grad():
+                self.items.weight[0].zero_()
+
+        def forward(self, sequences):
+            """Hidden states [batch, length, dim] for left-padded item sequences."""
+            x = self.items(sequences) * math.sqrt(dim)
+            if self.cell == "sasrec":
+                length = sequences.shape[1]
+                positions = torch.arange(length, device=sequences.device)
+                x = x + self.positions(positions)[None]
+                x = self.dropout(x)
+                # causal, padded keys blocked; every position may attend to itself so that
+                # no row is fully blocked (that would give NaN that leaks through later layers)
+                blocked = torch.triu(torch.ones(length, length, dtype=torch.bool, device=sequences.device), 1)
+                blocked = blocked[None] | (sequences == 0)[:, None, :]
+                blocked = blocked & ~torch.eye(length, dtype=torch.bool, device=sequences.device)[None]
+                blocked = blocked.repeat_interleave(heads, dim=0)
+                h = self.encoder(x, mask=blocked)
+            else:
+                h, _ = self.rnn(self.dropout(x))
+            return self.norm(h)
+
+        def logits(self, hidden):
+            return hidden @ self.items.weight[1:].T + self.bias
+
+    return SequenceNet()
+
+
+class Sequential:
+    """Next-item model over each user's time-ordered history.
+
+    Options: ``cell`` (gru | lstm | sasrec), ``dim``, ``layers``, ``heads``
+    (sasrec), ``dropout``, ``max_len`` (history items the model reads),
+    ``lr`` (Adam; 3e-3 learns much faster than 1e-3 here), ``weight_decay``,
+    ``batch_size`` (windows per step), ``epochs`` (the maximum with validation,
+    the exact count without), ``min_epochs``, ``patience``, ``threads`` (torch
+    intra-op threads; default all cores up to 8), ``device`` (default: the
+    context's, i.e. CUDA when present), ``seed``.
+    """
+
+    def __init__(
+        self,
+        cell: str = "sasrec",
+        dim: int = 64,
+        layers: int = 2,
+        heads: int = 2,
+        dropout: float = 0.2,
+        max_len: int = 50,
+        lr: float = 3e-3,
+        weight_decay: float = 0.0,
+        batch_size: int = 128,
+        epochs: int = 30,
+        min_epochs: int = 5,
+        patience: int = 5,
+        threads: int | None = None,
+        device: str | None = None,
+        seed: int | None = None,
+    ) -> None:
+        if cell not in CELLS:
+            raise ValueError(f"cell must be one of {CELLS}, got {cell!r}")
+        self.config: dict[str, Any] = dict(
+            cell=cell, dim=int(dim), layers=int(layers), heads=int(heads), dropout=float(dropout),
+            max_len=int(max_len), lr=float(lr), weight_decay=float(weight_decay), batch_size=int(batch_size),
+            epochs=int(epochs), min_epochs=int(min_epochs), patience=int(patience), threads=threads,
+            device=device, seed=seed,
+        )
+        self.net = None
+        self.n_items = 0
+        self.seen: sp.csr_matrix | None = None
+        self.best_epoch: int | None = None
+        self.history: list[dict[str, float]] = []
+        self._device = "cpu"
+
+    # -- training -----------------------------------------------------------
+
+    def _windows(self, sequences: list[np.ndarray]) -> np.ndarray:
+        """Left-padded windows of max_len + 1 shifted item indices (0 = pad)."""
+        width = self.config["max_len"] + 1
+        rows = []
+        for seq in sequences:
+            seq = np.asarray(seq, dtype=np.int64) + 1
+            end = len(seq)
+            while end >= 2:
+                start = max(0, end - width)
+                row = np.zeros(width, dtype=np.int64)
+                row[width - (end - start) :] = seq[start:end]
+                rows.append(row)
+                end = start + 1 if start > 0 else 0
+        return np.stack(rows) if rows else np.zeros((0, width), dtype=np.int64)
+
+    def fit(self, train: Interactions, *, context: FitContext) -> Sequential:
+        torch = _torch()
+        cfg = self.config
+        _set_threads(cfg["threads"])
+        seed = cfg["seed"] if cfg["seed"] is not None else context.seed
+        torch.manual_seed(seed)
+        rng = np.random.default_rng(seed)
+        self._device = cfg["device"] or context.device or "cpu"
+        self.n_items = train.n_items
+        self.seen = train.csr
+        self.sequences = [np.asarray(s, dtype=np.int32) for s in train.sequences]
+        self.net = _build_network(
+            cfg["cell"], self.n_items, cfg["dim"], cfg["layers"], cfg["heads"], cfg["dropout"], cfg["max_len"]
+        ).to(self._device)
+        windows = self._windows(self.sequences)
+        optimizer = torch.optim.Adam(self.net.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+        validation = context.validation
+        val_users = np.unique(validation.user_ids) if validation is not None and len(validation) else None
+        best, best_state, stale = -1.0, None, 0
+        self.history = []
+        for epoch in range(1, cfg["epochs"] + 1):
+            started = time.perf_counter()
+            self.net.train()
+            order = rng.permutation(len(windows))
+            total, count = 0.0, 0
+            for part in batched(len(order), cfg["batch_size"]):
+                batch = windows[order[part]]
+                # trim left columns that are padding in every row of the batch
+                first = int((batch != 0).argmax(axis=1).min())
+                batch = torch.from_numpy(batch[:, first:]).to(self._device)
+                inputs, targets = batch[:, :-1], batch[:, 1:]
+                mask = (targets != 0) & (inputs != 0)
+                hidden = self.net(inputs)[mask]
+                loss = torch.nn.functional.cross_entropy(self.net.logits(hidden), targets[mask] - 1)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                total += float(loss) * int(mask.sum())
+                count += int(mask.sum())
+            record = {"epoch": epoch, "loss": total / max(count, 1), "seconds": time.perf_counter() - started}
+            if val_users is not None:
+                record["val_ndcg@10"] = self._val_ndcg(validation, val_users)
+                score = record["val_ndcg@10"]
+                if score > best:
+                    best, stale, self.best_epoch = score, 0, epoch
+                    best_state = {k: v.detach().clone() for k, v in self.net.state_dict().items()}
+                else:
+                    stale += 1
+            self.history.append(record)
+            log.info("sequential[%s] epoch %d %s", cfg["cell"], epoch, {k: round(v, 4) for k, v in record.items()})
+            if context.progress is not None:
+                context.progress(f"epoch {epoch}", epoch / cfg["epochs"])
+            if val_users is not None and epoch >= cfg["min_epochs"] and stale >= cfg["patience"]:
+                break
+        if best_state is not None:
+            self.net.load_state_dict(best_state)
+        else:
+            self.best_epoch = len(self.history)
+        self.net.eval()
+        return self
+
+    def _val_ndcg(self, validation: Interactions, users: np.ndarray, k: int = 10) -> float:
+        """NDCG@k of the first validation item per user (full ranking, history excluded)."""
+        first = np.searchsorted(validation.user_ids, users)
+        targets = validation.item_ids[first]
+        gains = []
+        for part in batched(len(users), 512):
+            scores = self._scores([self.sequences[u] for u in users[part]])
+            seen = self.seen[users[part]].tocoo()
+            scores[seen.row, seen.col] = -np.inf
+            rows = np.arange(len(scores))
+            target_scores = scores[rows, targets[part]]
+            ranks = (scores > target_scores[:, None]).sum(axis=1)
+            gains.append(np.where(ranks < k, 1.0 / np.log2(ranks + 2), 0.0))
+        return float(np.concatenate(gains).mean()) if gains else 0.0
+
+    def refit_options(self) -> dict[str, Any]:
+        """The best validation epoch count, for the train+val refit (no validation there)."""
+        return {"epochs": int(self.best_epoch or self.config["epochs"])}
+
+    # -- scoring ------------------------------------------------------------
+
+    def _user_vectors(self, sequences: list[np.ndarray]) -> np.ndarray:
+        """Final hidden state for each history (zeros for an empty history)."""
+        torch = _torch()
+        width = self.config["max_len"]
+        batch = np.zeros((len(sequences), width), dtype=np.int64)
+        for row, seq in enumerate(sequences):
+            seq = np.asarray(seq, dtype=np.int64)[-width:] + 1
+            if len(seq):
+                batch[row, width - len(seq) :] = seq
+        first = int((batch != 0).argmax(axis=1).min()) if (batch != 0).any() else width - 1
+        self.net.eval()
+        with torch.no_grad():
+            hidden = self.net(torch.from_numpy(batch[:, first:]).to(self._device))[:, -1]
+        return hidden
+
+    def _scores(self, sequences: list[np.ndarray]) -> np.ndarray:
+        torch = _torch()
+        with torch.no_grad():
+            return self.net.logits(self._user_vectors(sequences)).float().cpu().numpy()
+
+    def recommend(self, user_ids, *, k, exclude_seen=True, candidates=None):
+        user_ids = np.asarray(user_ids)
+        scores = self._scores([self.sequences[u] for u in user_ids])
+        seen = self.seen[user_ids] if exclude_seen else None
+        return top_k(scores, k, seen=seen, candidates=candidates)
+
+    def recommend_history(self, item_ids, *, k, exclude_seen=True):
+        """Fold-in: score the next item after an anonymous, time-ordered history."""
+        item_ids = np.asarray(item_ids, dtype=np.int64)
+        item_ids = item_ids[(item_ids >= 0) & (item_ids < self.n_items)]
+        scores = self._scores([item_ids])
+        seen = None
+        if exclude_seen and len(item_ids):
+            seen = sp.csr_matrix(
+                (np.ones(len(item_ids)), (np.zeros(len(item_ids), dtype=int), item_ids)), shape=(1, self.n_items)
+            )
+        return top_k(scores, k, seen=seen)
+
+    def item_embeddings(self) -> np.ndarray:
+        return self.net.items.weight[1:].detach().float().cpu().numpy()
+
+    def similar_items(self, item_id, *, k):
+        """Cosine neighbours in the (tied input/output) item embedding space."""
+        vectors = self.item_embeddings()
+        vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+        scores = (vectors @ vectors[int(item_id)])[None, :]
+        itself = sp.csr_matrix(([1.0], ([0], [int(item_id)])), shape=(1, self.n_items))
+        items, scores = top_k(scores, k, seen=itself)
+        return items[0], scores[0]
+
+    # -- persistence --------------------------------------------------------
+
+    def save(self, directory: Path) -> None:
+        from safetensors.torch import save_file
+
+        directory = Path(directory)
+        state = {k: v.detach().cpu().contiguous() for k, v in self.net.state_dict().items()}
+        save_file(state, str(directory / "network.safetensors"))
+        lengths = np.array([len(s) for s in self.sequences], dtype=np.int64)
+        flat = np.concatenate(self.sequences) if self.sequences else np.zeros(0, dtype=np.int32)
+        np.savez(directory / "sequences.npz", lengths=lengths, items=flat, **csr_to_arrays(self.seen, "seen"))
+        meta = {"config": self.config, "n_items": self.n_items, "best_epoch": self.best_epoch, "history": self.history}
+        (directory / "config.json").write_text(json.dumps(meta, indent=2))
+
+    @classmethod
+    def load(cls, directory: Path, *, context: FitContext) -> Sequential:
+        from safetensors.torch import load_file
+
+        directory = Path(directory)
+        meta = json.loads((directory / "config.json").read_text())
+        model = cls(**meta["config"])
+        model.n_items, model.best_epoch, model.history = meta["n_items"], meta["best_epoch"], meta["history"]
+        with np.load(directory / "sequences.npz", allow_pickle=False) as data:
+            bounds = np.concatenate([[0], np.cumsum(data["lengths"])])
+            items = data["items"]
+            model.sequences = [items[bounds[i] : bounds[i + 1]] for i in range(len(bounds) - 1)]
+            model.seen = csr_from_arrays(data, "seen")
+        cfg = model.config
+        _set_threads(cfg["threads"])
+        model._device = cfg["device"] or context.device or "cpu"
+        model.net = _build_network(
+            cfg["cell"], model.n_items, cfg["dim"], cfg["layers"], cfg["heads"], cfg["dropout"], cfg["max_len"]
+        )
+        model.net.load_state_dict(load_file(str(directory / "network.safetensors")))
+        model.net.to(model._device).eval()
+        return model
