@@ -89,7 +89,8 @@ def _publish_validation(params: Params, failed: bool) -> None:
 def _stage_params(params: Params, encoder: str | None) -> Params:
     if encoder is None:
         return params
-    return params.model_copy(update={"encode": params.encode.model_copy(update={"encoders": [encoder]})})
+    encode = params.encode.model_copy(update={"encoders": [encoder], "profiles": False})
+    return params.model_copy(update={"encode": encode})
 
 
 # ---------------------------------------------------------------- tasks
@@ -144,6 +145,10 @@ def _submit(runner, params: Params, stage: str, *, force: bool, model: str | Non
     if runner is None:
         return configured.submit(**parameters)
     return runner.submit(configured, parameters=parameters)
+
+
+def _stage_fresh(params: Params, stage: str) -> bool:
+    return stamp_valid(params, stage, stage_key(params, stage))
 
 
 def _package_available() -> bool:
@@ -211,12 +216,16 @@ def training(
                 futures = {f"fit-{m}": _submit(runner, params, "train", force=force, model=m) for m in params.recommenders}
                 for label, future in futures.items():
                     record(label, future)
-            elif stage == "encode" and len(params.encode.encoders) > 0:
-                futures = {
-                    f"encode-{e}": _submit(runner, params, "encode", force=force, encoder=e) for e in params.encode.encoders
-                }
-                for label, future in futures.items():
-                    record(label, future)
+            elif stage == "encode":
+                if len(params.encode.encoders) > 1 and (force or not _stage_fresh(params, "encode")):
+                    # encoders in parallel (each fills its own content-keyed cache); profiles come after
+                    futures = {
+                        f"encode-{e}": _submit(runner, params, "encode", force=True, encoder=e)
+                        for e in params.encode.encoders
+                    }
+                    for label, future in futures.items():
+                        record(label, future)
+                record(stage, _submit(None, params, stage, force=force))
             else:
                 record(stage, _submit(None, params, stage, force=force))
             if stage == "validate":

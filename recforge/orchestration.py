@@ -66,14 +66,17 @@ def stage_spec(params: Params, stage: str, model: str | None = None, encoder: st
     if stage == "split":
         return StageSpec(stage, ("split",), (canonical,), (split,), (module, "recforge.split"))
     if stage == "encode":
-        encoders = [encoder] if encoder else list(params.encode.encoders)
-        keys = ("encode.fields", "encode.batch_size", *(f"encode.options.{e}" for e in encoders))
-        return StageSpec(stage, keys, (canonical / "items.parquet",),
-                         tuple(embeddings / f"{e}.npy" for e in encoders), (module,))
+        if encoder:  # one encoder's item vectors, profiles off: the parallel part of encode
+            return StageSpec(stage, ("encode.fields", "encode.batch_size", f"encode.options.{encoder}"),
+                             (canonical / "items.parquet",), (embeddings / f"{encoder}.npy",), (module,))
+        outs = (embeddings, Path(p.profiles_dir)) if params.encode.profiles else (embeddings,)
+        outs = outs if params.encode.encoders or params.encode.profiles else ()
+        return StageSpec(stage, ("encode",), (canonical, split), outs, (module, "recforge.profiles"))
     if stage == "train":
         models = [model] if model else list(params.recommenders)
         keys = (*(f"recommenders.{m}" for m in models), "evaluate.list_length", "seed")
-        return StageSpec(stage, keys, (canonical, split, embeddings), _model_dirs(params, models), (module,))
+        deps = (canonical, split, embeddings, Path(p.profiles_dir))
+        return StageSpec(stage, keys, deps, _model_dirs(params, models), (module,))
     if stage == "rerank":
         outs = _model_dirs(params, ["rerank"]) if params.rerank.enabled else ()
         keys = ("rerank", "recommenders", "encode.encoders", "evaluate.list_length", "seed")
@@ -165,13 +168,12 @@ def _plugin_source(params: Params, model: str) -> str:
         return f"<unknown plugin {params.plugin_of(model)}>"
 
 
-def outputs_digest(paths: tuple[Path, ...]) -> str | None:
-    """A cheap fingerprint (names, sizes, mtimes) of the outputs; None when one is missing."""
+def outputs_digest(paths: tuple[Path, ...]) -> str:
+    """A cheap fingerprint (names, sizes, mtimes) of the outputs; a missing output changes it."""
     digest = hashlib.sha256()
     for root in paths:
         files = _files(Path(root))
-        if not files:
-            return None
+        digest.update(f"{root}\x00{len(files)}\n".encode())
         for file in files:
             stat = file.stat()
             digest.update(f"{file}\x00{stat.st_size}\x00{stat.st_mtime_ns}\n".encode())
@@ -199,8 +201,7 @@ def stamp_valid(params: Params, stage: str, key: str, model: str | None = None, 
     except (OSError, ValueError):
         return False
     spec = stage_spec(params, stage, model=model, encoder=encoder)
-    current = outputs_digest(spec.outs)
-    return stamp.get("key") == key and (current is not None or not spec.outs) and stamp.get("outputs") == current
+    return stamp.get("key") == key and stamp.get("outputs") == outputs_digest(spec.outs)
 
 
 # ---------------------------------------------------------------- task runners / Dask
