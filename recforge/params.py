@@ -100,8 +100,22 @@ class EncodeParams(_Section):
 
 
 class RerankParams(_Section):
+    """The second stage (see recforge.rerank).
+
+    ``models``: recommenders whose top-``candidates_per_model`` lists form the
+    candidates (None: all configured). ``encoders``: encoders giving
+    similarity features (None: encode.encoders). ``folds``: LambdaRank models
+    over user-disjoint folds of the validation users, averaged. ``llm_scorer``:
+    add the local LLM's log P(yes) feature for each user's top
+    ``llm_candidates`` (slow on CPU, off by default). ``sentiment``: review
+    sentiment features when interactions carry a ``review`` column.
+    ``options``: extra re-ranker plugin options (e.g. min_data_in_leaf).
+    """
+
     enabled: bool = False
     plugin: str = "lambdarank"
+    models: list[str] | None = None
+    encoders: list[str] | None = None
     candidates_per_model: int = Field(50, ge=1)
     num_leaves: int = Field(31, ge=2)
     learning_rate: float = Field(0.05, gt=0.0)
@@ -109,6 +123,14 @@ class RerankParams(_Section):
     early_stopping_rounds: int = Field(50, ge=1)
     folds: int = Field(5, ge=1)
     distributed: bool = False
+    ablations: bool = True
+    sentiment: bool = True
+    llm_scorer: bool = False
+    llm_model: str | None = None
+    llm_candidates: int = Field(20, ge=1)
+    llm_history: int = Field(5, ge=1)
+    llm_batch_size: int = Field(16, ge=1)
+    explainer: str = "template"
     options: dict[str, Any] = Field(default_factory=dict)
 
 

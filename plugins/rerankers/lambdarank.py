@@ -1,0 +1,206 @@
+"""LightGBM LambdaRank re-ranker, averaged over user-disjoint folds.
+
+With only a few hundred validation users whose target is among the
+candidates, one train/early-stop split is noisy. ``fit`` therefore splits the
+groups (users) into ``folds`` disjoint parts; model ``f`` trains on the other
+parts and early-stops on part ``f``. ``rerank`` averages the models' scores;
+``oof_scores`` holds, for the training rows, the score of the one model that
+did not train on that user (honest validation lists). Groups without a
+positive label carry no ranking signal and are left out of training.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+
+class LambdaRankReranker:
+    """``fit(candidates, labels, groups)`` / ``rerank(candidates)`` over numeric feature columns."""
+
+    def __init__(
+        self,
+        folds: int = 5,
+        num_leaves: int = 31,
+        learning_rate: float = 0.05,
+        num_boost_round: int = 500,
+        early_stopping_rounds: int = 50,
+        min_data_in_leaf: int = 20,
+        feature_fraction: float = 0.8,
+        bagging_fraction: float = 0.8,
+        lambdarank_truncation_level: int = 20,
+        eval_at: int = 10,
+        seed: int = 0,
+        threads: int | None = None,
+        distributed: bool = False,
+        dask_params: Any = None,
+        features: list[str] | None = None,
+    ) -> None:
+        self.config = {
+            "folds": int(folds),
+            "num_leaves": int(num_leaves),
+            "learning_rate": float(learning_rate),
+            "num_boost_round": int(num_boost_round),
+            "early_stopping_rounds": int(early_stopping_rounds),
+            "min_data_in_leaf": int(min_data_in_leaf),
+            "feature_fraction": float(feature_fraction),
+            "bagging_fraction": float(bagging_fraction),
+            "lambdarank_truncation_level": int(lambdarank_truncation_level),
+            "eval_at": int(eval_at),
+            "seed": int(seed),
+            "threads": threads,
+            "distributed": bool(distributed),
+        }
+        self.dask_params = dask_params
+        self.features = list(features) if features else None
+        self.boosters: list[Any] = []
+        self.best_iterations: list[int] = []
+        self.oof_scores: np.ndarray | None = None
+
+    def _lgb_params(self) -> dict[str, Any]:
+        cfg = self.config
+        params = {
+            "objective": "lambdarank",
+            "metric": "ndcg",
+            "eval_at": [cfg["eval_at"]],
+            "num_leaves": cfg["num_leaves"],
+            "learning_rate": cfg["learning_rate"],
+            "min_data_in_leaf": cfg["min_data_in_leaf"],
+            "feature_fraction": cfg["feature_fraction"],
+            "bagging_fraction": cfg["bagging_fraction"],
+            "bagging_freq": 1,
+            "lambdarank_truncation_level": cfg["lambdarank_truncation_level"],
+            "seed": cfg["seed"],
+            "deterministic": True,
+            "force_row_wise": True,
+            "verbose": -1,
+        }
+        if cfg["threads"]:
+            params["num_threads"] = int(cfg["threads"])
+        return params
+
+    def _matrix(self, candidates: pd.DataFrame) -> np.ndarray:
+        if self.features is None:
+            self.features = [c for c in candidates.columns if c not in ("user", "item", "user_id", "item_id", "label")]
+        missing = [c for c in self.features if c not in candidates.columns]
+        if missing:
+            raise ValueError(f"candidate table lacks feature columns {missing}")
+        return candidates[self.features].to_numpy(np.float64)
+
+    def fit(self, candidates: pd.DataFrame, labels: np.ndarray, groups: np.ndarray) -> LambdaRankReranker:
+        """Train ``folds`` models on user-disjoint parts (rows in consecutive ``groups`` blocks)."""
+        import lightgbm as lgb
+
+        X = self._matrix(candidates)
+        labels = np.asarray(labels, dtype=np.float64)
+        groups = np.asarray(groups, dtype=np.int64)
+        if groups.sum() != len(X) or len(labels) != len(X):
+            raise ValueError(f"rows {len(X)}, labels {len(labels)}, sum(groups) {groups.sum()} must agree")
+        starts = np.concatenate([[0], np.cumsum(groups)[:-1]])
+        positive = np.add.reduceat(labels, starts) > 0 if len(groups) else np.array([], bool)
+        useful = np.flatnonzero(positive)
+        if len(useful) < 2:
+            raise ValueError("fewer than two groups with a positive label: nothing to learn from")
+        n_folds = max(1, min(self.config["folds"], len(useful) // 2))
+        rng = np.random.default_rng(self.config["seed"])
+        fold_of_group = np.full(len(groups), -1)
+        fold_of_group[useful] = rng.permutation(len(useful)) % n_folds
+        row_group = np.repeat(np.arange(len(groups)), groups)
+        self.boosters, self.best_iterations = [], []
+        oof = np.full(len(X), np.nan)
+
+        def subset(group_ids: np.ndarray):
+            rows = np.isin(row_group, group_ids)
+            return X[rows], labels[rows], groups[group_ids], rows
+
+        for fold in range(n_folds):
+            held = np.flatnonzero(fold_of_group == fold)
+            train_groups = useful if n_folds == 1 else np.flatnonzero((fold_of_group >= 0) & (fold_of_group != fold))
+            X_tr, y_tr, g_tr, _ = subset(train_groups)
+            X_va, y_va, g_va, rows_va = subset(held)
+            if self.config["distributed"]:
+                booster, best = self._fit_dask(X_tr, y_tr, g_tr)
+            else:
+                train_set = lgb.Dataset(X_tr, y_tr, group=g_tr, feature_name=self.features, free_raw_data=False)
+                valid_set = lgb.Dataset(X_va, y_va, group=g_va, reference=train_set)
+                booster = lgb.train(
+                    self._lgb_params(),
+                    train_set,
+                    num_boost_round=self.config["num_boost_round"],
+                    valid_sets=[valid_set],
+                    callbacks=[lgb.early_stopping(self.config["early_stopping_rounds"], verbose=False)],
+                )
+                best = int(booster.best_iteration or booster.current_iteration())
+            self.boosters.append(booster)
+            self.best_iterations.append(best)
+            if n_folds > 1:
+                oof[rows_va] = booster.predict(X_va, num_iteration=best)
+        # rows of users without a positive (or the single-fold case) get the ensemble's score
+        missing = np.isnan(oof)
+        if missing.any():
+            oof[missing] = self._predict(X[missing])
+        self.oof_scores = oof
+        log.info("lambdarank: %d folds, best iterations %s", n_folds, self.best_iterations)
+        return self
+
+    def _fit_dask(self, X: np.ndarray, y: np.ndarray, group: np.ndarray) -> tuple[Any, int]:
+        from recforge.orchestration import train_dask_ranker
+
+        cfg = self.config
+        model = train_dask_ranker(
+            X, y, group, self.dask_params,
+            num_leaves=cfg["num_leaves"], learning_rate=cfg["learning_rate"],
+            n_estimators=cfg["num_boost_round"], min_child_samples=cfg["min_data_in_leaf"],
+        )
+        booster = model.booster_
+        return booster, int(booster.current_iteration())
+
+    def _predict(self, X: np.ndarray) -> np.ndarray:
+        if not self.boosters:
+            raise RuntimeError("rerank() before fit()")
+        total = np.zeros(len(X))
+        for booster, best in zip(self.boosters, self.best_iterations, strict=True):
+            total += booster.predict(X, num_iteration=best)
+        return total / len(self.boosters)
+
+    def rerank(self, candidates: pd.DataFrame) -> np.ndarray:
+        """Mean score of the fold models for each row (higher is better)."""
+        return self._predict(self._matrix(candidates))
+
+    def feature_importance(self) -> pd.DataFrame:
+        """Gain and split importance per feature, averaged over the fold models."""
+        gains = np.mean([b.feature_importance("gain", iteration=i) for b, i in zip(self.boosters, self.best_iterations, strict=True)], axis=0)
+        splits = np.mean([b.feature_importance("split", iteration=i) for b, i in zip(self.boosters, self.best_iterations, strict=True)], axis=0)
+        table = pd.DataFrame({"feature": self.features, "gain": gains, "splits": splits})
+        table["gain_share"] = table["gain"] / max(table["gain"].sum(), 1e-12)
+        return table.sort_values("gain", ascending=False, ignore_index=True)
+
+    def save(self, directory: Path) -> None:
+        """LightGBM text models ``fold_<i>.txt`` and ``reranker.json`` (config, features, iterations)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        for i, (booster, best) in enumerate(zip(self.boosters, self.best_iterations, strict=True)):
+            booster.save_model(str(directory / f"fold_{i}.txt"), num_iteration=best)
+        (directory / "reranker.json").write_text(
+            json.dumps(
+                {"config": self.config, "features": self.features, "best_iterations": self.best_iterations}, indent=2
+            )
+        )
+
+    @classmethod
+    def load(cls, directory: Path) -> LambdaRankReranker:
+        import lightgbm as lgb
+
+        directory = Path(directory)
+        meta = json.loads((directory / "reranker.json").read_text())
+        model = cls(**{k: v for k, v in meta["config"].items()}, features=meta["features"])
+        model.boosters = [lgb.Booster(model_file=str(directory / f"fold_{i}.txt")) for i in range(len(meta["best_iterations"]))]
+        model.best_iterations = [int(b.current_iteration()) for b in model.boosters]
+        return model

@@ -1,0 +1,442 @@
+"""The second stage: re-rank the union of the candidate models' lists.
+
+Leakage-free protocol (no stage ever trains on a test target):
+
+1. The train stage fits every candidate model on **train** and writes its
+   lists for the validation users (``lists/<model>/val.parquet``); it refits
+   on **train + val** and writes lists for the test users (``test.parquet``).
+2. Re-ranker training rows = the union of the ``val`` lists; features use the
+   train events only; label 1 = the user's validation event. The test split
+   is not read while training.
+3. The re-ranker is a set of LambdaRank models over user-disjoint folds of the
+   validation users (each early-stops on its own held-out fold); validation
+   lists for ``rerank`` use each user's out-of-fold score.
+4. Test rows = the union of the ``test`` lists with features from train + val
+   events, scored by the average of the fold models. Test targets are read
+   only to report metrics (candidate recall, ablations, evaluate stage).
+
+Outputs: ``lists/rerank/{val,test}.parquet`` (the evaluate stage reports
+``rerank`` like any model), ``models/rerank/`` (LightGBM text models +
+``meta.json``), ``reports/candidate_recall.*``, ``reports/feature_importance.*``,
+``plots/feature_importance.png`` and ``reports/rerank_ablation.*``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from recforge import registry
+from recforge.artifacts import atomic_dir, atomic_path, checksums, write_json, write_parquet, write_text
+from recforge.errors import RecforgeError
+from recforge.features import (
+    LLM_PREFIXES,
+    TEXT_PREFIXES,
+    PartData,
+    build_features,
+    candidate_frame,
+    feature_columns,
+    group_sizes,
+    labels_for,
+    model_columns,
+)
+from recforge.metrics import evaluate
+from recforge.params import Params
+from recforge.workspace import Workspace
+
+log = logging.getLogger(__name__)
+
+NAME = "rerank"
+HISTORY = {"val": "train", "test": "train+val"}
+
+
+def candidate_models(params: Params) -> list[str]:
+    """The recommenders whose lists feed the re-ranker (``rerank.models`` or all configured)."""
+    chosen = params.rerank.models or list(params.recommenders)
+    unknown = [m for m in chosen if m not in params.recommenders]
+    if unknown:
+        raise RecforgeError(f"rerank.models names unconfigured recommenders: {unknown}")
+    return list(chosen)
+
+
+def feature_encoders(params: Params) -> list[str]:
+    """Encoders whose item embeddings give similarity features (``rerank.encoders`` or encode.encoders)."""
+    return list(params.rerank.encoders if params.rerank.encoders is not None else params.encode.encoders)
+
+
+def read_lists(params: Params, models: Sequence[str], part: str) -> dict[str, pd.DataFrame]:
+    lists = {}
+    for name in models:
+        path = Path(params.paths.lists_dir) / name / f"{part}.parquet"
+        if not path.exists():
+            raise RecforgeError(f"{path}: not found; run `recforge stage train` first")
+        lists[name] = pd.read_parquet(path)
+    return lists
+
+
+def part_data(workspace: Workspace, part: str, models: Sequence[str]) -> PartData:
+    """What features of ``part`` ('val' or 'test') may read: never that part's own events."""
+    from recforge.profiles import settings_from_params
+
+    params = workspace.params
+    history = workspace.events(HISTORY[part])
+    embeddings = {name: workspace.embeddings(name) for name in feature_encoders(params)}
+    sentiment = None
+    if params.rerank.sentiment:
+        from recforge.sentiment import history_sentiment
+
+        sentiment = history_sentiment(workspace, HISTORY[part])
+    return PartData(
+        part=part,
+        history=history,
+        maps=workspace.maps,
+        items=workspace.items,
+        lists=read_lists(params, models, part),
+        embeddings=embeddings,
+        sentiment=sentiment,
+        text_fields=params.encode.fields,
+        profile_settings=settings_from_params(params),
+    )
+
+
+def build_part(workspace: Workspace, part: str, models: Sequence[str], llm_scorer=None) -> pd.DataFrame:
+    data = part_data(workspace, part, models)
+    frame = candidate_frame(data.lists, data.maps, workspace.params.rerank.candidates_per_model)
+    return build_features(frame, data, llm_scorer=llm_scorer)
+
+
+def training_table(workspace: Workspace, models: Sequence[str] | None = None, llm_scorer=None) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+    """(features, labels, groups) the re-ranker trains on: val candidates, val targets only."""
+    models = list(models or candidate_models(workspace.params))
+    frame = build_part(workspace, "val", models, llm_scorer)
+    labels = labels_for(frame, workspace.frame("val"))
+    return frame, labels, group_sizes(frame)
+
+
+def make_reranker(params: Params, features: list[str] | None = None):
+    cfg = params.rerank
+    options: dict[str, Any] = {
+        "folds": cfg.folds,
+        "num_leaves": cfg.num_leaves,
+        "learning_rate": cfg.learning_rate,
+        "num_boost_round": cfg.num_boost_round,
+        "early_stopping_rounds": cfg.early_stopping_rounds,
+        "seed": params.seed,
+    }
+    if cfg.distributed:
+        options.update({"distributed": True, "dask_params": params})
+    options.update(cfg.options)
+    if features is not None:
+        options["features"] = features
+    return registry.rerankers.create(cfg.plugin, **options)
+
+
+def ranked_lists(frame: pd.DataFrame, scores: np.ndarray, k: int) -> pd.DataFrame:
+    """Top-``k`` (user_id, item_id, rank, score) per user from row scores (ties: better rrf, lower item)."""
+    table = pd.DataFrame(
+        {
+            "user": frame["user"].to_numpy(),
+            "user_id": frame["user_id"].to_numpy(),
+            "item_id": frame["item_id"].to_numpy(),
+            "item": frame["item"].to_numpy(),
+            "score": np.asarray(scores, dtype=np.float64),
+        }
+    )
+    table = table.sort_values(["user", "score", "item"], ascending=[True, False, True], kind="stable")
+    table["rank"] = table.groupby("user").cumcount() + 1
+    table = table[table["rank"] <= k]
+    return pd.DataFrame(
+        {
+            "user_id": table["user_id"].to_numpy(),
+            "item_id": table["item_id"].to_numpy(),
+            "rank": table["rank"].to_numpy(np.int32),
+            "score": table["score"].to_numpy(np.float32),
+        }
+    )
+
+
+def candidate_recall(frames: dict[str, pd.DataFrame], truths: dict[str, pd.DataFrame], models: Sequence[str], n: int) -> pd.DataFrame:
+    """Share of users whose held-out item is among the candidates, per model and for the union."""
+    from recforge.features import safe_name
+
+    rows = []
+    for part, frame in frames.items():
+        truth = truths[part]
+        labels = labels_for(frame, truth).astype(bool)
+        n_users = truth["user_id"].nunique()
+        for name in models:
+            proposed = frame[f"{safe_name(name)}_rank"].notna().to_numpy()
+            rows.append({"part": part, "candidates": name, "recall": frame.loc[labels & proposed, "user_id"].nunique() / max(n_users, 1),
+                         "rows_per_user": proposed.sum() / max(n_users, 1)})
+        rows.append({"part": part, "candidates": "union", "recall": frame.loc[labels, "user_id"].nunique() / max(n_users, 1),
+                     "rows_per_user": len(frame) / max(n_users, 1)})
+    table = pd.DataFrame(rows)
+    table["n"] = n
+    return table
+
+
+def _markdown(table: pd.DataFrame, floatfmt: str = ".4f") -> str:
+    columns = list(table.columns)
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    for _, row in table.iterrows():
+        cells = [format(v, floatfmt) if isinstance(v, (float, np.floating)) else str(v) for v in row.tolist()]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _fit_and_score(params, val_frame, labels, groups, test_frame, features):
+    reranker = make_reranker(params, features)
+    reranker.fit(val_frame, labels, groups)
+    return reranker, reranker.oof_scores, reranker.rerank(test_frame)
+
+
+def ablations(
+    params: Params,
+    val_frame: pd.DataFrame,
+    labels: np.ndarray,
+    test_frame: pd.DataFrame,
+    models: Sequence[str],
+    truths: dict[str, pd.DataFrame],
+    full: dict[str, float] | None = None,
+) -> pd.DataFrame:
+    """Validation (out-of-fold) and test NDCG/Recall@K without feature groups and without each recommender."""
+    k = params.evaluate.k
+    length = params.evaluate.list_length
+    features = feature_columns(val_frame)
+    variants: list[tuple[str, list[str], str | None]] = []
+    text = [f for f in features if f.startswith(TEXT_PREFIXES)]
+    llm = [f for f in features if f.startswith(LLM_PREFIXES)]
+    if text or llm:
+        variants.append(("without text/LLM features", [f for f in features if f not in text and f not in llm], None))
+    if llm:
+        variants.append(("without LLM feature", [f for f in features if f not in llm], None))
+    if len(models) > 1:
+        for name in models:
+            drop = set(model_columns(val_frame, name))
+            variants.append((f"without {name}", [f for f in features if f not in drop], name))
+    rows = []
+    if full is not None:
+        rows.append({"variant": "all features and candidates", **full})
+    for label, columns, dropped in variants:
+        started = time.perf_counter()
+        val_part, test_part, val_labels = val_frame, test_frame, labels
+        if dropped is not None:
+            rank_cols = [c for c in val_frame.columns if c.endswith("_rank") and c != f"{_safe(dropped)}_rank"]
+            keep_val = val_frame[rank_cols].notna().any(axis=1).to_numpy()
+            keep_test = test_frame[rank_cols].notna().any(axis=1).to_numpy()
+            val_part, test_part, val_labels = val_frame[keep_val], test_frame[keep_test], labels[keep_val]
+            # n_models / rrf must not count the dropped model either
+            val_part, test_part = _recount(val_part, dropped), _recount(test_part, dropped)
+        try:
+            _, val_scores, test_scores = _fit_and_score(params, val_part, val_labels, group_sizes(val_part), test_part, columns)
+        except ValueError as exc:
+            log.warning("ablation %s skipped: %s", label, exc)
+            continue
+        val_metrics = evaluate(ranked_lists(val_part, val_scores, length), truths["val"], [k], 0)
+        test_metrics = evaluate(ranked_lists(test_part, test_scores, length), truths["test"], [k], 0)
+        rows.append(
+            {
+                "variant": label,
+                f"val_ndcg@{k}": val_metrics[f"ndcg@{k}"],
+                f"test_ndcg@{k}": test_metrics[f"ndcg@{k}"],
+                f"test_recall@{k}": test_metrics[f"recall@{k}"],
+                "seconds": round(time.perf_counter() - started, 1),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def _safe(name: str) -> str:
+    from recforge.features import safe_name
+
+    return safe_name(name)
+
+
+def _recount(frame: pd.DataFrame, dropped: str) -> pd.DataFrame:
+    frame = frame.copy()
+    ranks = frame[[c for c in frame.columns if c.endswith("_rank") and c != f"{_safe(dropped)}_rank"]].to_numpy(np.float64)
+    frame["n_models"] = np.isfinite(ranks).sum(axis=1).astype(np.float64)
+    frame["rrf"] = np.nansum(1.0 / (10.0 + ranks), axis=1)
+    return frame
+
+
+def write_importance(table: pd.DataFrame, params: Params) -> None:
+    reports, plots = Path(params.paths.reports_dir), Path(params.paths.plots_dir)
+    with atomic_path(reports / "feature_importance.csv") as tmp:
+        table.to_csv(tmp, index=False)
+    write_text("# Re-ranker feature importance (gain, mean over folds)\n\n" + _markdown(table), reports / "feature_importance.md")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    top = table.head(25).iloc[::-1]
+    fig, ax = plt.subplots(figsize=(7, max(3, 0.28 * len(top) + 1)))
+    ax.barh(top["feature"], top["gain_share"])
+    ax.set_xlabel("share of total gain")
+    ax.set_title("re-ranker feature importance")
+    fig.tight_layout()
+    with atomic_path(plots / "feature_importance.png") as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+
+
+def run(params: Params) -> dict[str, Any]:
+    """Build candidates and features, train the re-ranker on val, write lists, model and reports."""
+    started = time.perf_counter()
+    workspace = Workspace(params)
+    cfg = params.rerank
+    models = candidate_models(params)
+    length = params.evaluate.list_length
+    k = params.evaluate.k
+    scorer = None
+    if cfg.llm_scorer:
+        scorer = LLMScorer(params)
+
+    val_frame, labels, groups = training_table(workspace, models, scorer)
+    test_frame = build_part(workspace, "test", models, scorer)
+    features = feature_columns(val_frame)
+    built_s = time.perf_counter() - started
+    log.info("rerank: %d val rows (%d users, %d positives), %d test rows, %d features in %.1fs",
+             len(val_frame), len(groups), int(labels.sum()), len(test_frame), len(features), built_s)
+
+    reranker, val_scores, test_scores = _fit_and_score(params, val_frame, labels, groups, test_frame, features)
+    val_lists = ranked_lists(val_frame, val_scores, length)
+    test_lists = ranked_lists(test_frame, test_scores, length)
+    write_parquet(val_lists, Path(params.paths.lists_dir) / NAME / "val.parquet")
+    write_parquet(test_lists, Path(params.paths.lists_dir) / NAME / "test.parquet")
+
+    # everything below reads the test targets for reporting only
+    truths = {"val": workspace.frame("val"), "test": workspace.frame("test")}
+    recall = candidate_recall({"val": val_frame, "test": test_frame}, truths, models, cfg.candidates_per_model)
+    reports = Path(params.paths.reports_dir)
+    with atomic_path(reports / "candidate_recall.csv") as tmp:
+        recall.to_csv(tmp, index=False)
+    write_text(f"# Candidate recall@{cfg.candidates_per_model}\n\n" + _markdown(recall), reports / "candidate_recall.md")
+    importance = reranker.feature_importance()
+    write_importance(importance, params)
+
+    val_metrics = evaluate(val_lists, truths["val"], [k], 0)
+    test_metrics = evaluate(test_lists, truths["test"], [k], 0)
+    full = {f"val_ndcg@{k}": val_metrics[f"ndcg@{k}"], f"test_ndcg@{k}": test_metrics[f"ndcg@{k}"],
+            f"test_recall@{k}": test_metrics[f"recall@{k}"], "seconds": round(time.perf_counter() - started, 1)}
+    if cfg.ablations:
+        table = ablations(params, val_frame, labels, test_frame, models, truths, full)
+        with atomic_path(reports / "rerank_ablation.csv") as tmp:
+            table.to_csv(tmp, index=False)
+        write_text("# Re-ranker ablations (val = out-of-fold)\n\n" + _markdown(table), reports / "rerank_ablation.md")
+
+    meta = {
+        "name": NAME,
+        "plugin": cfg.plugin,
+        "models": models,
+        "encoders": feature_encoders(params),
+        "features": features,
+        "candidates_per_model": cfg.candidates_per_model,
+        "training": {"part": "val", "history": HISTORY["val"], "rows": len(val_frame), "users": int(len(groups)),
+                     "positives": int(labels.sum())},
+        "scoring": {"part": "test", "history": HISTORY["test"], "rows": len(test_frame)},
+        "llm_scorer": bool(cfg.llm_scorer),
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    with atomic_dir(Path(params.paths.models_dir) / NAME) as staging:
+        reranker.save(staging)
+        meta["checksums"] = checksums(staging)
+        (staging / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
+    log.info("rerank: val ndcg@%d %.4f (out-of-fold), test ndcg@%d %.4f in %.1fs",
+             k, full[f"val_ndcg@{k}"], k, full[f"test_ndcg@{k}"], meta["seconds"])
+    return {**meta, "metrics": full, "candidate_recall": recall.to_dict("records")}
+
+
+def load_reranker(params: Params):
+    """The trained re-ranker (checksums verified) and its meta.json."""
+    from recforge.artifacts import verify_checksums
+
+    directory = Path(params.paths.models_dir) / NAME
+    meta_path = directory / "meta.json"
+    if not meta_path.exists():
+        raise RecforgeError(f"{directory}: no trained re-ranker; run `recforge stage rerank`")
+    meta = json.loads(meta_path.read_text())
+    verify_checksums(directory, meta["checksums"])
+    return registry.rerankers.get(meta["plugin"]).load(directory), meta
+
+
+class LLMScorer:
+    """TALLRec/LlamaRec-style feature: log P(Yes) - log P(No) that the user will enjoy the item.
+
+    The prompt lists the user's last ``rerank.llm_history`` history titles and
+    asks about the candidate; only each user's top ``rerank.llm_candidates``
+    candidates (by reciprocal-rank fusion) are scored, the rest get NaN.
+    Prompts are batched; scores are cached on disk by prompt hash
+    (``<cache_dir>/rerank-llm/<model hash>.json``).
+    """
+
+    def __init__(self, params: Params) -> None:
+        self.params = params
+        cfg = params.rerank
+        self.model = cfg.llm_model
+        self.top = cfg.llm_candidates
+        self.history = cfg.llm_history
+        self.batch_size = cfg.llm_batch_size
+        key = hashlib.sha1(str(self.model or "smollm2").encode()).hexdigest()[:12]
+        self.cache_path = Path(params.paths.cache_dir) / "rerank-llm" / f"{key}.json"
+        self.cache: dict[str, float] = json.loads(self.cache_path.read_text()) if self.cache_path.exists() else {}
+
+    def prompts(self, frame: pd.DataFrame, data: PartData) -> tuple[np.ndarray, list[str]]:
+        titles = data.items["title"].astype(str).to_numpy() if "title" in data.items else data.items["item_id"].astype(str).to_numpy()
+        order = frame.assign(_r=-frame["rrf"]).sort_values(["user", "_r"], kind="stable")
+        chosen = order.groupby("user").head(self.top).index.to_numpy()
+        sequences = data.history.sequences
+        texts = []
+        for row in chosen:
+            user, item = int(frame.at[row, "user"]), int(frame.at[row, "item"])
+            recent = "; ".join(titles[i] for i in sequences[user][-self.history:][::-1])
+            texts.append(
+                f"A user recently watched: {recent}.\nWill this user enjoy \"{titles[item]}\"? Answer Yes or No."
+            )
+        return chosen, texts
+
+    def __call__(self, frame: pd.DataFrame, data: PartData) -> np.ndarray:
+        rows, texts = self.prompts(frame, data)
+        out = np.full(len(frame), np.nan)
+        keys = [hashlib.sha1(t.encode()).hexdigest() for t in texts]
+        todo = sorted({key: text for key, text in zip(keys, texts, strict=True) if key not in self.cache}.items())
+        if todo:
+            scores = self.score([text for _, text in todo])
+            self.cache.update({key: float(s) for (key, _), s in zip(todo, scores, strict=True)})
+            write_json(self.cache, self.cache_path)
+        out[frame.index.get_indexer(rows)] = [self.cache[key] for key in keys]
+        return out
+
+    def score(self, texts: list[str]) -> np.ndarray:
+        """log P(" Yes") - log P(" No") for the assistant's first token, per prompt."""
+        import torch
+
+        from recforge.llm import load_causal_lm
+        from recforge.workspace import resolve_device
+
+        tokenizer, model = load_causal_lm(self.model, device=resolve_device(self.params.serve.device))
+        tokenizer.padding_side = "left"
+        yes = tokenizer.encode("Yes", add_special_tokens=False)[0]
+        no = tokenizer.encode("No", add_special_tokens=False)[0]
+        chats = [
+            tokenizer.apply_chat_template([{"role": "user", "content": t}], tokenize=False, add_generation_prompt=True)
+            if getattr(tokenizer, "chat_template", None) else t + "\nAnswer:"
+            for t in texts
+        ]
+        scores = np.empty(len(texts))
+        with torch.inference_mode():
+            for start in range(0, len(chats), self.batch_size):
+                batch = tokenizer(chats[start : start + self.batch_size], return_tensors="pt", padding=True).to(model.device)
+                logits = model(**batch).logits[:, -1, :].float()
+                logp = torch.log_softmax(logits, dim=-1)
+                scores[start : start + len(batch["input_ids"])] = (logp[:, yes] - logp[:, no]).cpu().numpy()
+        return scores
