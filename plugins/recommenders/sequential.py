@@ -200,7 +200,7 @@ class Sequential:
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-                total += float(loss) * int(mask.sum())
+                total += float(loss.detach()) * int(mask.sum())
                 count += int(mask.sum())
             record = {"epoch": epoch, "loss": total / max(count, 1), "seconds": time.perf_counter() - started}
             if val_users is not None:
