@@ -102,14 +102,25 @@ def stage(
     name: Annotated[str, typer.Argument(help="ingest|validate|split|encode|train|rerank|evaluate|package")],
     params_file: ParamsOpt = Path(DEFAULT_PARAMS_FILE),
     set_: SetOpt = None,
+    model: Annotated[list[str] | None, typer.Option("--model", "-m", help="train: only these recommenders")] = None,
     debug: DebugOpt = False,
 ) -> None:
-    """Run one pipeline stage (what dvc.yaml calls)."""
+    """Run one pipeline stage (what dvc.yaml calls; `train --model NAME` fits one recommender)."""
 
     def body() -> None:
         from recforge.stages import get_stage
 
         params = load_params(params_file, set_ or [])
+        if model and name != "train":
+            raise RecforgeError("--model only applies to the train stage")
+        if model:
+            unknown = sorted(set(model) - set(params.recommenders))
+            if unknown:
+                raise RecforgeError(f"--model {', '.join(unknown)}: not in recommenders ({', '.join(params.recommenders)})")
+            from recforge.stages.train import run_train
+
+            run_train(params, models=list(model))
+            return
         get_stage(name)(params)
         if name == "evaluate":
             _print_metrics(params)

@@ -148,11 +148,24 @@ class EvaluateParams(_Section):
 
 
 class ServeParams(_Section):
+    """The online service (recforge.serving, service/).
+
+    ``model``: the served recommender (default: best validation NDCG@k);
+    ``api_token``: bearer token required on every non-health endpoint (the env
+    variable RECFORGE_API_TOKEN wins; never packaged); ``explainer``: a
+    registered explainer plugin, falling back to the built-in grounded one;
+    ``build``: `recforge package` also runs `bentoml build`.
+    """
+
     host: str = "127.0.0.1"
     port: int = Field(3000, ge=1, le=65535)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     api_token: str | None = None
     model: str | None = None
+    explainer: str = "template"
+    explainer_options: dict[str, Any] = Field(default_factory=dict)
+    workers: int = Field(1, ge=1)
+    build: bool = True
 
 
 class OrchestrationParams(_Section):
