@@ -1,0 +1,134 @@
+"""Contract for EVERY registered encoder (recforge.encoders entry points).
+
+Shape, dtype, L2 norm, determinism, batch-size invariance, save/load, and
+that texts on the same subject are closer than texts on different ones. The
+transformer and llm encoders run fully offline on these small inputs (the
+llm's SmolLM2 is fetched by the set-up function `recforge.llm.ensure_smollm2`
+when the cache lacks it).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from recforge import registry
+
+CORPUS = [
+    "A rocket launches astronauts into outer space toward the moon.",
+    "Astronauts on the space station watch the rocket and the stars.",
+    "The spaceship crew explores a distant planet in deep space.",
+    "A chocolate cake recipe: bake with sugar, butter and flour.",
+    "Bake bread in the oven; the recipe needs flour, yeast and butter.",
+    "Cooking pasta with tomato sauce, garlic and fresh basil.",
+    "Two lovers fall in love in Paris, a romantic story of the heart.",
+    "A romance about a wedding, a kiss and a love letter.",
+    "Heartbreak and love: the romantic couple finally marry.",
+    "<p>Markup &amp; <b>noise</b> should not break anything</p>",
+    "太空 火箭 宇航员",  # CJK text must encode too
+    "",  # empty text must encode too
+]
+ANCHOR = "A rocket carries astronauts into space."
+SAME = "Astronauts fly a spaceship to the moon and the stars in space."
+OTHER = "Bake a chocolate cake with butter and sugar from the recipe."
+QUERIES = [ANCHOR, SAME, OTHER, CORPUS[6], CORPUS[10], ""]
+
+NAMES = registry.encoders.names()
+
+
+def test_the_built_in_encoders_are_registered():
+    assert {"tfidf", "word2vec", "transformer", "llm"} <= set(NAMES)
+
+
+_fitted: dict[str, object] = {}
+
+
+def fitted(name: str):
+    """One fitted encoder per name for the whole module (the LMs load once)."""
+    if name not in _fitted:
+        encoder = registry.encoders.create(name)
+        returned = encoder.fit(CORPUS)
+        assert returned is encoder
+        _fitted[name] = encoder
+    return _fitted[name]
+
+
+@pytest.fixture(params=NAMES)
+def encoder(request):
+    return fitted(request.param)
+
+
+def test_satisfies_the_protocol(encoder):
+    from recforge.protocols import Encoder
+
+    assert isinstance(encoder, Encoder)
+    assert isinstance(encoder.name, str) and encoder.name in NAMES
+    assert isinstance(encoder.dim, int) and encoder.dim > 0
+
+
+def test_shape_dtype_and_unit_norm(encoder):
+    vectors = encoder.encode(QUERIES, batch_size=4)
+    assert isinstance(vectors, np.ndarray)
+    assert vectors.shape == (len(QUERIES), encoder.dim)
+    assert vectors.dtype == np.float32
+    assert np.isfinite(vectors).all()
+    norms = np.linalg.norm(vectors[:5], axis=1)
+    np.testing.assert_allclose(norms, 1.0, atol=1e-5)
+    # an empty text is either a unit vector or all zeros, never garbage
+    assert np.isclose(np.linalg.norm(vectors[5]), 1.0, atol=1e-5) or not vectors[5].any()
+
+
+def test_empty_input_gives_an_empty_matrix(encoder):
+    vectors = encoder.encode([], batch_size=4)
+    assert vectors.shape == (0, encoder.dim) and vectors.dtype == np.float32
+
+
+def test_deterministic_and_independent_of_batch_size(encoder):
+    first = encoder.encode(QUERIES, batch_size=2)
+    again = encoder.encode(QUERIES, batch_size=64)
+    np.testing.assert_allclose(first, again, atol=2e-4)
+    # a row does not depend on its neighbours in the batch
+    alone = encoder.encode([QUERIES[1]], batch_size=1)
+    np.testing.assert_allclose(alone[0], first[1], atol=2e-4)
+
+
+def test_refitting_a_fresh_instance_gives_the_same_vectors(encoder):
+    fresh = registry.encoders.create(encoder.name).fit(CORPUS)
+    np.testing.assert_allclose(fresh.encode(QUERIES), encoder.encode(QUERIES), atol=2e-4)
+
+
+def test_similar_texts_are_closer_than_unrelated_ones(encoder):
+    anchor, same, other = encoder.encode([ANCHOR, SAME, OTHER])
+    assert float(anchor @ same) > float(anchor @ other)
+
+
+def test_save_and_load_round_trip(encoder, tmp_path):
+    encoder.save(tmp_path / "state")
+    restored = registry.encoders.get(encoder.name).load(tmp_path / "state")
+    assert restored.dim == encoder.dim
+    np.testing.assert_allclose(restored.encode(QUERIES), encoder.encode(QUERIES), atol=2e-4)
+    # nothing unsafe on disk
+    suffixes = {p.suffix for p in (tmp_path / "state").rglob("*") if p.is_file()}
+    assert suffixes <= {".json", ".npz", ".npy", ".safetensors"}
+
+
+def test_tfidf_dimension_is_capped_by_the_corpus():
+    small = registry.encoders.create("tfidf", dim=512).fit(CORPUS)
+    assert small.dim < len(CORPUS)
+    assert small.encode(["space rocket"]).shape == (1, small.dim)
+    assert registry.encoders.create("tfidf", dim=3).fit(CORPUS).dim == 3
+
+
+def test_transformer_accepts_a_local_model_path():
+    from recforge_plugins.encoders.transformer import default_model_path
+
+    encoder = registry.encoders.create("transformer", model=str(default_model_path()))
+    np.testing.assert_allclose(encoder.encode([ANCHOR]), fitted("transformer").encode([ANCHOR]), atol=1e-5)
+
+
+def test_missing_local_model_fails_with_a_clear_error(tmp_path):
+    from recforge.errors import RecforgeError
+
+    for name in ("transformer", "llm"):
+        with pytest.raises(RecforgeError, match="not found"):
+            registry.encoders.create(name, model=str(tmp_path / "nope")).encode(["x"])
