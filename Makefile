@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test bench serve clean
+.PHONY: setup run test bench serve bench-serve clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -31,6 +31,18 @@ run: setup
 
 test: setup
 	$(PY) -m pytest -q
+
+# serve: train on the embedded default if nothing is trained yet, package, serve on 127.0.0.1:$(PORT).
+PORT ?= 3000
+serve: setup
+	@test -f metrics/metrics.json || $(VENV)/bin/recforge run
+	$(VENV)/bin/recforge package
+	$(VENV)/bin/recforge serve --port $(PORT)
+
+# bench-serve: load benchmark against a server it starts itself on a free loopback port.
+bench-serve: setup
+	@test -f metrics/metrics.json || $(VENV)/bin/recforge run
+	$(PY) bench/serve.py
 
 clean:
 	rm -rf data artifacts metrics plots reports .recforge-cache

@@ -227,6 +227,45 @@ def _describe(params: Params) -> None:
     console.print(table)
 
 
+@app.command()
+def package(
+    params_file: ParamsOpt = Path(DEFAULT_PARAMS_FILE),
+    set_: SetOpt = None,
+    build: Annotated[bool, typer.Option("--build/--no-build", help="also run `bentoml build`")] = True,
+    debug: DebugOpt = False,
+) -> None:
+    """Save the trained pipeline to the BentoML model store and build the Bento (pinned model tag)."""
+
+    def body() -> None:
+        from recforge.stages.package import run_package
+
+        params = load_params(params_file, set_ or [])
+        result = run_package(params, build=build)
+        console.print(f"model {result['model_tag']}" + (f"; bento {result['bento_tag']}" if result["bento_tag"] else ""))
+
+    _guard(debug, body)
+
+
+@app.command()
+def serve(
+    params_file: ParamsOpt = Path(DEFAULT_PARAMS_FILE),
+    set_: SetOpt = None,
+    port: Annotated[int | None, typer.Option(help="default serve.port")] = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Serve the last packaged Bento on serve.host:serve.port (127.0.0.1:3000 by default)."""
+
+    def body() -> None:
+        from recforge.stages.package import serve_command
+
+        params = load_params(params_file, set_ or [])
+        command, env = serve_command(params, port=port)
+        errors.print(f"serving on http://{params.serve.host}:{port or params.serve.port}")
+        os.execvpe(command[0], command, env)
+
+    _guard(debug, body)
+
+
 @plugins_app.command("list")
 def plugins_list(debug: DebugOpt = False) -> None:
     """Every registered plugin and where it comes from."""

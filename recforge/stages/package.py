@@ -135,3 +135,26 @@ def _build_wheel(dest: Path) -> Path | None:
         log.warning("could not build a recforge wheel for the Bento (%s); it serves from this environment only", done.stderr[-300:])
         return None
     return wheels[-1]
+
+
+def serve_command(params: Params, *, port: int | None = None) -> tuple[list[str], dict[str, str]]:
+    """The ``bentoml serve`` command line and environment for the last package (reports/package.json)."""
+    record = Path(params.paths.reports_dir) / "package.json"
+    if not record.exists():
+        raise RecforgeError(f"{record}: nothing packaged yet; run `recforge package`")
+    packaged = json.loads(record.read_text())
+    env = {**os.environ, "BENTOML_DO_NOT_TRACK": "True", "RECFORGE_DEVICE": params.serve.device,
+           "RECFORGE_WORKERS": str(params.serve.workers)}
+    if params.serve.api_token and not env.get("RECFORGE_API_TOKEN"):
+        env["RECFORGE_API_TOKEN"] = params.serve.api_token
+    if params.serve.model:
+        env["RECFORGE_MODEL"] = params.serve.model
+    bentoml_cli = Path(sys.executable).with_name("bentoml")
+    command = [str(bentoml_cli) if bentoml_cli.exists() else "bentoml", "serve"]
+    if packaged.get("bento_tag"):
+        command.append(packaged["bento_tag"])
+    else:
+        env["RECFORGE_MODEL_TAG"] = packaged["model_tag"]
+        command += ["service:Recforge", "--working-dir", str(SERVICE_DIR)]
+    command += ["--host", params.serve.host, "--port", str(port or params.serve.port)]
+    return command, env

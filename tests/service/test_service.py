@@ -1,0 +1,237 @@
+"""The BentoML service end to end: a real `bentoml serve` of a real Bento on 127.0.0.1.
+
+One module-scoped server: the pipeline runs on tiny synthetic data into a tmp
+dir (`recforge run`), `recforge package` saves it to a tmp BentoML store and
+builds the Bento, `recforge serve` serves that Bento on a free loopback port
+with a bearer token from params. Every endpoint, the bad inputs and the token
+are then exercised over HTTP.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import PROJECT_ROOT, TINY, tmp_overrides
+
+RECFORGE = str(Path(sys.executable).parent / "recforge")
+TOKEN = "test-token-123"
+MODELS = "recommenders={popularity: {}, content: {encoder: tfidf}}"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _flags(root: Path, extra: list[str]) -> list[str]:
+    flags = []
+    for override in tmp_overrides(root) + TINY + ["encode.encoders=[tfidf]", MODELS] + extra:
+        flags += ["-S", override]
+    return flags
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("serve")
+    env = {**os.environ, "BENTOML_HOME": str(root / "bentoml"), "BENTOML_DO_NOT_TRACK": "True"}
+    env.pop("RECFORGE_API_TOKEN", None)
+    env.pop("RECFORGE_PACKAGE_DIR", None)
+    env.pop("RECFORGE_MODEL_TAG", None)
+    flags = _flags(root, [f"serve.api_token={TOKEN}", "serve.device=cpu"])
+    for command in (["run"], ["package"]):
+        done = subprocess.run([RECFORGE, *command, *flags], cwd=root, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+    packaged = json.loads((root / "reports" / "package.json").read_text())
+    port = free_port()
+    log = open(root / "serve.log", "w")
+    process = subprocess.Popen(
+        [RECFORGE, "serve", "--port", str(port), *flags], cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    try:
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"server exited: {(root / 'serve.log').read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"server not ready in 120 s: {(root / 'serve.log').read_text()[-3000:]}")
+            time.sleep(0.5)
+        with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30) as client:
+            yield {"client": client, "base": base, "root": root, "packaged": packaged, "env": env}
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+        log.close()
+
+
+def post(server, path: str, body) -> httpx.Response:
+    return server["client"].post(path, json=body)
+
+
+def test_health_checks_need_no_token(server):
+    for path in ("/livez", "/readyz"):
+        assert httpx.get(server["base"] + path, timeout=5).status_code == 200
+
+
+def test_every_other_endpoint_needs_the_token(server):
+    base = server["base"]
+    assert httpx.post(f"{base}/recommend", json={"user_id": 1}, timeout=5).status_code == 401
+    wrong = {"Authorization": "Bearer wrong"}
+    assert httpx.post(f"{base}/recommend", json={"user_id": 1}, headers=wrong, timeout=5).status_code == 401
+    assert httpx.get(f"{base}/metadata", timeout=5).status_code == 401
+    assert httpx.get(f"{base}/metrics", timeout=5).status_code == 401
+    response = httpx.post(f"{base}/trivial", json={}, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=5)
+    assert response.status_code == 200 and len(response.json()) == 10
+
+
+def test_metadata_pins_the_packaged_model(server):
+    response = server["client"].get("/metadata")
+    assert response.status_code == 200
+    meta = response.json()
+    assert meta["model_tag"] == server["packaged"]["model_tag"]
+    assert not meta["model_tag"].endswith(":latest")
+    assert meta["data_hash"] == server["packaged"]["data_hash"]
+    assert set(meta["models"]) == {"popularity", "content"}
+    assert meta["counts"]["users"] > 0 and meta["counts"]["items"] > 0
+    assert meta["metrics"]["popularity"]["ndcg@10"] >= 0
+    assert meta["example_user_id"] is not None
+    assert meta["text_path"] == "content"
+
+
+def test_recommend_known_user_excludes_history(server):
+    meta = server["client"].get("/metadata").json()
+    user = meta["example_user_id"]
+    answer = post(server, "/recommend", {"user_id": user, "k": 5}).json()
+    assert answer["fallback"] is None and answer["model"] == meta["model"]
+    assert len(answer["items"]) == 5
+    assert all(item["title"] and isinstance(item["score"], float) for item in answer["items"])
+    scores = [item["score"] for item in answer["items"]]
+    assert scores == sorted(scores, reverse=True)
+    # the same user as a string id works too, and exclude_seen=false may return history items
+    as_string = post(server, "/recommend", {"user_id": str(user), "k": 5}).json()
+    assert [i["item_id"] for i in as_string["items"]] == [i["item_id"] for i in answer["items"]]
+    explained = post(server, "/recommend", {"user_id": user, "k": 3, "explain": True}).json()
+    assert all(item["explanation"] for item in explained["items"])
+
+
+def test_unknown_user_gets_popular_fallback(server):
+    answer = post(server, "/recommend", {"user_id": "no-such-user", "k": 4}).json()
+    assert answer["fallback"] == "popular"
+    assert len(answer["items"]) == 4
+
+
+def test_recommend_text_is_topical(server):
+    answer = post(server, "/recommend/text", {"text": "space rockets and astronauts in space", "k": 5})
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["model"] == "content" and body["fallback"] is None and len(body["items"]) == 5
+
+
+def test_recommend_history_lists_unknown_items(server):
+    meta = server["client"].get("/metadata").json()
+    similar = post(server, "/similar-items", {"item_id": 1, "k": 2}).json()
+    known = [item["item_id"] for item in similar["items"]]
+    answer = post(server, "/recommend/history", {"item_ids": [*known, "not-an-item"], "k": 5}).json()
+    assert answer["unknown_item_ids"] == ["not-an-item"]
+    assert len(answer["items"]) == 5
+    assert not set(known) & {item["item_id"] for item in answer["items"]}
+    empty = post(server, "/recommend/history", {"item_ids": ["nope"], "k": 3}).json()
+    assert empty["fallback"] == "popular" and empty["unknown_item_ids"] == ["nope"]
+    assert meta["history_path"] in meta["models"]
+
+
+def test_similar_items_and_explain(server):
+    answer = post(server, "/similar-items", {"item_id": 1, "k": 3}).json()
+    assert len(answer["items"]) == 3 and 1 not in [item["item_id"] for item in answer["items"]]
+    user = server["client"].get("/metadata").json()["example_user_id"]
+    target = answer["items"][0]["item_id"]
+    explanation = post(server, "/explain", {"user_id": user, "item_id": target}).json()
+    assert explanation["item_id"] == target and explanation["explanation"]
+    assert explanation["evidence"]["history"], "the example user has a history to ground the explanation"
+    assert explanation["evidence"]["history"][0]["title"] in explanation["explanation"]
+
+
+def test_encode_endpoint(server):
+    response = post(server, "/encode", {"texts": ["space travel", "a cooking show"]})
+    assert response.status_code == 200, response.text
+    vectors = response.json()
+    assert len(vectors) == 2 and len(vectors[0]) > 1
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status"),
+    [
+        ("/recommend", {"user_id": 1, "k": 0}, 400),
+        ("/recommend", {"user_id": 1, "k": 101}, 400),
+        ("/recommend", {"k": 5}, 400),
+        ("/recommend/text", {"text": "", "k": 5}, 400),
+        ("/recommend/text", {"text": "   ", "k": 5}, 400),
+        ("/recommend/history", {"item_ids": "not a list"}, 400),
+        ("/similar-items", {"item_id": "no-such-item"}, 404),
+        ("/explain", {"user_id": "no-such-user", "item_id": 1}, 404),
+    ],
+)
+def test_bad_inputs_get_4xx_with_a_message(server, path, body, status):
+    response = post(server, path, body)
+    assert response.status_code == status, response.text
+    assert "error" in response.text
+
+
+def test_malformed_json_and_the_worker_survives(server):
+    response = server["client"].post("/recommend", content=b'{"user_id": 1,', headers={"content-type": "application/json"})
+    assert response.status_code == 400 and "error" in response.text
+    assert post(server, "/recommend", {"user_id": "no-such-user", "k": 1}).status_code == 200
+
+
+def test_bento_pins_the_exact_model_tag(server):
+    store = Path(server["env"]["BENTOML_HOME"]) / "bentos"
+    name, version = server["packaged"]["bento_tag"].split(":")
+    pinned = json.loads((store / name / version / "src" / "recforge_model.json").read_text())
+    assert pinned["tag"] == server["packaged"]["model_tag"]
+    import yaml
+
+    bento = yaml.safe_load((store / name / version / "bento.yaml").read_text())
+    assert [m["tag"] for m in bento["services"][0]["models"]] == [server["packaged"]["model_tag"]]
+
+
+def test_checksum_mismatch_refuses_to_load(server, tmp_path):
+    import shutil
+
+    from recforge.errors import RecforgeError
+    from recforge.serving import Engine
+
+    store = Path(server["env"]["BENTOML_HOME"]) / "models"
+    name, version = server["packaged"]["model_tag"].split(":")
+    copy = tmp_path / "package"
+    shutil.copytree(store / name / version, copy)
+    Engine.load(copy, device="cpu")  # loads as packaged
+    scores = next((copy / "models" / "popularity").glob("*.npz"))
+    scores.write_bytes(scores.read_bytes()[:-3] + b"xyz")
+    with pytest.raises(RecforgeError, match="checksum"):
+        Engine.load(copy, device="cpu")
+
+
+def test_service_source_has_no_pickle():
+    for path in [PROJECT_ROOT / "service" / "service.py", PROJECT_ROOT / "recforge" / "serving.py"]:
+        text = path.read_text()
+        assert "import pickle" not in text and "allow_pickle=True" not in text
