@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test bench serve bench-serve clean
+.PHONY: setup run test bench serve bench-serve clean prefect prefect-stop
 
 $(PY):
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -43,6 +43,13 @@ serve: setup
 bench-serve: setup
 	@test -f metrics/metrics.json || $(VENV)/bin/recforge run
 	$(PY) bench/serve.py
+
+# prefect: local Prefect server on 127.0.0.1:4200 + served deployments (analytics off); prefect-stop ends both.
+prefect: setup
+	VENV=$(VENV) flows/prefect_local.sh start
+
+prefect-stop:
+	VENV=$(VENV) flows/prefect_local.sh stop
 
 clean:
 	rm -rf data artifacts metrics plots reports .recforge-cache

@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Local Prefect for recforge: `flows/prefect_local.sh start|stop|status` (make prefect / make prefect-stop).
+# start: a Prefect server on 127.0.0.1:4200 (analytics off) and `python -m flows.serve`, which
+#        registers the deployments (training, retrain with its schedule off, batch-recommend)
+#        and runs what is triggered from the UI or with `prefect deployment run`.
+# stop:  stops both process groups by the pids recorded at start.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+HOST=${PREFECT_HOST:-127.0.0.1}
+PORT=${PREFECT_PORT:-4200}
+RUN=${PREFECT_RUN_DIR:-.recforge-cache/prefect}
+export PREFECT_API_URL="http://$HOST:$PORT/api"
+export PREFECT_SERVER_ANALYTICS_ENABLED=false DO_NOT_TRACK=1 GX_ANALYTICS_ENABLED=False DVC_NO_ANALYTICS=1
+export PREFECT_UI_API_URL="$PREFECT_API_URL"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+
+alive() { [[ -f "$RUN/$1.pid" ]] && kill -0 "$(cat "$RUN/$1.pid")" 2>/dev/null; }
+
+start() {
+  mkdir -p "$RUN"
+  if alive server; then
+    echo "prefect server already running (pid $(cat "$RUN/server.pid"))"
+  else
+    setsid "$VENV/bin/prefect" server start --host "$HOST" --port "$PORT" >"$RUN/server.log" 2>&1 &
+    echo $! >"$RUN/server.pid"
+  fi
+  for _ in $(seq 1 120); do
+    "$VENV/bin/python" -c "import httpx,sys; sys.exit(httpx.get('$PREFECT_API_URL/health', timeout=2).status_code != 200)" 2>/dev/null && break
+    alive server || { echo "prefect server exited; see $RUN/server.log"; tail -20 "$RUN/server.log"; exit 1; }
+    sleep 1
+  done
+  if alive serve; then
+    echo "deployments already served (pid $(cat "$RUN/serve.pid"))"
+  else
+    setsid "$VENV/bin/python" -m flows.serve >"$RUN/serve.log" 2>&1 &
+    echo $! >"$RUN/serve.pid"
+  fi
+  for _ in $(seq 1 90); do
+    "$VENV/bin/prefect" deployment ls 2>/dev/null | grep -q "training/retrain" && break
+    alive serve || { echo "flows.serve exited; see $RUN/serve.log"; tail -20 "$RUN/serve.log"; exit 1; }
+    sleep 1
+  done
+  "$VENV/bin/prefect" deployment ls 2>/dev/null || true
+  echo
+  echo "Prefect UI:  http://$HOST:$PORT"
+  echo "run:         PREFECT_API_URL=$PREFECT_API_URL $VENV/bin/prefect deployment run training/training --watch"
+  echo "stop:        make prefect-stop    (logs in $RUN/)"
+}
+
+stop_one() {
+  local name=$1 pid
+  [[ -f "$RUN/$name.pid" ]] || return 0
+  pid=$(cat "$RUN/$name.pid")
+  if kill -0 "$pid" 2>/dev/null; then
+    kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 1 30); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+    if kill -0 "$pid" 2>/dev/null; then kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true; fi
+    echo "stopped $name (pid $pid)"
+  fi
+  rm -f "$RUN/$name.pid"
+}
+
+case "${1:-}" in
+  start) start ;;
+  stop) stop_one serve; stop_one server ;;
+  status) for n in server serve; do if alive $n; then echo "$n: running (pid $(cat "$RUN/$n.pid"))"; else echo "$n: stopped"; fi; done ;;
+  *) echo "usage: $0 start|stop|status" >&2; exit 2 ;;
+esac
