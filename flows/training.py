@@ -137,7 +137,7 @@ def _submit(runner, params: Params, stage: str, *, force: bool, model: str | Non
     """Submit one stage; a stale stamp (outputs missing or from other inputs) forces a re-run."""
     key = stage_key(params, stage, model=model, encoder=encoder)
     fresh = force or not stamp_valid(params, stage, key, model=model, encoder=encoder)
-    label = stage if stage not in ("train", "encode") else f"{'fit' if stage == 'train' else 'encode'}-{model or encoder}"
+    label = f"fit-{model}" if model else f"encode-{encoder}" if encoder else stage
     configured = run_stage.with_options(
         name=label, refresh_cache=fresh, cache_key_fn=None if stage == "package" else _cache_key
     )
