@@ -266,6 +266,46 @@ def serve(
     _guard(debug, body)
 
 
+@app.command()
+def models(params_file: ParamsOpt = Path(DEFAULT_PARAMS_FILE), set_: SetOpt = None, debug: DebugOpt = False) -> None:
+    """Trained models: their options, tuning trials on validation and the chosen settings."""
+
+    def body() -> None:
+        params = load_params(params_file, set_ or [])
+        root = Path(params.paths.models_dir)
+        metas = sorted(root.glob("*/val/meta.json"))
+        if not metas:
+            raise RecforgeError(f"{root}: no trained models; run `recforge stage train`")
+        table = Table(title="trained models (settings chosen on validation)")
+        for column in ("model", "plugin", "options", "refit", "tuned on val"):
+            table.add_column(column, overflow="fold")
+        for path in metas:
+            meta = json.loads(path.read_text())
+            options = {k: v for k, v in meta["options"].items() if not k.startswith("tune")}
+            refit = {k: v for k, v in meta.get("refit_options", {}).items() if meta["options"].get(k) != v}
+            tuning = meta.get("tuning")
+            tuned = "-"
+            if tuning:
+                tuned = f"{len(tuning['trials'])} trials, best {tuning['metric']}={tuning['best_score']:.4f}"
+            table.add_row(meta["name"], meta["plugin"], json.dumps(options), json.dumps(refit) if refit else "-", tuned)
+        console.print(table)
+        for path in metas:
+            tuning = json.loads(path.read_text()).get("tuning")
+            if not tuning:
+                continue
+            trials = Table(title=f"{path.parent.parent.name}: tuning trials (validation)")
+            keys = list(tuning["trials"][0]["options"])
+            for column in [*keys, "ndcg@10", "recall@10", "mrr@10", "fit s"]:
+                trials.add_column(column, justify="right")
+            for trial in sorted(tuning["trials"], key=lambda t: -t.get(tuning["metric"], 0.0)):
+                cells = [str(trial["options"][k]) for k in keys]
+                cells += [f"{trial.get(m, float('nan')):.4f}" for m in ("ndcg@10", "recall@10", "mrr@10")]
+                trials.add_row(*cells, f"{trial['fit_seconds']:.1f}")
+            console.print(trials)
+
+    _guard(debug, body)
+
+
 @plugins_app.command("list")
 def plugins_list(debug: DebugOpt = False) -> None:
     """Every registered plugin and where it comes from."""

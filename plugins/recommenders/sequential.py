@@ -41,9 +41,12 @@ def _torch():
 
 
 def _set_threads(threads: int | None) -> None:
-    """Use the given number of intra-op threads (default: all cores, at most 8)."""
+    """Use the given number of intra-op threads (default: half the cores, 1 to 8).
+
+    Small recurrent/attention steps gain little from many threads, and on a
+    shared machine spinning OpenMP workers cost more than they bring."""
     torch = _torch()
-    n = threads or min(8, os.cpu_count() or 1)
+    n = int(threads or max(1, min(8, (os.cpu_count() or 1) // 2)))
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
 
@@ -109,7 +112,7 @@ class Sequential:
     ``lr`` (Adam; 3e-3 learns much faster than 1e-3 here), ``weight_decay``,
     ``batch_size`` (windows per step), ``epochs`` (the maximum with validation,
     the exact count without), ``min_epochs``, ``patience``, ``threads`` (torch
-    intra-op threads; default all cores up to 8), ``device`` (default: the
+    intra-op threads; default half the cores, up to 8), ``device`` (default: the
     context's, i.e. CUDA when present), ``seed``.
     """
 

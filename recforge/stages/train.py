@@ -45,8 +45,16 @@ def train_model(workspace: Workspace, name: str) -> dict:
     length = params.evaluate.list_length
 
     started = time.perf_counter()
-    model = registry.recommenders.create(plugin, **options)
-    model.fit(train, context=workspace.context(validation=val))
+    tuning = None
+    if "tune" in options:
+        # hyper-parameter search on the validation split (recforge.tuning); the best trial's
+        # model is the val model and its options are used from here on
+        from recforge.tuning import tune_model
+
+        model, options, tuning = tune_model(plugin, options, train, workspace.context(validation=val))
+    else:
+        model = registry.recommenders.create(plugin, **options)
+        model.fit(train, context=workspace.context(validation=val))
     val_fit_s = time.perf_counter() - started
     val_lists = recommend_frame(model, workspace.frame("val")["user_id"].unique(), workspace.maps, length)
 
@@ -67,6 +75,9 @@ def train_model(workspace: Workspace, name: str) -> dict:
         "refit_options": full_options,
         "fit_seconds": {"val": round(val_fit_s, 3), "full": round(full_fit_s, 3)},
     }
+    if tuning is not None:
+        meta["configured_options"] = params.model_options(name)
+        meta["tuning"] = tuning.to_dict()
     with atomic_dir(model_dir) as staging:
         for part, fitted in (("val", model), ("full", full)):
             (staging / part).mkdir()
