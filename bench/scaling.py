@@ -1,0 +1,228 @@
+"""Scaling benchmark: time and peak memory per stage at 100K, 1M and 10M synthetic interactions.
+
+    .venv/bin/python bench/scaling.py                  # 100k and 1m
+    .venv/bin/python bench/scaling.py --sizes 100k 1m 10m
+
+Protocol: the synthetic generator (recforge.data.synthetic) with 20 interactions
+per user on average and a fixed catalogue of 5,000 items (more users and
+events, the same catalogue), so the interaction count is the one thing that
+grows. Each stage runs in its own subprocess (``recforge`` stage functions, the
+same the CLI, DVC and Prefect call), so the peak resident memory reported is
+that stage's own high-water mark (ru_maxrss, imports included).
+
+Stages: ingest (generate + GX gate + canonical Parquet), validate, split,
+encode (tfidf item vectors + user profiles), itemknn, mf (ALS), sequential
+(GRU, one epoch), candidates (the re-ranker's candidate + feature tables for
+val and test users), rerank (the whole re-rank stage: candidates, LambdaRank
+fit, lists). Each model fit is the train stage's protocol: fit on train +
+lists for val users, refit on train+val + lists for test users.
+
+Writes bench/results/scaling/{results.jsonl,scaling.md,scaling.png}; the table
+gives, per stage, wall and CPU seconds and peak MiB per size, and the fitted
+exponent b of CPU seconds ~ n^b (least squares on log-log over all measured
+sizes). The exponent uses CPU time (user + sys, all threads) because wall time
+on a shared machine measures the neighbours as much as the stage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results" / "scaling"
+SIZES = {"100k": 100_000, "1m": 1_000_000, "10m": 10_000_000}
+STAGES = ["ingest", "validate", "split", "encode", "itemknn", "mf", "sequential", "candidates", "rerank"]
+MODELS = {"itemknn": "itemknn", "mf": "als", "sequential": "gru"}
+NUM_ITEMS = 5_000
+PER_USER = 20
+
+
+def params_for(n: int) -> dict:
+    """params.yaml of one size (every path relative to the size's working directory)."""
+    return {
+        "seed": 0,
+        "data": {
+            "format": "synthetic",
+            "synthetic": {"num_users": n // PER_USER, "num_items": NUM_ITEMS, "num_interactions": n, "num_topics": 16, "seed": 0},
+        },
+        "encode": {"encoders": ["tfidf"], "profiles": True},
+        "recommenders": {
+            "itemknn": {"neighbors": 100},
+            "als": {"plugin": "mf", "algorithm": "als", "factors": 32, "iterations": 10},
+            "gru": {"plugin": "sequential", "cell": "gru", "dim": 32, "max_len": 20, "batch_size": 256,
+                    "epochs": 1, "min_epochs": 1, "patience": 1},
+        },
+        "rerank": {
+            "enabled": True, "models": ["itemknn", "als", "gru"], "candidates_per_model": 10, "folds": 1,
+            "num_boost_round": 50, "early_stopping_rounds": 10, "ablations": False, "sentiment": False,
+        },
+        "evaluate": {"list_length": 20},
+    }
+
+
+def child(stage: str, workdir: Path) -> dict:
+    """Run one stage in this process (cwd = workdir) and return its measurements."""
+    os.chdir(workdir)
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+    logging.basicConfig(level=logging.WARNING)
+    from recforge.params import load_params
+
+    params = load_params("params.yaml")
+    if stage in MODELS:
+        from recforge.stages.train import run_train
+
+        def body() -> None:
+            run_train(params, models=[MODELS[stage]])
+    elif stage == "candidates":
+        from recforge.rerank import build_part, candidate_models, training_table
+        from recforge.workspace import Workspace
+
+        def body() -> None:
+            workspace = Workspace(params)
+            models = candidate_models(params)
+            training_table(workspace, models)
+            build_part(workspace, "test", models)
+    else:
+        from recforge.stages import get_stage
+
+        function = get_stage(stage)
+
+        def body() -> None:
+            function(params)
+
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    started = time.perf_counter()
+    body()
+    seconds = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    return {
+        "stage": stage, "seconds": round(seconds, 3), "cpu_seconds": round(cpu, 3),
+        "peak_mib": round(after.ru_maxrss / 1024, 1), "baseline_mib": round(before.ru_maxrss / 1024, 1),
+    }
+
+
+def run_size(label: str, n: int, stages: list[str], timeout: float) -> list[dict]:
+    workdir = RESULTS / label
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "params.yaml").write_text(yaml.safe_dump(params_for(n), sort_keys=False))
+    rows = []
+    for stage in stages:
+        started = time.perf_counter()
+        done = subprocess.run(
+            [sys.executable, __file__, "--child", stage, "--workdir", str(workdir)],
+            capture_output=True, text=True, timeout=timeout,
+        )
+        if done.returncode != 0:
+            row = {"stage": stage, "error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}"}
+        else:
+            row = json.loads(done.stdout.strip().splitlines()[-1])
+        row.update(size=label, interactions=n, wall_seconds=round(time.perf_counter() - started, 1))
+        rows.append(row)
+        with open(RESULTS / "results.jsonl", "a") as handle:
+            handle.write(json.dumps(row) + "\n")
+        print(json.dumps(row), flush=True)
+        if "error" in row:
+            break  # later stages need this one's outputs
+    return rows
+
+
+def fit_exponent(ns: list[float], values: list[float]) -> float | None:
+    import numpy as np
+
+    if len(ns) < 2:
+        return None
+    slope, _ = np.polyfit(np.log(ns), np.log(np.maximum(values, 1e-3)), 1)
+    return float(slope)
+
+
+def report(rows: list[dict]) -> str:
+    """Markdown table + log-log plot from the latest measurement of each (size, stage)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    latest: dict[tuple[str, str], dict] = {}
+    for row in rows:
+        if "error" not in row:
+            latest[(row["size"], row["stage"])] = row
+    sizes = [s for s in SIZES if any(key[0] == s for key in latest)]
+    header = "| stage | " + " | ".join(f"{s} wall / CPU s | {s} peak MiB" for s in sizes) + " | exponent (CPU) |"
+    lines = [header, "|" + "---|" * (2 * len(sizes) + 2)]
+    fig, ax = plt.subplots(figsize=(7, 5))
+    totals: dict[str, float] = {}
+    walls: dict[str, float] = {}
+    for stage in STAGES:
+        cells, ns, secs = [], [], []
+        for size in sizes:
+            row = latest.get((size, stage))
+            if row:
+                cells += [f"{row['seconds']:.1f} / {row.get('cpu_seconds', float('nan')):.1f}", f"{row['peak_mib']:.0f}"]
+                ns.append(SIZES[size])
+                secs.append(row.get("cpu_seconds", row["seconds"]))
+                totals[size] = totals.get(size, 0.0) + row.get("cpu_seconds", row["seconds"])
+                walls[size] = walls.get(size, 0.0) + row["seconds"]
+            else:
+                cells += ["-", "-"]
+        exponent = fit_exponent(ns, secs)
+        lines.append(f"| {stage} | " + " | ".join(cells) + f" | {'' if exponent is None else f'{exponent:.2f}'} |")
+        if len(ns) >= 2:
+            ax.loglog(ns, secs, marker="o", label=f"{stage} (b={exponent:.2f})")
+    complete = [s for s in sizes if all((s, st) in latest for st in STAGES)]
+    total_exp = fit_exponent([SIZES[s] for s in complete], [totals[s] for s in complete])
+    lines.append(
+        "| **all stages** | " + " | ".join(f"{walls.get(s, 0):.1f} / {totals.get(s, 0):.1f} | {max((latest[(s, st)]['peak_mib'] for st in STAGES if (s, st) in latest), default=0):.0f}" for s in sizes)
+        + f" | {'' if total_exp is None else f'{total_exp:.2f}'} |"
+    )
+    if len(complete) >= 2:
+        ax.loglog([SIZES[s] for s in complete], [totals[s] for s in complete], "k--", marker="s", label=f"all stages (b={total_exp:.2f})")
+    ax.set_xlabel("interactions")
+    ax.set_ylabel("CPU seconds (user + sys)")
+    ax.set_title("recforge stage time vs data size (log-log, b = fitted exponent)")
+    ax.grid(alpha=0.3, which="both")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(RESULTS / "scaling.png", dpi=100)
+    plt.close(fig)
+    table = "\n".join(lines)
+    (RESULTS / "scaling.md").write_text(
+        "# recforge scaling: wall / CPU seconds and peak RSS per stage; exponent b of CPU seconds ~ n^b\n\n"
+        + table + "\n"
+    )
+    return table
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="time and peak memory per stage vs data size")
+    parser.add_argument("--sizes", nargs="+", default=["100k", "1m"], choices=list(SIZES))
+    parser.add_argument("--stages", nargs="+", default=STAGES, choices=STAGES)
+    parser.add_argument("--timeout", type=float, default=7200, help="seconds per stage")
+    parser.add_argument("--report-only", action="store_true")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(child(args.child, args.workdir)))
+        return
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    if not args.report_only:
+        for label in args.sizes:
+            run_size(label, SIZES[label], args.stages, args.timeout)
+    rows = [json.loads(line) for line in (RESULTS / "results.jsonl").read_text().splitlines() if line.strip()]
+    print(report(rows))
+
+
+if __name__ == "__main__":
+    main()
