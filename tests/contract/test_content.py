@@ -133,3 +133,23 @@ def test_popularity_weight_breaks_towards_popular_items(data):
     users = np.arange(30)
     counts = train.item_counts
     assert counts[popular.recommend(users, k=10)[0]].mean() > counts[plain.recommend(users, k=10)[0]].mean()
+
+
+def test_pipeline_trains_saves_and_reloads_content_with_the_encode_stage_outputs(tiny_params):
+    from recforge.stages import get_stage
+    from recforge.stages.train import load_model
+
+    params = tiny_params.model_copy(deep=True)
+    params.encode.encoders = ["tfidf"]
+    params.recommenders = {"content": {"encoder": "tfidf", "popularity_weight": 0.1}}
+    for stage in ("ingest", "split", "encode", "train"):
+        get_stage(stage)(params)
+    model = load_model(params, "content", "full")
+    embeddings = np.load(f"{params.paths.embeddings_dir}/tfidf.npy")
+    np.testing.assert_array_equal(model.item_vectors, embeddings)  # the encode stage's vectors, not re-encoded
+    items, scores = model.recommend(np.arange(5), k=10)
+    assert items.shape == (5, 10) and (items >= 0).all()
+    # cold start from text works on the reloaded model (fitted tfidf state restored from disk)
+    assert model.encoder.encode(["space"]).shape == (1, embeddings.shape[1])
+    ranked, _ = model.recommend_text("space rocket", k=5)
+    assert (ranked >= 0).all()

