@@ -84,7 +84,9 @@ def _build_network(cell: str, n_items: int, dim: int, layers: int, heads: int, d
             x = self.items(sequences) * math.sqrt(dim)
             if self.cell == "sasrec":
                 length = sequences.shape[1]
-                positions = torch.arange(length, device=sequences.device)
+                # positions count back from the most recent item, so left padding (which
+                # varies with the batch) never shifts them
+                positions = torch.arange(length - 1, -1, -1, device=sequences.device)
                 x = x + self.positions(positions)[None]
                 x = self.dropout(x)
                 # causal, padded keys blocked; every position may attend to itself so that
