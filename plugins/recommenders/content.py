@@ -51,6 +51,7 @@ class ContentRecommender:
         rating_weight: float | str = "params",
         user_text_weight: float = 0.0,
         popularity_weight: float = 0.0,
+        center: bool = False,
     ) -> None:
         self.encoder_name = encoder
         self.fields = fields
@@ -59,6 +60,8 @@ class ContentRecommender:
         self.rating_weight = rating_weight
         self.user_text_weight = float(user_text_weight)
         self.popularity_weight = float(popularity_weight)
+        self.center = bool(center)
+        self.offset: np.ndarray | None = None
         self.settings: ProfileSettings = ProfileSettings()
         self.encoder: Any = None
         self.item_vectors: np.ndarray | None = None
@@ -100,7 +103,9 @@ class ContentRecommender:
     def fit(self, train: Interactions, *, context: FitContext) -> ContentRecommender:
         params = context.extra.get("params")
         self.settings = self._resolve_settings(params)
-        self.encoder, self.item_vectors = self._encoder_and_vectors(context, params)
+        self.encoder, vectors = self._encoder_and_vectors(context, params)
+        self.offset = vectors.mean(axis=0) if self.center else np.zeros(vectors.shape[1], dtype=np.float32)
+        self.item_vectors = self._centered(vectors)
         if len(self.item_vectors) != train.n_items:
             raise RecforgeError(f"content: {len(self.item_vectors)} item embeddings for {train.n_items} items")
         self.user_vectors = profile_vectors(train, self.item_vectors, self.settings)
@@ -117,6 +122,15 @@ class ContentRecommender:
         self.popularity = (counts / counts.max() if counts.max() > 0 else counts).astype(np.float32)
         self.seen = train.csr
         return self
+
+    def _centered(self, vectors: np.ndarray) -> np.ndarray:
+        """Embeddings minus the mean item embedding, re-normalised (``center``; LLM states are anisotropic)."""
+        if not self.center:
+            return np.asarray(vectors, dtype=np.float32)
+        shifted = np.atleast_2d(vectors).astype(np.float64) - self.offset
+        norms = np.linalg.norm(shifted, axis=1, keepdims=True)
+        norms[norms == 0] = 1.0
+        return (shifted / norms).astype(np.float32)
 
     # ---- scoring -------------------------------------------------------------------------------------------
 
@@ -147,7 +161,7 @@ class ContentRecommender:
 
     def embed_text(self, text: str) -> np.ndarray:
         """The encoder's embedding of free text ([dim])."""
-        return np.asarray(self.encoder.encode([text]), dtype=np.float32)[0]
+        return self._centered(np.asarray(self.encoder.encode([text]), dtype=np.float32))[0]
 
     def recommend_text(self, text: str, k: int, *, exclude: np.ndarray | None = None):
         """Cold start: top-k items for a free-text description of a user's taste."""
@@ -170,6 +184,7 @@ class ContentRecommender:
             "rating_weight": self.rating_weight,
             "user_text_weight": self.user_text_weight,
             "popularity_weight": self.popularity_weight,
+            "center": self.center,
         }
 
     def save(self, directory: Path) -> None:
@@ -179,6 +194,7 @@ class ContentRecommender:
             item_vectors=self.item_vectors,
             user_vectors=self.user_vectors,
             popularity=self.popularity,
+            offset=self.offset,
             **csr_to_arrays(self.seen, "seen"),
         )
         (directory / "config.json").write_text(
@@ -196,6 +212,7 @@ class ContentRecommender:
             model.item_vectors = data["item_vectors"]
             model.user_vectors = data["user_vectors"]
             model.popularity = data["popularity"]
+            model.offset = data["offset"]
             model.seen = csr_from_arrays(data, "seen")
         model.encoder = registry.encoders.get(model.encoder_name).load(directory / "encoder")
         return model

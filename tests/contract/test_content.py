@@ -153,3 +153,15 @@ def test_pipeline_trains_saves_and_reloads_content_with_the_encode_stage_outputs
     assert model.encoder.encode(["space"]).shape == (1, embeddings.shape[1])
     ranked, _ = model.recommend_text("space rocket", k=5)
     assert (ranked >= 0).all()
+
+
+def test_centering_keeps_the_topic_and_survives_save_and_load(data, tmp_path):
+    train, items, maps, topic = data
+    model = fit(data, center=True)
+    assert abs(float(model.offset @ model.offset)) > 0
+    user = maps.user_index([10_000])[0]
+    ranked, _ = model.recommend(np.array([user]), k=10)
+    assert (items["genres"].iloc[ranked[0]] == topic).mean() >= 0.8
+    model.save(tmp_path)
+    restored = type(model).load(tmp_path, context=FitContext(items=items, maps=maps))
+    np.testing.assert_array_equal(restored.recommend_text("space", k=5)[0], model.recommend_text("space", k=5)[0])
