@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -12,6 +14,8 @@ import numpy as np
 from recforge.text import clean
 
 from recforge_plugins.encoders._common import l2_normalize, resolve_device
+
+log = logging.getLogger(__name__)
 
 
 class LLMEncoder:
@@ -60,8 +64,12 @@ class LLMEncoder:
         decoder = model.get_decoder() if hasattr(model, "get_decoder") else model.base_model
         device = next(model.parameters()).device
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        started, reported = time.perf_counter(), time.perf_counter()
         with torch.inference_mode():
             for start in range(0, len(order), batch_size):
+                if time.perf_counter() - reported > 30:
+                    reported = time.perf_counter()
+                    log.info("llm encoder: %d/%d texts (%.1f texts/s)", start, len(order), start / (reported - started))
                 rows = order[start : start + batch_size]
                 width = max(len(ids[r]) for r in rows)
                 input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
