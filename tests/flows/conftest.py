@@ -40,9 +40,9 @@ def bin_path(name: str) -> str:
     return str(candidate if candidate.exists() else VENV_BIN / name)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def prefect_server():
-    """A temporary Prefect server (SQLite) for the module; yields its API URL."""
+    """A temporary Prefect server (SQLite) shared by the session's flow tests; yields its API URL."""
     from prefect.settings import PREFECT_API_URL
     from prefect.testing.utilities import prefect_test_harness
 

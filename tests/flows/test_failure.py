@@ -13,8 +13,8 @@ import pandas as pd
 from recforge.orchestration import hash_paths
 from tests.flows.conftest import bin_path
 
-BIG = ["-S", "data.synthetic.num_users=20000", "-S", "data.synthetic.num_items=2000",
-       "-S", "data.synthetic.num_interactions=600000"]
+BIG = ["-S", "data.synthetic.num_users=10000", "-S", "data.synthetic.num_items=1000",
+       "-S", "data.synthetic.num_interactions=300000"]
 
 
 def _ingest(project: Path, extra: list[str]) -> subprocess.Popen:
