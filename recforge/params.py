@@ -154,7 +154,9 @@ class ServeParams(_Section):
     ``api_token``: bearer token required on every non-health endpoint (the env
     variable RECFORGE_API_TOKEN wins; never packaged); ``explainer``: a
     registered explainer plugin, falling back to the built-in grounded one;
-    ``build``: `recforge package` also runs `bentoml build`.
+    ``workers``: server processes; ``threads``: BLAS/torch threads per worker
+    (1 is fastest for single requests); ``build``: `recforge package` also
+    runs `bentoml build`.
     """
 
     host: str = "127.0.0.1"
@@ -165,6 +167,7 @@ class ServeParams(_Section):
     explainer: str = "template"
     explainer_options: dict[str, Any] = Field(default_factory=dict)
     workers: int = Field(1, ge=1)
+    threads: int = Field(1, ge=1)
     build: bool = True
 
 

@@ -17,10 +17,14 @@ set. Bind to 127.0.0.1 (the default of ``make serve`` and ``recforge serve``).
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
 import os
+
+for _name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_name, os.environ.get("RECFORGE_THREADS", "1"))
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -112,15 +116,21 @@ _TAG = pinned_tag()
     workers=int(os.environ.get("RECFORGE_WORKERS", "1")),
     traffic={"timeout": 30},
     http={"host": "127.0.0.1"},
+    logging={"access": {"enabled": os.environ.get("RECFORGE_ACCESS_LOG", "1") != "0", "skip_paths": ["/livez", "/readyz", "/metrics"]}},
 )
 class Recforge:
-    """Online recommendations from the model that ``recforge package`` pinned."""
+    """Online recommendations from the model that ``recforge package`` pinned.
+
+    Endpoints whose work is a few small numpy products are ``async`` and run
+    on the event loop (no thread hop); the text encoder releases the GIL in
+    torch, so ``/recommend/text`` and ``/encode`` run in BentoML's threadpool.
+    """
 
     if _TAG is not None:
         model_ref = bentoml.models.BentoModel(_TAG)
 
     def __init__(self) -> None:
-        from recforge.serving import Engine
+        from recforge.serving import Engine, limit_threads
 
         package_dir = os.environ.get("RECFORGE_PACKAGE_DIR")
         if package_dir:
@@ -130,11 +140,14 @@ class Recforge:
         else:
             raise RuntimeError("nothing to serve: run `recforge package`, or set RECFORGE_MODEL_TAG or RECFORGE_PACKAGE_DIR")
         self.engine = Engine.load(directory, device=_device(), model=os.environ.get("RECFORGE_MODEL") or None)
+        limit_threads(int(os.environ.get("RECFORGE_THREADS", "1")))
 
     @bentoml.api(route="/recommend")
-    def recommend(self, user_id: Id, k: K = 10, exclude_seen: bool = True, explain: bool = False) -> Recommendations:
+    async def recommend(self, user_id: Id, k: K = 10, exclude_seen: bool = True, explain: bool = False) -> Recommendations:
         """Top-k for a user (original id); unknown users get the popular list with fallback='popular'."""
-        return _errors(lambda: self.engine.recommend(user_id, k, exclude_seen=exclude_seen, explain=explain))
+        call = lambda: _errors(lambda: self.engine.recommend(user_id, k, exclude_seen=exclude_seen, explain=explain))  # noqa: E731
+        # explanations may run a generative model: keep them off the event loop
+        return await asyncio.to_thread(call) if explain else call()
 
     @bentoml.api(route="/recommend/text")
     def recommend_text(self, text: Annotated[str, Field(min_length=1, max_length=10_000)], k: K = 10) -> Recommendations:
@@ -142,12 +155,12 @@ class Recforge:
         return _errors(lambda: self.engine.recommend_text(text, k))
 
     @bentoml.api(route="/recommend/history")
-    def recommend_history(self, item_ids: Annotated[list[Id], Field(max_length=1000)], k: K = 10) -> Recommendations:
+    async def recommend_history(self, item_ids: Annotated[list[Id], Field(max_length=1000)], k: K = 10) -> Recommendations:
         """An anonymous session: fold in an item history (oldest first); unknown items are listed."""
         return _errors(lambda: self.engine.recommend_history(item_ids, k))
 
     @bentoml.api(route="/similar-items")
-    def similar_items(self, item_id: Id, k: K = 10) -> Recommendations:
+    async def similar_items(self, item_id: Id, k: K = 10) -> Recommendations:
         """Items most similar to one item."""
         return _errors(lambda: self.engine.similar_items(item_id, k))
 
@@ -162,12 +175,12 @@ class Recforge:
         return _errors(lambda: self.engine.encode_texts(texts))
 
     @bentoml.api(route="/metadata")
-    def metadata(self) -> dict:
+    async def metadata(self) -> dict:
         """Model tag, data hash, metrics, counts and an example user id (also served on GET)."""
         return self.engine.metadata()
 
     @bentoml.api(route="/trivial")
-    def trivial(self) -> list[dict]:
+    async def trivial(self) -> list[dict]:
         """A constant answer: the ceiling of this machine for the benchmark."""
         return TRIVIAL
 

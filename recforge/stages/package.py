@@ -144,7 +144,9 @@ def serve_command(params: Params, *, port: int | None = None) -> tuple[list[str]
         raise RecforgeError(f"{record}: nothing packaged yet; run `recforge package`")
     packaged = json.loads(record.read_text())
     env = {**os.environ, "BENTOML_DO_NOT_TRACK": "True", "RECFORGE_DEVICE": params.serve.device,
-           "RECFORGE_WORKERS": str(params.serve.workers)}
+           "RECFORGE_WORKERS": str(params.serve.workers), "RECFORGE_THREADS": str(params.serve.threads)}
+    for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        env.setdefault(name, str(params.serve.threads))
     if params.serve.api_token and not env.get("RECFORGE_API_TOKEN"):
         env["RECFORGE_API_TOKEN"] = params.serve.api_token
     if params.serve.model:

@@ -1,0 +1,267 @@
+"""Load benchmark of the BentoML service on loopback.
+
+Starts the last packaged Bento (`recforge package`, reports/package.json) on a
+free 127.0.0.1 port with `recforge serve` (or targets ``--url``), then for each
+endpoint and each concurrency (default 1, 16, 64) sends requests from one
+asyncio loop over keep-alive HTTP/1.1 connections, bounded by ``--requests``
+and ``--seconds`` per cell. Reports p50/p95/p99 latency, throughput and errors
+per endpoint, beside ``/trivial`` (a constant list from the same service, the
+machine's ceiling). Writes bench/results/serve.{json,md}.
+
+    .venv/bin/python bench/serve.py -S paths.reports_dir=/tmp/x/reports ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+TEXTS = [
+    "I like science fiction about space travel and artificial intelligence",
+    "funny romantic comedies with a happy ending",
+    "dark psychological thrillers and crime dramas",
+    "animated adventures for children and families",
+    "documentaries about history and war",
+]
+ENDPOINTS = ["/trivial", "/recommend", "/recommend/text", "/recommend/history", "/similar-items"]
+
+
+class Connection:
+    """A minimal keep-alive HTTP/1.1 client: the cheapest client Python offers, so the
+    load generator takes as little of the shared CPU as possible."""
+
+    def __init__(self, host: str, port: int, token: str | None) -> None:
+        self.host, self.port = host, port
+        self.auth = f"Authorization: Bearer {token}\r\n" if token else ""
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def open(self) -> None:
+        self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+
+    async def post(self, path: str, body: bytes) -> int:
+        if self.writer is None:
+            await self.open()
+        head = (
+            f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Type: application/json\r\n"
+            f"{self.auth}Content-Length: {len(body)}\r\n\r\n"
+        ).encode()
+        self.writer.write(head + body)
+        status_line = await self.reader.readline()
+        if not status_line:
+            raise ConnectionError("closed")
+        status = int(status_line.split()[1])
+        length, close = 0, False
+        while True:
+            line = await self.reader.readline()
+            if line in (b"\r\n", b""):
+                break
+            name, _, value = line.decode("latin-1").partition(":")
+            name = name.strip().lower()
+            if name == "content-length":
+                length = int(value)
+            elif name == "connection" and value.strip().lower() == "close":
+                close = True
+        if length:
+            await self.reader.readexactly(length)
+        if close:
+            self.close()
+        return status
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.reader = self.writer = None
+
+
+async def run_cell(host, port, token, path, bodies, concurrency, max_requests, max_seconds) -> dict:
+    latencies: list[float] = []
+    errors = 0
+    sent = 0
+    deadline = time.perf_counter() + max_seconds
+
+    async def worker(slot: int) -> None:
+        nonlocal errors, sent
+        conn = Connection(host, port, token)
+        try:
+            while sent < max_requests and time.perf_counter() < deadline:
+                body = bodies[sent % len(bodies)]
+                sent += 1
+                started = time.perf_counter()
+                try:
+                    status = await conn.post(path, body)
+                except (OSError, ConnectionError, asyncio.IncompleteReadError, ValueError, IndexError):
+                    status = 0
+                    conn.close()
+                latencies.append(time.perf_counter() - started)
+                if status != 200:
+                    errors += 1
+        finally:
+            conn.close()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker(i) for i in range(concurrency)))
+    elapsed = time.perf_counter() - started
+    ms = np.array(latencies) * 1000.0
+    return {
+        "endpoint": path,
+        "concurrency": concurrency,
+        "requests": len(latencies),
+        "errors": errors,
+        "seconds": round(elapsed, 2),
+        "throughput_rps": round(len(latencies) / elapsed, 1) if elapsed else 0.0,
+        "p50_ms": round(float(np.percentile(ms, 50)), 2) if len(ms) else None,
+        "p95_ms": round(float(np.percentile(ms, 95)), 2) if len(ms) else None,
+        "p99_ms": round(float(np.percentile(ms, 99)), 2) if len(ms) else None,
+        "mean_ms": round(float(ms.mean()), 2) if len(ms) else None,
+    }
+
+
+def bodies_for(path: str, users: list, items: list, k: int, rng: random.Random) -> list[bytes]:
+    def dump(obj) -> bytes:
+        return json.dumps(obj).encode()
+
+    if path == "/trivial":
+        return [b"{}"]
+    if path == "/recommend":
+        return [dump({"user_id": u, "k": k}) for u in rng.sample(users, min(len(users), 500))]
+    if path == "/recommend/text":
+        return [dump({"text": t, "k": k}) for t in TEXTS]
+    if path == "/recommend/history":
+        return [dump({"item_ids": rng.sample(items, min(len(items), 5)), "k": k}) for _ in range(200)]
+    if path == "/similar-items":
+        return [dump({"item_id": i, "k": k}) for i in rng.sample(items, min(len(items), 200))]
+    if path == "/explain":
+        return [dump({"user_id": rng.choice(users), "item_id": rng.choice(items)}) for _ in range(200)]
+    raise ValueError(path)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_server(params_file: str, overrides: list[str], port: int, log_path: Path) -> subprocess.Popen:
+    flags = ["-p", params_file] + [x for o in overrides for x in ("-S", o)]
+    log = open(log_path, "w")
+    recforge = str(Path(sys.executable).with_name("recforge"))
+    return subprocess.Popen([recforge, "serve", "--port", str(port), *flags], stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+def wait_ready(base: str, process: subprocess.Popen | None, timeout: float = 180) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise SystemExit("server exited; see its log")
+        try:
+            if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise SystemExit(f"server at {base} not ready after {timeout:.0f}s")
+
+
+def markdown(rows: list[dict], meta: dict, ceiling: dict) -> str:
+    lines = [
+        f"# Serving benchmark ({meta.get('model_tag')}, model `{meta.get('model')}`, text path `{meta.get('text_path')}`)",
+        "",
+        f"{meta.get('counts')} · machine: {os.cpu_count()} CPUs shared with other work (timings are noisy) · "
+        f"client and server on the same machine, loopback",
+        "",
+        "| endpoint | concurrency | requests | errors | p50 ms | p95 ms | p99 ms | req/s | vs /trivial |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        base = ceiling.get(r["concurrency"])
+        ratio = f"{r['throughput_rps'] / base:.0%}" if base else ""
+        lines.append(
+            f"| {r['endpoint']} | {r['concurrency']} | {r['requests']} | {r['errors']} | {r['p50_ms']} | {r['p95_ms']} | "
+            f"{r['p99_ms']} | {r['throughput_rps']} | {ratio} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--url", help="benchmark a running server instead of starting one")
+    parser.add_argument("-p", "--params", default="params.yaml")
+    parser.add_argument("-S", "--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--token", default=os.environ.get("RECFORGE_API_TOKEN"))
+    parser.add_argument("--concurrency", default="1,16,64")
+    parser.add_argument("--endpoints", default=",".join(ENDPOINTS))
+    parser.add_argument("--requests", type=int, default=2000, help="at most this many requests per cell")
+    parser.add_argument("--seconds", type=float, default=15.0, help="at most this long per cell")
+    parser.add_argument("--warmup", type=int, default=50)
+    parser.add_argument("-k", type=int, default=10)
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "serve"))
+    args = parser.parse_args()
+
+    from recforge.params import load_params
+    from recforge.workspace import Workspace
+
+    params = load_params(args.params, args.overrides)
+    process = None
+    if args.url:
+        base = args.url.rstrip("/")
+    else:
+        port = free_port()
+        base = f"http://127.0.0.1:{port}"
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        process = start_server(args.params, args.overrides, port, Path(args.out + ".server.log"))
+    try:
+        wait_ready(base, process)
+        import httpx
+
+        headers = {"Authorization": f"Bearer {args.token}"} if args.token else {}
+        meta = httpx.get(f"{base}/metadata", headers=headers, timeout=10).json()
+        workspace = Workspace(params)
+        users = [u.item() if hasattr(u, "item") else u for u in workspace.maps.user_ids[:5000]]
+        items = [i.item() if hasattr(i, "item") else i for i in workspace.maps.item_ids]
+        rng = random.Random(0)
+        url = urlparse(base)
+        rows = []
+        for path in args.endpoints.split(","):
+            bodies = bodies_for(path, users, items, args.k, rng)
+            asyncio.run(run_cell(url.hostname, url.port, args.token, path, bodies, 4, args.warmup, 30))
+            for concurrency in [int(c) for c in args.concurrency.split(",")]:
+                row = asyncio.run(
+                    run_cell(url.hostname, url.port, args.token, path, bodies, concurrency, args.requests, args.seconds)
+                )
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+        ceiling = {r["concurrency"]: r["throughput_rps"] for r in rows if r["endpoint"] == "/trivial"}
+        result = {"metadata": meta, "rows": rows, "cpus": os.cpu_count(), "args": vars(args) | {"token": bool(args.token)}}
+        Path(args.out + ".json").write_text(json.dumps(result, indent=2))
+        Path(args.out + ".md").write_text(markdown(rows, meta, ceiling))
+        print(markdown(rows, meta, ceiling))
+    finally:
+        if process is not None:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+
+
+if __name__ == "__main__":
+    main()
