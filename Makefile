@@ -42,6 +42,7 @@ serve: setup
 # bench-serve: load benchmark against a server it starts itself on a free loopback port.
 bench-serve: setup
 	@test -f metrics/metrics.json || $(VENV)/bin/recforge run
+	$(VENV)/bin/recforge package
 	$(PY) bench/serve.py
 
 # prefect: local Prefect server on 127.0.0.1:4200 + served deployments (analytics off); prefect-stop ends both.

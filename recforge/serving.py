@@ -503,7 +503,10 @@ class Engine:
             "history_path": self.fold_in_model or "popularity",
             "similar_items_path": self.similar_model or ("embeddings" if self.item_vectors is not None else "popularity"),
             "explainer": self.explainer_name,
+            # the re-ranker's features are built for whole parts (0.6-0.8 s for one user on ml-latest-small);
+            # it is packaged for batch use and served online once features have a per-request builder
             "rerank_packaged": bool(self.manifest.get("rerank")),
+            "rerank_served": False,
             "device": self.device,
             "metrics": {name: {key: value for key, value in m.items() if key.endswith(f"@{k}")} for name, m in self.metrics.items()},
             "counts": self.manifest["counts"],
