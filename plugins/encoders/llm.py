@@ -11,11 +11,16 @@ from typing import Any
 
 import numpy as np
 
+from recforge.errors import RecforgeError
 from recforge.text import clean
 
 from recforge_plugins.encoders._common import l2_normalize, resolve_device
 
 log = logging.getLogger(__name__)
+
+
+class _StopForward(Exception):
+    """Raised by a forward hook to skip the decoder layers above the pooled one."""
 
 
 class LLMEncoder:
@@ -24,16 +29,21 @@ class LLMEncoder:
     Options: ``model`` (a local Hugging Face directory or .gguf file; default
     SmolLM2, fetched and converted once by ``make models``), ``max_length``
     (tokens per text; 64 keeps all MovieLens items feasible on a CPU),
-    ``device`` (auto | cpu | cuda). Texts are sorted by length and batched so
-    padding costs little; the LM head is never run.
+    ``device`` (auto | cpu | cuda), ``layer`` (pool the output of decoder
+    layer ``layer`` instead of the final normed state; the layers above it are
+    not run, so ``layer`` = half the depth halves the cost). Texts are sorted
+    by length and batched so padding costs little; the LM head is never run.
     """
 
     name = "llm"
 
-    def __init__(self, model: str | None = None, max_length: int = 64, device: str = "auto") -> None:
+    def __init__(
+        self, model: str | None = None, max_length: int = 64, device: str = "auto", layer: int | None = None
+    ) -> None:
         self.model_path = model
         self.max_length = int(max_length)
         self.device = device
+        self.layer = None if layer is None else int(layer)
         self._pair: tuple[Any, Any] | None = None
 
     def _load(self) -> tuple[Any, Any]:
@@ -77,14 +87,36 @@ class LLMEncoder:
                 for i, r in enumerate(rows):
                     input_ids[i, : len(ids[r])] = torch.tensor(ids[r])
                     mask[i, : len(ids[r])] = 1
-                hidden = decoder(input_ids=input_ids.to(device), attention_mask=mask.to(device)).last_hidden_state
+                hidden = self._hidden(decoder, input_ids.to(device), mask.to(device))
                 mask_f = mask.to(device).unsqueeze(-1).to(hidden.dtype)
                 pooled = (hidden * mask_f).sum(dim=1) / mask_f.sum(dim=1).clamp(min=1.0)
                 out[rows] = pooled.float().cpu().numpy()
         return l2_normalize(out)
 
+    def _hidden(self, decoder: Any, input_ids: Any, mask: Any) -> Any:
+        if self.layer is None:
+            return decoder(input_ids=input_ids, attention_mask=mask).last_hidden_state
+        layers = decoder.layers
+        if not 1 <= self.layer <= len(layers):
+            raise RecforgeError(f"llm encoder: layer must be in 1..{len(layers)}, not {self.layer}")
+        captured: dict[str, Any] = {}
+
+        def stop(module: Any, args: Any, output: Any) -> None:
+            captured["hidden"] = output[0] if isinstance(output, tuple) else output
+            raise _StopForward
+
+        handle = layers[self.layer - 1].register_forward_hook(stop)
+        try:
+            decoder(input_ids=input_ids, attention_mask=mask)
+        except _StopForward:
+            pass
+        finally:
+            handle.remove()
+        norm = getattr(decoder, "norm", None)  # the final RMSNorm tames the residual stream's outlier dimensions
+        return norm(captured["hidden"]) if norm is not None else captured["hidden"]
+
     def config(self) -> dict:
-        return {"model": self.model_path, "max_length": self.max_length, "device": self.device}
+        return {"model": self.model_path, "max_length": self.max_length, "device": self.device, "layer": self.layer}
 
     def save(self, directory: Path) -> None:
         """Only the settings: the weights stay in the model cache."""

@@ -144,3 +144,16 @@ def test_smollm2_set_up_function_fetches_converts_and_caches():
     assert load_causal_lm() is first  # loaded once per process
     tokenizer, model = first
     assert tokenizer.pad_token is not None and not model.training
+
+
+def test_llm_pooling_an_earlier_layer_runs_and_the_last_layer_matches_the_default():
+    from recforge.errors import RecforgeError
+
+    default = fitted("llm")
+    depth = default._load()[1].config.num_hidden_layers
+    last = registry.encoders.create("llm", layer=depth)
+    np.testing.assert_allclose(last.encode(QUERIES[:3]), default.encode(QUERIES[:3]), atol=2e-4)
+    early = registry.encoders.create("llm", layer=depth // 2).encode(QUERIES[:3])
+    np.testing.assert_allclose(np.linalg.norm(early, axis=1), 1.0, atol=1e-5)
+    with pytest.raises(RecforgeError, match="layer"):
+        registry.encoders.create("llm", layer=depth + 1).encode(["x"])
