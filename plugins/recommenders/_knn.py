@@ -46,26 +46,26 @@ def cosine(matrix: sp.csr_matrix, *, shrink: float = 0.0) -> sp.csr_matrix:
     return sims.astype(np.float32)
 
 
-def prune_rows(matrix: sp.csr_matrix, k: int | None) -> sp.csr_matrix:
-    """Keep the ``k`` largest entries of each row (ties towards the lower column)."""
+def prune_rows(matrix: sp.csr_matrix, k: int | None, block_rows: int = 256) -> sp.csr_matrix:
+    """Keep the ``k`` largest (non-zero) entries of each row, ``block_rows`` dense rows at a time."""
     matrix = matrix.tocsr()
-    if not k or matrix.nnz == 0:
+    if not k or matrix.nnz == 0 or np.diff(matrix.indptr).max() <= k:
         return matrix
-    counts = np.diff(matrix.indptr)
-    if counts.max() <= k:
+    n_rows, n_cols = matrix.shape
+    if k >= n_cols:
         return matrix
-    keep = np.zeros(matrix.nnz, dtype=bool)
-    for row in np.nonzero(counts)[0]:
-        start, end = matrix.indptr[row], matrix.indptr[row + 1]
-        if end - start <= k:
-            keep[start:end] = True
-            continue
-        values, cols = matrix.data[start:end], matrix.indices[start:end]
-        order = np.lexsort((cols, -values))[:k]
-        keep[start + order] = True
-    coo = matrix.tocoo()
-    pruned = sp.csr_matrix((coo.data[keep], (coo.row[keep], coo.col[keep])), shape=matrix.shape)
-    return pruned
+    rows, cols, values = [], [], []
+    for start in range(0, n_rows, block_rows):
+        block = matrix[start : start + block_rows].toarray()
+        top = np.argpartition(-block, k - 1, axis=1)[:, :k]
+        top_values = np.take_along_axis(block, top, axis=1)
+        keep = top_values != 0
+        rows.append((np.arange(len(block))[:, None] + start).repeat(k, axis=1)[keep])
+        cols.append(top[keep])
+        values.append(top_values[keep])
+    return sp.csr_matrix(
+        (np.concatenate(values), (np.concatenate(rows), np.concatenate(cols))), shape=matrix.shape, dtype=matrix.dtype
+    )
 
 
 def history_row(item_ids: np.ndarray, n_items: int) -> sp.csr_matrix:
