@@ -91,8 +91,10 @@ class ContentRecommender:
             except RecforgeError as exc:
                 log.info("content: %s; encoding the items now", exc)
         if params is not None and self.fields is None:
-            from recforge.stages.encode import fitted_encoder
+            from recforge.stages.encode import encoder_and_embeddings, fitted_encoder
 
+            if vectors is None:  # not an encode.encoders entry: encode through the encode stage's cache
+                return encoder_and_embeddings(params, self.encoder_name, context.items)
             encoder = fitted_encoder(params, self.encoder_name, texts)
         else:
             encoder = registry.encoders.create(self.encoder_name).fit(texts)

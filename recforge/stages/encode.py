@@ -26,7 +26,9 @@ from recforge.workspace import Workspace
 
 log = logging.getLogger(__name__)
 
-__all__ = ["item_texts", "run_encode", "fitted_encoder", "encoder_state_dir", "write_profiles"]
+__all__ = [
+    "item_texts", "run_encode", "fitted_encoder", "encoder_and_embeddings", "encoder_state_dir", "write_profiles",
+]
 
 
 def _digest(texts: Sequence[str]) -> str:
@@ -81,6 +83,19 @@ def _encode_items(params: Params, name: str, texts: list[str], digest: str):
         encoder.save(staging / "encoder")
     log.info("encoder %s: encoded %d items (dim %d)", name, len(vectors), vectors.shape[1])
     return vectors, cache / "encoder", encoder
+
+
+def encoder_and_embeddings(params: Params, name: str, items=None):
+    """(fitted encoder, item embeddings) for encoder ``name`` through the encode cache.
+
+    For models that need an encoder the encode stage was not configured with:
+    the first call encodes and caches, later calls (the refit, the next run) load.
+    """
+    if items is None:
+        items = Workspace(params).items
+    texts = item_texts(items, params.encode.fields)
+    vectors, state, encoder = _encode_items(params, name, texts, _digest(texts))
+    return (encoder if encoder is not None else load_encoder_state(name, state)), vectors
 
 
 def _encode_user_texts(params: Params, name: str, encoder, texts: list[str], item_digest: str) -> np.ndarray:

@@ -165,3 +165,17 @@ def test_centering_keeps_the_topic_and_survives_save_and_load(data, tmp_path):
     model.save(tmp_path)
     restored = type(model).load(tmp_path, context=FitContext(items=items, maps=maps))
     np.testing.assert_array_equal(restored.recommend_text("space", k=5)[0], model.recommend_text("space", k=5)[0])
+
+
+def test_an_encoder_missing_from_the_encode_stage_is_encoded_once_through_its_cache(tiny_params):
+    from pathlib import Path
+
+    from recforge.stages import get_stage
+
+    params = tiny_params.model_copy(deep=True)
+    params.encode.encoders = []
+    params.recommenders = {"content": {"encoder": "word2vec"}}
+    for stage in ("ingest", "split", "encode", "train"):
+        get_stage(stage)(params)
+    cached = list(Path(params.paths.cache_dir).rglob("items.npy"))
+    assert len(cached) == 1 and "word2vec" in str(cached[0])  # val fit encoded, the refit reused it
