@@ -156,6 +156,30 @@ def evaluate(params_file: ParamsOpt = Path(DEFAULT_PARAMS_FILE), set_: SetOpt = 
     _guard(debug, body)
 
 
+@app.command()
+def explain(
+    user: Annotated[str, typer.Argument(help="user id (as in the data)")],
+    item: Annotated[str, typer.Argument(help="item id (as in the data)")],
+    explainer: Annotated[list[str] | None, typer.Option("--explainer", "-e", help="explainer(s); default template and llm")] = None,
+    params_file: ParamsOpt = Path(DEFAULT_PARAMS_FILE),
+    set_: SetOpt = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Explain why ITEM suits USER (template and LLM explainers)."""
+
+    def body() -> None:
+        from recforge.rerank import explain_recommendation
+
+        params = load_params(params_file, set_ or [])
+        result = explain_recommendation(params, user, item, explainer or ["template", "llm"])
+        evidence = result["evidence"]
+        console.print(f"[bold]{evidence['item_title']}[/bold] for user {user}")
+        for name, text in result["explanations"].items():
+            console.print(f"[cyan]{name}[/cyan]: {text}")
+
+    _guard(debug, body)
+
+
 def _print_metrics(params: Params) -> None:
     path = Path(params.paths.metrics_file)
     if path.exists():
@@ -228,45 +252,6 @@ def _describe(params: Params) -> None:
 
 
 @app.command()
-def package(
-    params_file: ParamsOpt = Path(DEFAULT_PARAMS_FILE),
-    set_: SetOpt = None,
-    build: Annotated[bool, typer.Option("--build/--no-build", help="also run `bentoml build`")] = True,
-    debug: DebugOpt = False,
-) -> None:
-    """Save the trained pipeline to the BentoML model store and build the Bento (pinned model tag)."""
-
-    def body() -> None:
-        from recforge.stages.package import run_package
-
-        params = load_params(params_file, set_ or [])
-        result = run_package(params, build=build)
-        console.print(f"model {result['model_tag']}" + (f"; bento {result['bento_tag']}" if result["bento_tag"] else ""))
-
-    _guard(debug, body)
-
-
-@app.command()
-def serve(
-    params_file: ParamsOpt = Path(DEFAULT_PARAMS_FILE),
-    set_: SetOpt = None,
-    port: Annotated[int | None, typer.Option(help="default serve.port")] = None,
-    debug: DebugOpt = False,
-) -> None:
-    """Serve the last packaged Bento on serve.host:serve.port (127.0.0.1:3000 by default)."""
-
-    def body() -> None:
-        from recforge.stages.package import serve_command
-
-        params = load_params(params_file, set_ or [])
-        command, env = serve_command(params, port=port)
-        errors.print(f"serving on http://{params.serve.host}:{port or params.serve.port}")
-        os.execvpe(command[0], command, env)
-
-    _guard(debug, body)
-
-
-@app.command()
 def models(params_file: ParamsOpt = Path(DEFAULT_PARAMS_FILE), set_: SetOpt = None, debug: DebugOpt = False) -> None:
     """Trained models: their options, tuning trials on validation and the chosen settings."""
 
@@ -302,6 +287,45 @@ def models(params_file: ParamsOpt = Path(DEFAULT_PARAMS_FILE), set_: SetOpt = No
                 cells += [f"{trial.get(m, float('nan')):.4f}" for m in ("ndcg@10", "recall@10", "mrr@10")]
                 trials.add_row(*cells, f"{trial['fit_seconds']:.1f}")
             console.print(trials)
+
+    _guard(debug, body)
+
+
+@app.command()
+def package(
+    params_file: ParamsOpt = Path(DEFAULT_PARAMS_FILE),
+    set_: SetOpt = None,
+    build: Annotated[bool, typer.Option("--build/--no-build", help="also run `bentoml build`")] = True,
+    debug: DebugOpt = False,
+) -> None:
+    """Save the trained pipeline to the BentoML model store and build the Bento (pinned model tag)."""
+
+    def body() -> None:
+        from recforge.stages.package import run_package
+
+        params = load_params(params_file, set_ or [])
+        result = run_package(params, build=build)
+        console.print(f"model {result['model_tag']}" + (f"; bento {result['bento_tag']}" if result["bento_tag"] else ""))
+
+    _guard(debug, body)
+
+
+@app.command()
+def serve(
+    params_file: ParamsOpt = Path(DEFAULT_PARAMS_FILE),
+    set_: SetOpt = None,
+    port: Annotated[int | None, typer.Option(help="default serve.port")] = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Serve the last packaged Bento on serve.host:serve.port (127.0.0.1:3000 by default)."""
+
+    def body() -> None:
+        from recforge.stages.package import serve_command
+
+        params = load_params(params_file, set_ or [])
+        command, env = serve_command(params, port=port)
+        errors.print(f"serving on http://{params.serve.host}:{port or params.serve.port}")
+        os.execvpe(command[0], command, env)
 
     _guard(debug, body)
 

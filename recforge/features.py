@@ -356,7 +356,8 @@ def explanation_evidence(
     order = np.lexsort((sequence, -similarities))[:k] if len(sequence) else np.array([], dtype=np.int64)
     chosen = sequence[order]
     shared_genres = sorted({g for h in chosen for g in all_genres[h]} & set(all_genres[item]))
-    shared_keywords = sorted({w for h in chosen for w in keywords[h]} & set(keywords[item]))[:8]
+    genre_words = {g.lower() for g in shared_genres}
+    shared_keywords = sorted(({w for h in chosen for w in keywords[h]} & set(keywords[item])) - genre_words)[:8]
     return {
         "item_id": _plain(items["item_id"].iloc[item]),
         "item_title": titles[item],

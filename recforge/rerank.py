@@ -440,3 +440,45 @@ class LLMScorer:
                 logp = torch.log_softmax(logits, dim=-1)
                 scores[start : start + len(batch["input_ids"])] = (logp[:, yes] - logp[:, no]).cpu().numpy()
         return scores
+
+
+def explain_recommendation(
+    params: Params,
+    user_id: Any,
+    item_id: Any,
+    explainers: Sequence[str] = ("template", "llm"),
+    *,
+    part: str = "full",
+    options: dict[str, dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """Evidence and one explanation per explainer for original ``user_id`` / ``item_id``.
+
+    The history is train + val (``part='full'``, what is served) or train
+    (``'val'``); similarity uses the first feature encoder with embeddings,
+    else shared genres and keywords.
+    """
+    from recforge.features import explanation_evidence
+
+    workspace = Workspace(params)
+    maps = workspace.maps
+    user, item = maps.lookup_user(user_id), maps.lookup_item(item_id)
+    if item < 0:
+        raise RecforgeError(f"unknown item {item_id!r}")
+    if user < 0:
+        raise RecforgeError(f"unknown user {user_id!r}")
+    history = workspace.events("train+val" if part == "full" else "train")
+    vectors = None
+    for name in feature_encoders(params):
+        try:
+            vectors = workspace.embeddings(name)
+            break
+        except RecforgeError:
+            continue
+    evidence = explanation_evidence(history, workspace.items, user, item, vectors=vectors, text_fields=params.encode.fields)
+    texts: dict[str, str] = {}
+    for name in explainers:
+        explainer = registry.explainers.create(name, **(options or {}).get(name, {}))
+        started = time.perf_counter()
+        texts[name] = explainer.explain(user_id, item_id, evidence=evidence)
+        log.info("explainer %s: %.1fs (%s)", name, time.perf_counter() - started, getattr(explainer, "last_source", name))
+    return {"user_id": user_id, "item_id": item_id, "evidence": evidence, "explanations": texts}

@@ -38,6 +38,8 @@ class LambdaRankReranker:
         lambdarank_truncation_level: int = 20,
         eval_at: int = 10,
         seed: int = 0,
+        selection: str = "mean",
+        lambda_l2: float = 0.0,
         threads: int | None = None,
         distributed: bool = False,
         dask_params: Any = None,
@@ -55,6 +57,8 @@ class LambdaRankReranker:
             "lambdarank_truncation_level": int(lambdarank_truncation_level),
             "eval_at": int(eval_at),
             "seed": int(seed),
+            "selection": str(selection),
+            "lambda_l2": float(lambda_l2),
             "threads": threads,
             "distributed": bool(distributed),
         }
@@ -77,6 +81,7 @@ class LambdaRankReranker:
             "bagging_fraction": cfg["bagging_fraction"],
             "bagging_freq": 1,
             "lambdarank_truncation_level": cfg["lambdarank_truncation_level"],
+            "lambda_l2": cfg["lambda_l2"],
             "seed": cfg["seed"],
             "deterministic": True,
             "force_row_wise": True,
@@ -120,27 +125,24 @@ class LambdaRankReranker:
             rows = np.isin(row_group, group_ids)
             return X[rows], labels[rows], groups[group_ids], rows
 
+        held_out = []
+        datasets = []
         for fold in range(n_folds):
             held = np.flatnonzero(fold_of_group == fold)
             train_groups = useful if n_folds == 1 else np.flatnonzero((fold_of_group >= 0) & (fold_of_group != fold))
             X_tr, y_tr, g_tr, _ = subset(train_groups)
             X_va, y_va, g_va, rows_va = subset(held)
-            if self.config["distributed"]:
+            held_out.append((X_va, rows_va))
+            datasets.append((X_tr, y_tr, g_tr, X_va, y_va, g_va))
+        if self.config["distributed"]:
+            for X_tr, y_tr, g_tr, *_ in datasets:
                 booster, best = self._fit_dask(X_tr, y_tr, g_tr)
-            else:
-                train_set = lgb.Dataset(X_tr, y_tr, group=g_tr, feature_name=self.features, free_raw_data=False)
-                valid_set = lgb.Dataset(X_va, y_va, group=g_va, reference=train_set)
-                booster = lgb.train(
-                    self._lgb_params(),
-                    train_set,
-                    num_boost_round=self.config["num_boost_round"],
-                    valid_sets=[valid_set],
-                    callbacks=[lgb.early_stopping(self.config["early_stopping_rounds"], verbose=False)],
-                )
-                best = int(booster.best_iteration or booster.current_iteration())
-            self.boosters.append(booster)
-            self.best_iterations.append(best)
-            if n_folds > 1:
+                self.boosters.append(booster)
+                self.best_iterations.append(best)
+        else:
+            self._fit_lockstep(datasets)
+        if n_folds > 1:
+            for booster, best, (X_va, rows_va) in zip(self.boosters, self.best_iterations, held_out, strict=True):
                 oof[rows_va] = booster.predict(X_va, num_iteration=best)
         # rows of users without a positive (or the single-fold case) get the ensemble's score
         missing = np.isnan(oof)
@@ -149,6 +151,50 @@ class LambdaRankReranker:
         self.oof_scores = oof
         log.info("lambdarank: %d folds, best iterations %s", n_folds, self.best_iterations)
         return self
+
+    def _fit_lockstep(self, datasets: list[tuple]) -> None:
+        """Grow every fold's model one round at a time and stop all of them together.
+
+        The round count is chosen on the mean of the folds' held-out NDCG
+        (``selection='mean'``, smoothed over 5 rounds, patience
+        ``early_stopping_rounds``), which is far less noisy than one fold's
+        curve; ``selection='fold'`` stops each fold on its own curve.
+        """
+        import lightgbm as lgb
+
+        cfg = self.config
+        boosters = []
+        for X_tr, y_tr, g_tr, X_va, y_va, g_va in datasets:
+            train_set = lgb.Dataset(X_tr, y_tr, group=g_tr, feature_name=self.features, free_raw_data=False)
+            booster = lgb.Booster(self._lgb_params(), train_set)
+            booster.add_valid(lgb.Dataset(X_va, y_va, group=g_va, reference=train_set), "held")
+            boosters.append(booster)
+        curves = [[] for _ in boosters]
+        active = [True] * len(boosters)
+        best_mean, best_round, patience = -np.inf, 0, cfg["early_stopping_rounds"]
+        for round_ in range(1, cfg["num_boost_round"] + 1):
+            for i, booster in enumerate(boosters):
+                if active[i]:
+                    booster.update()
+                    curves[i].append(booster.eval_valid()[0][2])
+            if cfg["selection"] == "mean":
+                mean = np.mean([c[-5:] for c in curves], axis=0).mean()  # fold mean, smoothed over 5 rounds
+                if mean > best_mean:
+                    best_mean, best_round = mean, max(1, round_ - 2)
+                elif round_ - best_round >= patience:
+                    break
+            else:
+                for i, curve in enumerate(curves):
+                    if active[i] and len(curve) - 1 - int(np.argmax(curve)) >= patience:
+                        active[i] = False
+                if not any(active):
+                    break
+        self.boosters = boosters
+        if cfg["selection"] == "mean":
+            self.best_iterations = [best_round] * len(boosters)
+            self.curve = np.mean(curves, axis=0)
+        else:
+            self.best_iterations = [int(np.argmax(c)) + 1 for c in curves]
 
     def _fit_dask(self, X: np.ndarray, y: np.ndarray, group: np.ndarray) -> tuple[Any, int]:
         from recforge.orchestration import train_dask_ranker

@@ -1,0 +1,146 @@
+"""The second stage end to end on synthetic data: outputs, no leakage, and it beats its inputs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from recforge import registry
+from recforge.features import feature_columns
+from recforge.params import load_params
+from recforge.pipeline import run_pipeline
+from recforge.rerank import explain_recommendation, load_reranker, ranked_lists, training_table
+from recforge.stages.rerank import run_rerank
+from recforge.workspace import Workspace
+from tests.conftest import tmp_overrides
+
+# big enough that the re-ranker has a few hundred validation users to learn from, small enough to run in seconds
+SYNTHETIC = [
+    "data.synthetic.num_users=500",
+    "data.synthetic.num_items=200",
+    "data.synthetic.num_interactions=12000",
+    "data.synthetic.num_topics=6",
+    "data.synthetic.drift=0.3",
+]
+MODELS = "recommenders={popularity: {}, itemknn: {neighbors: 50}, userknn: {neighbors: 30}}"
+RERANK = ["rerank.enabled=true", "rerank.folds=3", "rerank.candidates_per_model=30", "rerank.num_boost_round=200",
+          "rerank.early_stopping_rounds=20", "encode.encoders=[tfidf]"]
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    root = tmp_path_factory.mktemp("rerank")
+    params = load_params(None, tmp_overrides(root) + SYNTHETIC + [MODELS] + RERANK)
+    run_pipeline(params)
+    metrics = json.loads(Path(params.paths.metrics_file).read_text())
+    return params, metrics
+
+
+def test_outputs_in_the_common_formats(pipeline):
+    params, metrics = pipeline
+    for part in ("val", "test"):
+        lists = pd.read_parquet(Path(params.paths.lists_dir) / "rerank" / f"{part}.parquet")
+        assert list(lists.columns) == ["user_id", "item_id", "rank", "score"]
+        assert lists.groupby("user_id")["rank"].max().max() <= params.evaluate.list_length
+        assert not lists.duplicated(["user_id", "item_id"]).any()
+        # scores descend with rank inside each user's list
+        assert (lists.groupby("user_id")["score"].diff().dropna() <= 1e-6).all()
+    assert "rerank" in metrics and 0.0 <= metrics["rerank"]["ndcg@10"] <= 1.0
+    reports = Path(params.paths.reports_dir)
+    importance = pd.read_csv(reports / "feature_importance.csv")
+    assert {"feature", "gain"} <= set(importance.columns) and importance["gain"].sum() > 0
+    assert (Path(params.paths.plots_dir) / "feature_importance.png").stat().st_size > 1000
+    recall = pd.read_csv(reports / "candidate_recall.csv")
+    union = recall[(recall["candidates"] == "union") & (recall["part"] == "test")]["recall"].item()
+    assert union >= recall[(recall["candidates"] != "union") & (recall["part"] == "test")]["recall"].max()
+    ablation = pd.read_csv(reports / "rerank_ablation.csv")
+    assert {"without popularity", "without itemknn", "without userknn", "without text/LLM features"} <= set(ablation["variant"])
+    reranker, meta = load_reranker(params)
+    assert meta["training"]["part"] == "val" and meta["features"] == reranker.features
+
+
+def test_reranker_beats_its_best_input(pipeline):
+    _, metrics = pipeline
+    best_input = max(metrics[m]["ndcg@10"] for m in ("popularity", "itemknn", "userknn"))
+    assert metrics["rerank"]["ndcg@10"] > best_input
+
+
+def test_no_leakage_training_rows_use_validation_targets_only(pipeline):
+    params, _ = pipeline
+    workspace = Workspace(params)
+    train, val, test = workspace.frame("train"), workspace.frame("val"), workspace.frame("test")
+    frame, labels, groups = training_table(workspace)
+    positives = frame.loc[labels == 1, ["user_id", "item_id"]]
+    # every positive label is a validation event, and no test event is ever a positive
+    assert len(positives) > 0
+    assert len(positives.merge(val[["user_id", "item_id"]])) == len(positives)
+    assert len(positives.merge(test[["user_id", "item_id"]])) == 0
+    assert groups.sum() == len(frame)
+    # the validation candidates come from models that never saw validation events:
+    # train and val are disjoint, and features were computed from train events only
+    keys = ["user_id", "item_id", "timestamp"]
+    assert len(train[keys].merge(val[keys])) == 0 and len(train[keys].merge(test[keys])) == 0
+    assert frame["user_history"].sum() == pytest.approx(
+        train.groupby("user_id").size().reindex(frame["user_id"]).sum()
+    )
+    # a validation target is never already in the history the val lists were made from
+    val_lists = pd.read_parquet(Path(params.paths.lists_dir) / "itemknn" / "val.parquet")
+    assert len(val_lists.merge(train[["user_id", "item_id"]])) == 0
+
+
+def test_no_leakage_changing_test_targets_changes_nothing_learned(pipeline, tmp_path):
+    params, _ = pipeline
+    model_dir = Path(params.paths.models_dir) / "rerank"
+    before = json.loads((model_dir / "meta.json").read_text())["checksums"]
+    val_before = pd.read_parquet(Path(params.paths.lists_dir) / "rerank" / "val.parquet")
+    test_before = pd.read_parquet(Path(params.paths.lists_dir) / "rerank" / "test.parquet")
+    split = Path(params.paths.split_dir) / "test.parquet"
+    original = pd.read_parquet(split)
+    scrambled = original.copy()
+    rng = np.random.default_rng(1)
+    scrambled["item_id"] = rng.permutation(scrambled["item_id"].to_numpy())
+    scrambled.to_parquet(split)
+    try:
+        run_rerank(params.model_copy(update={"rerank": params.rerank.model_copy(update={"ablations": False})}))
+        after = json.loads((model_dir / "meta.json").read_text())["checksums"]
+        assert after == before  # the same LightGBM models, byte for byte
+        pd.testing.assert_frame_equal(pd.read_parquet(Path(params.paths.lists_dir) / "rerank" / "val.parquet"), val_before)
+        pd.testing.assert_frame_equal(pd.read_parquet(Path(params.paths.lists_dir) / "rerank" / "test.parquet"), test_before)
+    finally:
+        original.to_parquet(split)
+
+
+def test_reranker_plugin_contract_and_roundtrip(pipeline, tmp_path):
+    params, _ = pipeline
+    workspace = Workspace(params)
+    frame, labels, groups = training_table(workspace)
+    reranker = registry.rerankers.create("lambdarank", folds=2, num_boost_round=30, early_stopping_rounds=10)
+    reranker.fit(frame, labels, groups)
+    scores = reranker.rerank(frame)
+    assert scores.shape == (len(frame),) and np.isfinite(scores).all()
+    assert reranker.oof_scores is not None and np.isfinite(reranker.oof_scores).all()
+    reranker.save(tmp_path)
+    loaded = type(reranker).load(tmp_path)
+    np.testing.assert_allclose(loaded.rerank(frame), scores, rtol=1e-6)
+    # feature columns must all be present
+    with pytest.raises(ValueError):
+        loaded.rerank(frame.drop(columns=[feature_columns(frame)[0]]))
+
+
+def test_ranked_lists_orders_by_score_and_truncates():
+    frame = pd.DataFrame({"user": [0, 0, 0, 1], "item": [5, 6, 7, 5], "user_id": ["a", "a", "a", "b"], "item_id": [50, 60, 70, 50]})
+    lists = ranked_lists(frame, np.array([0.1, 0.9, 0.5, 0.0]), k=2)
+    assert lists["item_id"].tolist() == [60, 70, 50] and lists["rank"].tolist() == [1, 2, 1]
+
+
+def test_explain_recommendation_names_history_items(pipeline):
+    params, _ = pipeline
+    recs = pd.read_parquet(Path(params.paths.lists_dir) / "rerank" / "test.parquet")
+    user_id, item_id = recs.iloc[0]["user_id"], recs.iloc[0]["item_id"]
+    result = explain_recommendation(params, user_id, item_id, ["template"])
+    titles = [h["title"] for h in result["evidence"]["history"]]
+    assert titles and all(title in result["explanations"]["template"] for title in titles)
