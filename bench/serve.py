@@ -157,12 +157,13 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(params_file: str, overrides: list[str], port: int, log_path: Path) -> subprocess.Popen:
+def start_server(params_file: str, overrides: list[str], port: int, log_path: Path, access_log: bool) -> subprocess.Popen:
     flags = ["-p", params_file] + [x for o in overrides for x in ("-S", o)]
     log = open(log_path, "w")
     recforge = str(Path(sys.executable).with_name("recforge"))
+    env = {**os.environ, "RECFORGE_ACCESS_LOG": "1" if access_log else "0"}
     return subprocess.Popen([recforge, "serve", "--port", str(port), *flags], stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+                            start_new_session=True, env=env)
 
 
 def wait_ready(base: str, process: subprocess.Popen | None, timeout: float = 180) -> None:
@@ -186,7 +187,7 @@ def markdown(rows: list[dict], meta: dict, ceiling: dict) -> str:
         f"# Serving benchmark ({meta.get('model_tag')}, model `{meta.get('model')}`, text path `{meta.get('text_path')}`)",
         "",
         f"{meta.get('counts')} · machine: {os.cpu_count()} CPUs shared with other work (timings are noisy) · "
-        f"client and server on the same machine, loopback",
+        f"client and server on the same machine, loopback; load average at the start {os.getloadavg()[0]:.1f}",
         "",
         "| endpoint | concurrency | requests | errors | p50 ms | p95 ms | p99 ms | req/s | vs /trivial |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -201,6 +202,38 @@ def markdown(rows: list[dict], meta: dict, ceiling: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def in_process(params, users: list, items: list, k: int, repeats: int) -> list[dict]:
+    """Latency of the Engine calls alone (no HTTP): what the server computes per request."""
+    import bentoml
+
+    from recforge.serving import Engine, limit_threads
+
+    packaged = json.loads((Path(params.paths.reports_dir) / "package.json").read_text())
+    engine = Engine.load(bentoml.models.get(packaged["model_tag"]).path, device=params.serve.device)
+    limit_threads(params.serve.threads)
+    rng = random.Random(1)
+    calls = {
+        "/recommend": lambda i: engine.recommend(users[i % len(users)], k),
+        "/recommend/text": lambda i: engine.recommend_text(TEXTS[i % len(TEXTS)], k),
+        "/recommend/history": lambda i: engine.recommend_history(rng.sample(items, 5), k),
+        "/similar-items": lambda i: engine.similar_items(items[i % len(items)], k),
+        "/explain": lambda i: engine.explain(users[i % len(users)], items[i % len(items)]),
+    }
+    rows = []
+    for path, call in calls.items():
+        n = repeats if path != "/recommend/text" else max(20, repeats // 10)
+        times = []
+        for i in range(n):
+            started = time.perf_counter()
+            call(i)
+            times.append((time.perf_counter() - started) * 1000.0)
+        ms = np.array(times)
+        rows.append({"endpoint": path, "calls": n, "p50_ms": round(float(np.percentile(ms, 50)), 3),
+                     "p99_ms": round(float(np.percentile(ms, 99)), 3)})
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--url", help="benchmark a running server instead of starting one")
@@ -213,6 +246,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=15.0, help="at most this long per cell")
     parser.add_argument("--warmup", type=int, default=50)
     parser.add_argument("-k", type=int, default=10)
+    parser.add_argument("--in-process", type=int, default=0, metavar="N",
+                        help="also time N Engine calls per endpoint without HTTP (the server's own work)")
+    parser.add_argument("--access-log", action="store_true", help="keep the per-request access log (off by default, as in a load test)")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "serve"))
     args = parser.parse_args()
 
@@ -227,7 +263,7 @@ def main() -> None:
         port = free_port()
         base = f"http://127.0.0.1:{port}"
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        process = start_server(args.params, args.overrides, port, Path(args.out + ".server.log"))
+        process = start_server(args.params, args.overrides, port, Path(args.out + ".server.log"), args.access_log)
     try:
         wait_ready(base, process)
         import httpx
@@ -250,10 +286,17 @@ def main() -> None:
                 rows.append(row)
                 print(json.dumps(row), flush=True)
         ceiling = {r["concurrency"]: r["throughput_rps"] for r in rows if r["endpoint"] == "/trivial"}
-        result = {"metadata": meta, "rows": rows, "cpus": os.cpu_count(), "args": vars(args) | {"token": bool(args.token)}}
+        engine_rows = in_process(params, users, items, args.k, args.in_process) if args.in_process else []
+        result = {"metadata": meta, "rows": rows, "in_process": engine_rows, "cpus": os.cpu_count(),
+                  "load_average_end": os.getloadavg()[0], "args": vars(args) | {"token": bool(args.token)}}
         Path(args.out + ".json").write_text(json.dumps(result, indent=2))
-        Path(args.out + ".md").write_text(markdown(rows, meta, ceiling))
-        print(markdown(rows, meta, ceiling))
+        text = markdown(rows, meta, ceiling)
+        if engine_rows:
+            text += "\nIn-process Engine calls (no HTTP, same machine, same moment):\n\n| call | calls | p50 ms | p99 ms |\n|---|---:|---:|---:|\n"
+            text += "".join(f"| {r['endpoint']} | {r['calls']} | {r['p50_ms']} | {r['p99_ms']} |\n" for r in engine_rows)
+        text += f"\nLoad average at the end: {os.getloadavg()[0]:.1f}\n"
+        Path(args.out + ".md").write_text(text)
+        print(text)
     finally:
         if process is not None:
             os.killpg(process.pid, signal.SIGTERM)
