@@ -1,0 +1,83 @@
+"""recforge.serving without HTTP: packaging and the fallback paths of a popularity-only package."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from recforge.errors import RecforgeError
+from recforge.params import load_params
+from recforge.pipeline import run_pipeline
+from recforge.serving import BadRequestError, Engine, NotFoundError, build_package, model_version, params_hash
+from tests.conftest import TINY, tmp_overrides
+
+
+@pytest.fixture(scope="module")
+def package(tmp_path_factory):
+    root = tmp_path_factory.mktemp("engine")
+    params = load_params(None, tmp_overrides(root) + TINY + ["serve.api_token=do-not-leak", "serve.explainer=builtin"])
+    run_pipeline(params)
+    manifest = build_package(params, root / "package")
+    return params, root / "package", manifest
+
+
+def test_package_records_hashes_and_no_secret(package):
+    params, directory, manifest = package
+    assert manifest["version"] == model_version(params)
+    assert "do-not-leak" not in (directory / "params.json").read_text()
+    assert set(manifest["models"]) == {"popularity"}
+    assert "models/popularity/meta.json" in manifest["checksums"]
+    moved = load_params(None, tmp_overrides(directory.parent / "elsewhere") + TINY)
+    assert params_hash(moved) == params_hash(params), "paths and serve settings do not change the tag"
+
+
+def test_popularity_only_package_falls_back(package):
+    _, directory, manifest = package
+    engine = Engine.load(directory, device="cpu")
+    assert engine.text_model is None and engine.text_encoder is None
+    text = engine.recommend_text("anything at all", 5)
+    assert text.fallback == "popular" and len(text.items) == 5
+    user = manifest["example_user_id"]
+    known = engine.recommend(user, 5)
+    assert known.fallback is None and known.model == "popularity"
+    popular = engine.recommend("nobody", 5)
+    assert popular.fallback == "popular"
+    # known users do not get their own history back, the popular fallback does not know any history
+    seen = set(engine._history(engine.maps.lookup_user(user)).tolist())
+    assert not {engine.maps.lookup_item(i.item_id) for i in known.items} & seen
+    first = popular.items[0].item_id
+    history = engine.recommend_history([first, "missing"], 5)
+    assert history.unknown_item_ids == ["missing"] and first not in [i.item_id for i in history.items]
+    similar = engine.similar_items(first, 3)
+    assert first not in [i.item_id for i in similar.items]
+    explanation = engine.explain(user, first)
+    assert explanation.explanation.startswith("Recommended") or "popular" in explanation.explanation
+    assert engine.metadata()["explainer"] == "builtin"
+
+
+def test_engine_rejects_bad_requests(package):
+    _, directory, _ = package
+    engine = Engine.load(directory, device="cpu")
+    for k in (0, 101):
+        with pytest.raises(BadRequestError):
+            engine.recommend("nobody", k)
+    with pytest.raises(BadRequestError):
+        engine.recommend_text("   ", 5)
+    with pytest.raises(NotFoundError):
+        engine.similar_items("no-such-item", 5)
+    with pytest.raises(RecforgeError, match="not in the package"):
+        Engine.load(directory, device="cpu", model="mf")
+
+
+def test_a_tampered_manifest_entry_is_caught(package, tmp_path):
+    import shutil
+
+    _, directory, _ = package
+    copy = tmp_path / "copy"
+    shutil.copytree(directory, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["checksums"]["items.parquet"] = "0" * 64
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(RecforgeError, match="checksum"):
+        Engine.load(copy, device="cpu")
