@@ -23,9 +23,10 @@ import json
 import logging
 import os
 
+# one BLAS/OpenMP thread per worker unless told otherwise: set before numpy and torch load (see limit_threads)
 for _name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_name, os.environ.get("RECFORGE_THREADS", "1"))
-from pathlib import Path
+from pathlib import Path  # noqa: E402
 from typing import Annotated, Any
 
 import bentoml
