@@ -158,8 +158,9 @@ def report(rows: list[dict]) -> str:
         if "error" not in row:
             latest[(row["size"], row["stage"])] = row
     sizes = [s for s in SIZES if any(key[0] == s for key in latest)]
-    header = "| stage | " + " | ".join(f"{s} wall / CPU s | {s} peak MiB" for s in sizes) + " | exponent (CPU) |"
-    lines = [header, "|" + "---|" * (2 * len(sizes) + 2)]
+    header = ("| stage | " + " | ".join(f"{s} wall / CPU s | {s} peak MiB" for s in sizes)
+              + " | exponent (CPU, all sizes) | slope (CPU, two largest) |")
+    lines = [header, "|" + "---|" * (2 * len(sizes) + 3)]
     fig, ax = plt.subplots(figsize=(7, 5))
     totals: dict[str, float] = {}
     walls: dict[str, float] = {}
@@ -176,14 +177,21 @@ def report(rows: list[dict]) -> str:
             else:
                 cells += ["-", "-"]
         exponent = fit_exponent(ns, secs)
-        lines.append(f"| {stage} | " + " | ".join(cells) + f" | {'' if exponent is None else f'{exponent:.2f}'} |")
+        last = fit_exponent(ns[-2:], secs[-2:])
+        lines.append(f"| {stage} | " + " | ".join(cells) + f" | {'' if exponent is None else f'{exponent:.2f}'}"
+                     f" | {'' if last is None or len(ns) < 3 else f'{last:.2f}'} |")
         if len(ns) >= 2:
             ax.loglog(ns, secs, marker="o", label=f"{stage} (b={exponent:.2f})")
     complete = [s for s in sizes if all((s, st) in latest for st in STAGES)]
     total_exp = fit_exponent([SIZES[s] for s in complete], [totals[s] for s in complete])
+    def total_cell(size: str) -> str:
+        peak = max((latest[(size, st)]["peak_mib"] for st in STAGES if (size, st) in latest), default=0)
+        partial = "" if size in complete else " (partial)"
+        return f"{walls.get(size, 0):.1f} / {totals.get(size, 0):.1f}{partial} | {peak:.0f}"
+
     lines.append(
-        "| **all stages** | " + " | ".join(f"{walls.get(s, 0):.1f} / {totals.get(s, 0):.1f} | {max((latest[(s, st)]['peak_mib'] for st in STAGES if (s, st) in latest), default=0):.0f}" for s in sizes)
-        + f" | {'' if total_exp is None else f'{total_exp:.2f}'} |"
+        "| **all stages** | " + " | ".join(total_cell(s) for s in sizes)
+        + f" | {'' if total_exp is None else f'{total_exp:.2f}'} (complete sizes) | |"
     )
     if len(complete) >= 2:
         ax.loglog([SIZES[s] for s in complete], [totals[s] for s in complete], "k--", marker="s", label=f"all stages (b={total_exp:.2f})")
