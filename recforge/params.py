@@ -107,7 +107,8 @@ class RerankParams(_Section):
     similarity features (None: encode.encoders). ``folds``: LambdaRank models
     over user-disjoint folds of the validation users, averaged. ``llm_scorer``:
     add the local LLM's log P(yes) feature for each user's top
-    ``llm_candidates`` (slow on CPU, off by default). ``sentiment``: review
+    ``llm_candidates`` (slow on CPU, off by default). ``ablations``: also retrain without each feature group and
+    each recommender (reports/rerank_ablation.*; bench/rerank.py turns it on). ``sentiment``: review
     sentiment features when interactions carry a ``review`` column.
     ``options``: extra re-ranker plugin options (e.g. min_data_in_leaf).
     """
@@ -123,7 +124,7 @@ class RerankParams(_Section):
     early_stopping_rounds: int = Field(50, ge=1)
     folds: int = Field(5, ge=1)
     distributed: bool = False
-    ablations: bool = True
+    ablations: bool = False
     sentiment: bool = True
     llm_scorer: bool = False
     llm_model: str | None = None

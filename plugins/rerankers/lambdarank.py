@@ -39,6 +39,7 @@ class LambdaRankReranker:
         eval_at: int = 10,
         seed: int = 0,
         selection: str = "mean",
+        objective: str = "lambdarank",
         lambda_l2: float = 0.0,
         threads: int | None = None,
         distributed: bool = False,
@@ -58,6 +59,7 @@ class LambdaRankReranker:
             "eval_at": int(eval_at),
             "seed": int(seed),
             "selection": str(selection),
+            "objective": str(objective),
             "lambda_l2": float(lambda_l2),
             "threads": threads,
             "distributed": bool(distributed),
@@ -71,7 +73,7 @@ class LambdaRankReranker:
     def _lgb_params(self) -> dict[str, Any]:
         cfg = self.config
         params = {
-            "objective": "lambdarank",
+            "objective": cfg["objective"],
             "metric": "ndcg",
             "eval_at": [cfg["eval_at"]],
             "num_leaves": cfg["num_leaves"],

@@ -27,7 +27,7 @@ SYNTHETIC = [
     "data.synthetic.drift=0.3",
 ]
 MODELS = "recommenders={popularity: {}, itemknn: {neighbors: 50}, userknn: {neighbors: 30}}"
-RERANK = ["rerank.enabled=true", "rerank.folds=3", "rerank.candidates_per_model=30", "rerank.num_boost_round=200",
+RERANK = ["rerank.enabled=true", "rerank.ablations=true", "rerank.folds=3", "rerank.candidates_per_model=30", "rerank.num_boost_round=200",
           "rerank.early_stopping_rounds=20", "encode.encoders=[tfidf]"]
 
 
