@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     for row in rows:
         table.add_row(row["encoder"], str(row["dim"]), f"{row['fit_load_s']:.2f}", f"{row['encode_s']:.2f}", f"{row['texts_per_s']:.1f}",
                       f"{row['cpu_s']:.2f}", f"{row['texts_per_cpu_s']:.1f}")
-    Console().print(table)
+    Console(width=140).print(table)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
     return 0
