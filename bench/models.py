@@ -173,6 +173,7 @@ def main() -> None:
     parser.add_argument("--models", help="comma-separated subset of the configured models")
     parser.add_argument("--out", default="/tmp/recforge-bench/models", help="private output root")
     parser.add_argument("-S", "--set", dest="overrides", action="append", default=[], help="extra params override")
+    parser.add_argument("--label", help="name for the results (default: the dataset's)")
     args = parser.parse_args()
 
     datasets: list[tuple[str, list[str]]] = []
@@ -186,6 +187,7 @@ def main() -> None:
     results_dir = ROOT / "bench" / "results"
     results_dir.mkdir(parents=True, exist_ok=True)
     for label, data_overrides in datasets:
+        label = args.label or label
         out = Path(args.out) / label
         overrides = data_overrides + [f"paths.{k}={out / v}" for k, v in PATH_KEYS.items()] + args.overrides
         started = time.perf_counter()
