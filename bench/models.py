@@ -134,7 +134,13 @@ def run(params_file: str | None, overrides: list[str], models: list[str] | None,
         rows.append(result)
 
     trained = [row["name"] for row in rows if "error" not in row]
-    params = params.model_copy(update={"recommenders": {n: params.recommenders[n] for n in trained}})
+    # candidate models only: the re-ranker has its own benchmark (bench/rerank.py)
+    params = params.model_copy(
+        update={
+            "recommenders": {n: params.recommenders[n] for n in trained},
+            "rerank": params.rerank.model_copy(update={"enabled": False}),
+        }
+    )
     metrics = run_evaluate(params) if trained else {}
     for row in rows:
         found = metrics.get(row["name"])
