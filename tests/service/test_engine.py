@@ -81,3 +81,23 @@ def test_a_tampered_manifest_entry_is_caught(package, tmp_path):
     (copy / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(RecforgeError, match="checksum"):
         Engine.load(copy, device="cpu")
+
+
+def test_sequential_user_states_match_the_model(tmp_path):
+    """The cached user states score exactly like Sequential.recommend for every user."""
+    import numpy as np
+
+    models = "recommenders={gru: {plugin: sequential, cell: gru, dim: 16, max_len: 10, epochs: 2, min_epochs: 1, batch_size: 64}}"
+    params = load_params(None, tmp_overrides(tmp_path) + TINY + [models])
+    run_pipeline(params, stages=["ingest", "validate", "split", "encode", "train", "evaluate"])
+    build_package(params, tmp_path / "package")
+    engine = Engine.load(tmp_path / "package", device="cpu")
+    assert engine.primary == "gru" and engine.user_states is not None
+    model = engine.models["gru"]
+    for user in range(len(model.sequences)):
+        expected, _ = model.recommend(np.array([user]), k=10)
+        got, _ = engine._score_state(engine.user_states, model, user, 10, True)
+        assert np.array_equal(expected, got)
+    answer = engine.recommend(engine.maps.user_ids[0], 5)
+    assert answer.model == "gru" and len(answer.items) == 5
+    assert engine.metadata()["cached_user_states"] is True
