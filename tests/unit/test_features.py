@@ -130,3 +130,27 @@ def test_explanation_evidence_picks_most_similar_history(tiny):
     # without vectors: shared genres/keywords decide
     plain = explanation_evidence(tiny.history, tiny.items, user, 4, vectors=None, text_fields=["text"], k=1)
     assert plain["history"][0]["title"] in {"Beta", "Gamma"}
+
+
+def test_llm_scorer_prompts_top_candidates_and_caches(tiny, tmp_path):
+    from recforge.params import load_params
+    from recforge.rerank import LLMScorer
+    from tests.conftest import tmp_overrides
+
+    params = load_params(None, tmp_overrides(tmp_path) + ["rerank.llm_candidates=1", "rerank.llm_history=2"])
+    calls: list[list[str]] = []
+
+    class CountingScorer(LLMScorer):
+        def score(self, texts):  # the language model is replaced by prompt length; caching is what is tested
+            calls.append(list(texts))
+            return np.array([float(len(t)) for t in texts])
+
+    frame = build_features(candidate_frame(tiny.lists, tiny.maps, per_model=5), tiny)
+    scorer = CountingScorer(params)
+    values = scorer(frame, tiny)
+    # one candidate per user (the best by rrf), the rest NaN; the prompt names the last two history titles
+    assert np.isfinite(values).sum() == 2
+    assert any('"Epsilon"' in t and "Gamma; Beta" in t for t in calls[0])
+    again = CountingScorer(params)(frame, tiny)
+    np.testing.assert_array_equal(again, values)
+    assert len(calls) == 1  # the second scorer read every score from the on-disk cache
