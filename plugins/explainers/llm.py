@@ -83,12 +83,17 @@ class LLMExplainer:
         return text
 
     def grounded(self, text: str, evidence: dict[str, Any]) -> bool:
+        """True when the text names at least one evidence title (its first two words, any punctuation)."""
+        def words(value: str) -> list[str]:
+            value = re.sub(r"\(\d{4}\)", "", str(value)).lower()
+            value = re.sub(r",\s*(the|a|an)\s*$", "", value.strip())  # "Terminator, The" -> "terminator"
+            return re.findall(r"[a-z0-9']+", value)
+
+        spoken = " " + " ".join(words(text)) + " "
         titles = [evidence.get("item_title", "")] + [h["title"] for h in evidence.get("history", [])]
-        lowered = text.lower()
-        # a title counts when its first three words (without a year) appear
         for title in titles:
-            words = re.sub(r"\(\d{4}\)", "", str(title)).lower().split()[:3]
-            if words and " ".join(words) in lowered:
+            head = words(title)[:2]
+            if head and f" {' '.join(head)} " in spoken:
                 return True
         return False
 
@@ -96,15 +101,18 @@ class LLMExplainer:
         self.last_source = "template"
         if not evidence.get("history"):
             return self.fallback.explain(user, item, evidence=evidence)
-        started = time.perf_counter()
         try:
+            from recforge.llm import load_causal_lm
+
+            load_causal_lm(self.model, device=self.device)  # loading (once per process) is not part of the budget
+            started = time.perf_counter()
             text = self.clean(self.generate(self.prompt(evidence)))
         except Exception as exc:  # any model failure falls back; the reason goes to the log
             log.warning("llm explainer failed (%s: %s); using the template", type(exc).__name__, exc)
             return self.fallback.explain(user, item, evidence=evidence)
         elapsed = time.perf_counter() - started
-        if not text or elapsed > self.time_budget_s or (self.require_grounding and not self.grounded(text, evidence)):
-            log.info("llm explanation rejected (%.1fs, %d chars); using the template", elapsed, len(text))
+        if not text or elapsed > self.time_budget_s * 1.1 or (self.require_grounding and not self.grounded(text, evidence)):
+            log.info("llm explanation rejected (%.1fs): %r; using the template", elapsed, text[:120])
             return self.fallback.explain(user, item, evidence=evidence)
         self.last_source = "llm"
         return text
