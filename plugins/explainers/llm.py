@@ -77,7 +77,10 @@ class LLMExplainer:
         """At most two sentences, at most ``max_chars`` characters, cut at a word boundary."""
         text = " ".join(text.split())
         sentences = re.split(r"(?<=[.!?])\s+", text)
-        text = " ".join(sentences[:2]).strip()
+        sentences = sentences[:2]
+        if sentences and not re.search(r"[.!?][\"')]?$", sentences[-1]):
+            sentences = sentences[:-1]  # drop a sentence cut off by the token or time limit
+        text = " ".join(sentences).strip()
         if len(text) > self.max_chars:
             text = text[: self.max_chars].rsplit(" ", 1)[0].rstrip(",;:") + "..."
         return text
