@@ -167,7 +167,10 @@ def _amazon(root: Path, params: DataParams) -> Tables:
     review_by_item = interactions.groupby("item_id")["review"].agg(lambda r: " ".join(r.head(5)))
     empty = items["text"].str.len() == 0
     items.loc[empty, "text"] = items.loc[empty, "item_id"].map(review_by_item).fillna("")
-    users = interactions.groupby("user_id")["review"].agg(lambda r: " ".join(r.tail(10))).rename("text").reset_index()
+    # users' own text: their reviews except the last two, which leave-last-out holds out
+    # as validation and test targets (their text would leak the answer)
+    ordered = interactions.sort_values(["user_id", "timestamp", "item_id"], kind="stable")
+    users = ordered.groupby("user_id")["review"].agg(lambda r: " ".join(r.iloc[:-2].tail(10))).rename("text").reset_index()
     return Tables(interactions, items[ITEM_COLUMNS], users)
 
 

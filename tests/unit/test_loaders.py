@@ -123,3 +123,14 @@ def test_synthetic_users_prefer_their_topics():
     genres = interactions.merge(items, on="item_id").groupby("user_id")["genres"]
     top_share = genres.agg(lambda g: g.value_counts(normalize=True).iloc[0]).mean()
     assert top_share > 0.3  # 8 topics: users without preferences would give ~0.15
+
+
+def test_amazon_user_text_leaves_out_held_out_reviews(tmp_path):
+    reviews = [
+        {"reviewerID": "A1", "asin": f"B{i}", "overall": 4.0, "unixReviewTime": 1400000000 + i, "reviewText": f"text{i}", "summary": ""}
+        for i in range(3)
+    ]
+    (tmp_path / "reviews.json").write_text("\n".join(json.dumps(r) for r in reviews))
+    users = load(DataParams(format="amazon-reviews", path=str(tmp_path))).users
+    text = users.set_index("user_id").loc["A1", "text"]
+    assert "text0" in text and "text1" not in text and "text2" not in text
