@@ -308,7 +308,11 @@ def run(params: Params) -> dict[str, Any]:
     log.info("rerank: %d val rows (%d users, %d positives), %d test rows, %d features in %.1fs",
              len(val_frame), len(groups), int(labels.sum()), len(test_frame), len(features), built_s)
 
-    reranker, val_scores, test_scores = _fit_and_score(params, val_frame, labels, groups, test_frame, features)
+    try:
+        reranker, val_scores, test_scores = _fit_and_score(params, val_frame, labels, groups, test_frame, features)
+    except ValueError as exc:  # too little validation signal (tiny data): fall back to rank fusion
+        log.warning("rerank: %s; ranking by reciprocal-rank fusion instead", exc)
+        reranker, val_scores, test_scores = None, val_frame["rrf"].to_numpy(), test_frame["rrf"].to_numpy()
     val_lists = ranked_lists(val_frame, val_scores, length)
     test_lists = ranked_lists(test_frame, test_scores, length)
     write_parquet(val_lists, Path(params.paths.lists_dir) / NAME / "val.parquet")
@@ -321,14 +325,14 @@ def run(params: Params) -> dict[str, Any]:
     with atomic_path(reports / "candidate_recall.csv") as tmp:
         recall.to_csv(tmp, index=False)
     write_text(f"# Candidate recall@{cfg.candidates_per_model}\n\n" + _markdown(recall), reports / "candidate_recall.md")
-    importance = reranker.feature_importance()
-    write_importance(importance, params)
+    if reranker is not None:
+        write_importance(reranker.feature_importance(), params)
 
     val_metrics = evaluate(val_lists, truths["val"], [k], 0)
     test_metrics = evaluate(test_lists, truths["test"], [k], 0)
     full = {f"val_ndcg@{k}": val_metrics[f"ndcg@{k}"], f"test_ndcg@{k}": test_metrics[f"ndcg@{k}"],
             f"test_recall@{k}": test_metrics[f"recall@{k}"], "seconds": round(time.perf_counter() - started, 1)}
-    if cfg.ablations:
+    if cfg.ablations and reranker is not None:
         table = ablations(params, val_frame, labels, test_frame, models, truths, full)
         with atomic_path(reports / "rerank_ablation.csv") as tmp:
             table.to_csv(tmp, index=False)
@@ -345,10 +349,12 @@ def run(params: Params) -> dict[str, Any]:
                      "positives": int(labels.sum())},
         "scoring": {"part": "test", "history": HISTORY["test"], "rows": len(test_frame)},
         "llm_scorer": bool(cfg.llm_scorer),
+        "fallback": None if reranker is not None else "rrf",
         "seconds": round(time.perf_counter() - started, 1),
     }
     with atomic_dir(Path(params.paths.models_dir) / NAME) as staging:
-        reranker.save(staging)
+        if reranker is not None:
+            reranker.save(staging)
         meta["checksums"] = checksums(staging)
         (staging / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
     log.info("rerank: val ndcg@%d %.4f (out-of-fold), test ndcg@%d %.4f in %.1fs",
@@ -366,6 +372,8 @@ def load_reranker(params: Params):
         raise RecforgeError(f"{directory}: no trained re-ranker; run `recforge stage rerank`")
     meta = json.loads(meta_path.read_text())
     verify_checksums(directory, meta["checksums"])
+    if meta.get("fallback"):
+        raise RecforgeError(f"{directory}: no re-ranker was trained (too little validation data; lists use {meta['fallback']})")
     return registry.rerankers.get(meta["plugin"]).load(directory), meta
 
 
