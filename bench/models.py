@@ -1,6 +1,6 @@
 """Candidate-model benchmark through the real pipeline path.
 
-    .venv/bin/python bench/models.py --data ../shared/data/ml-latest-small -p configs/ml-latest-small.yaml
+    .venv/bin/python bench/models.py --data ../shared/data/ml-latest-small -p configs/movielens-latest-small.yaml
     .venv/bin/python bench/models.py --synthetic 100000            # params.yaml models
     .venv/bin/python bench/models.py --synthetic 1000000 --models popularity,itemknn,als
 
@@ -32,21 +32,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-PATH_KEYS = {
-    "canonical_dir": "data/canonical",
-    "split_dir": "data/split",
-    "embeddings_dir": "artifacts/embeddings",
-    "profiles_dir": "artifacts/profiles",
-    "models_dir": "artifacts/models",
-    "lists_dir": "artifacts/lists",
-    "recs_dir": "artifacts/recs",
-    "reports_dir": "reports",
-    "metrics_file": "metrics/metrics.json",
-    "plots_dir": "plots",
-    "cache_dir": "cache",
-}
-
-
 def synthetic_overrides(n: int) -> list[str]:
     """A synthetic dataset of about ``n`` interactions (users and items scale with it)."""
     users = max(200, n // 30)
@@ -64,7 +49,6 @@ def _train_one(params_file: str | None, overrides: list[str], name: str, queue) 
     """Child process: the train stage for one model, then throughput of the full model."""
     import logging
 
-    import numpy as np
 
     from recforge.params import load_params
     from recforge.stages.train import load_model, train_model
@@ -171,6 +155,8 @@ def markdown(rows: list[dict], title: str) -> str:
 
 
 def main() -> None:
+    from recforge.params import paths_under
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", help="dataset path (e.g. ../shared/data/ml-latest-small)")
     parser.add_argument("--format", default="movielens-latest", help="data.format for --data")
@@ -195,7 +181,7 @@ def main() -> None:
     for label, data_overrides in datasets:
         label = args.label or label
         out = Path(args.out) / label
-        overrides = data_overrides + [f"paths.{k}={out / v}" for k, v in PATH_KEYS.items()] + args.overrides
+        overrides = data_overrides + paths_under(out) + args.overrides
         started = time.perf_counter()
         rows = run(args.params, overrides, models, label)
         title = f"{label} ({Path(args.params).name}; {time.perf_counter() - started:.0f}s wall)"

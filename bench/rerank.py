@@ -23,21 +23,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-PATHS = {
-    "canonical_dir": "data/canonical",
-    "split_dir": "data/split",
-    "embeddings_dir": "artifacts/embeddings",
-    "profiles_dir": "artifacts/profiles",
-    "models_dir": "artifacts/models",
-    "lists_dir": "artifacts/lists",
-    "recs_dir": "artifacts/recs",
-    "reports_dir": "reports",
-    "metrics_file": "metrics/metrics.json",
-    "plots_dir": "plots",
-    "cache_dir": "cache",
-}
-
-
 def table(params, metrics: dict, out: Path) -> str:
     import pandas as pd
 
@@ -79,7 +64,7 @@ def table(params, metrics: dict, out: Path) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default="configs/ml-latest-small.yaml")
+    parser.add_argument("--config", default="configs/movielens-latest-small.yaml")
     parser.add_argument("--format", default="movielens-latest")
     parser.add_argument("--path", default=None, help="dataset path (not needed for synthetic)")
     parser.add_argument("--out", default="/tmp/bench-rerank")
@@ -89,11 +74,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
 
-    from recforge.params import load_params
+    from recforge.params import load_params, paths_under
     from recforge.pipeline import run_pipeline
 
     out = Path(args.out)
-    overrides = [f"paths.{key}={out / value}" for key, value in PATHS.items()]
+    overrides = paths_under(out)
     overrides += [f"data.format={args.format}", "rerank.enabled=true", f"rerank.ablations={not args.no_ablations}"]
     if args.path:
         overrides.append(f"data.path={args.path}")

@@ -253,36 +253,10 @@ def training(
 @task(retries=1, retry_delay_seconds=2, retry_condition_fn=_transient)
 def recommend_all(params: dict[str, Any], model: str, k: int, output: str, batch_users: int) -> dict[str, Any]:
     """Top-``k`` for every known user from the ``full`` model, written to one Parquet file."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+    from recforge.batch import recommend_all as write_all
 
-    from recforge.artifacts import atomic_path
-    from recforge.stages.train import load_model, recommend_frame
-    from recforge.workspace import Workspace
-
-    logger = get_run_logger()
-    settings = Params.model_validate(params)
-    workspace = Workspace(settings)
-    fitted = load_model(settings, model, "full", context=workspace.context())
-    user_ids = workspace.maps.user_ids.to_numpy()
-    rows = 0
-    with atomic_path(output) as tmp:
-        writer = None
-        try:
-            for start in range(0, len(user_ids), batch_users):
-                frame = recommend_frame(fitted, user_ids[start : start + batch_users], workspace.maps, k)
-                table = pa.Table.from_pandas(frame, preserve_index=False)
-                if writer is None:
-                    writer = pq.ParquetWriter(tmp, table.schema)
-                writer.write_table(table.cast(writer.schema))
-                rows += len(frame)
-                logger.info("batch_recommend: %d / %d users", min(start + batch_users, len(user_ids)), len(user_ids))
-        finally:
-            if writer is not None:
-                writer.close()
-        if writer is None:  # no users: an empty file with the schema
-            recommend_frame(fitted, user_ids[:0], workspace.maps, k).to_parquet(tmp, index=False)
-    return {"model": model, "users": int(len(user_ids)), "rows": rows, "output": output}
+    with _forward_logs(get_run_logger()):
+        return write_all(Params.model_validate(params), model, k, output, batch_users)
 
 
 @flow(name="batch_recommend", description="top-K for every user from a trained model, to Parquet")
@@ -299,10 +273,10 @@ def batch_recommend(
     ``model`` defaults to ``serve.model`` or the first configured recommender.
     """
     params = load_params(params_file, overrides or [])
-    name = model or params.serve.model or next(iter(params.recommenders))
-    if name not in params.recommenders:
-        raise RecforgeError(f"model '{name}' is not configured (recommenders: {', '.join(params.recommenders)})")
-    target = output or str(Path(params.paths.recs_dir) / "batch" / f"{name}.parquet")
+    from recforge.batch import batch_model, default_output
+
+    name = batch_model(params, model)
+    target = output or default_output(params, name)
     summary = recommend_all(params.to_dict(), name, k, target, batch_users)
     create_markdown_artifact(
         f"# batch recommendations\n\n{_markdown_table([summary])}\n",

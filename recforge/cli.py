@@ -114,9 +114,6 @@ def stage(
         if model and name != "train":
             raise RecforgeError("--model only applies to the train stage")
         if model:
-            unknown = sorted(set(model) - set(params.recommenders))
-            if unknown:
-                raise RecforgeError(f"--model {', '.join(unknown)}: not in recommenders ({', '.join(params.recommenders)})")
             from recforge.stages.train import run_train
 
             run_train(params, models=list(model))

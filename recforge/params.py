@@ -211,6 +211,11 @@ class Params(_Section):
         return self.model_dump(by_alias=True, mode="json")
 
 
+def paths_under(root: str | Path) -> list[str]:
+    """Overrides that move every output path under ``root`` (keeping the default layout)."""
+    return [f"paths.{key}={Path(root) / value}" for key, value in PathsParams().model_dump().items()]
+
+
 def parse_override(override: str) -> tuple[list[str], Any]:
     """Split ``a.b.c=value`` into (["a", "b", "c"], parsed value)."""
     key, sep, raw = override.partition("=")

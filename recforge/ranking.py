@@ -68,3 +68,13 @@ def batched(n: int, batch_size: int):
     """Slices covering range(n) in batches."""
     for start in range(0, n, batch_size):
         yield slice(start, min(start + batch_size, n))
+
+
+def history_row(item_ids: np.ndarray, n_items: int) -> sp.csr_matrix:
+    """A 1 x n_items binary row marking ``item_ids`` (an anonymous history, or one item to exclude)."""
+    item_ids = np.unique(np.asarray(item_ids, dtype=np.int64))
+    item_ids = item_ids[(item_ids >= 0) & (item_ids < n_items)]
+    return sp.csr_matrix(
+        (np.ones(len(item_ids), dtype=np.float32), (np.zeros(len(item_ids), dtype=np.int64), item_ids)),
+        shape=(1, n_items),
+    )

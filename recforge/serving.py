@@ -20,14 +20,12 @@ import json
 import logging
 import shutil
 import time
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 from pydantic import BaseModel, Field
 
 from recforge import registry
@@ -36,7 +34,7 @@ from recforge.errors import RecforgeError
 from recforge.interactions import IdMaps
 from recforge.params import Params
 from recforge.protocols import FitContext, FoldIn, SimilarItems
-from recforge.ranking import top_k
+from recforge.ranking import history_row, top_k
 
 log = logging.getLogger(__name__)
 
@@ -484,7 +482,7 @@ class Engine:
             return self._answer(self._rows(items, scores), self.similar_model)
         if self.item_vectors is not None:
             scores = self.item_vectors @ self.item_vectors[index]
-            seen = sp.csr_matrix(([1.0], ([0], [index])), shape=(1, len(scores)))
+            seen = history_row([index], len(scores))
             items, top = top_k(scores[None, :], k, seen=seen)
             return self._answer(self._rows(items, top), f"embeddings:{self.manifest['encoders'][0]}")
         return self._answer(self._popular(k, exclude=np.array([index])), "popularity", fallback="popular")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from recforge.params import Params, load_params
+from recforge.params import Params, load_params, paths_under
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -18,20 +18,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 def tmp_overrides(root: Path) -> list[str]:
     """Overrides that put every output path under ``root``."""
-    names = {
-        "canonical_dir": "data/canonical",
-        "split_dir": "data/split",
-        "embeddings_dir": "artifacts/embeddings",
-        "profiles_dir": "artifacts/profiles",
-        "models_dir": "artifacts/models",
-        "lists_dir": "artifacts/lists",
-        "recs_dir": "artifacts/recs",
-        "reports_dir": "reports",
-        "metrics_file": "metrics/metrics.json",
-        "plots_dir": "plots",
-        "cache_dir": "cache",
-    }
-    return [f"paths.{key}={root / value}" for key, value in names.items()]
+    return paths_under(root)
 
 
 TINY = [

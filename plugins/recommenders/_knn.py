@@ -66,13 +66,3 @@ def prune_rows(matrix: sp.csr_matrix, k: int | None, block_rows: int = 256) -> s
     return sp.csr_matrix(
         (np.concatenate(values), (np.concatenate(rows), np.concatenate(cols))), shape=matrix.shape, dtype=matrix.dtype
     )
-
-
-def history_row(item_ids: np.ndarray, n_items: int) -> sp.csr_matrix:
-    """A 1 x n_items binary row for an anonymous history."""
-    item_ids = np.unique(np.asarray(item_ids, dtype=np.int64))
-    item_ids = item_ids[(item_ids >= 0) & (item_ids < n_items)]
-    return sp.csr_matrix(
-        (np.ones(len(item_ids), dtype=np.float32), (np.zeros(len(item_ids), dtype=np.int64), item_ids)),
-        shape=(1, n_items),
-    )

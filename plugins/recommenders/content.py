@@ -15,7 +15,7 @@ from recforge.errors import RecforgeError
 from recforge.interactions import Interactions, csr_from_arrays, csr_to_arrays
 from recforge.profiles import ProfileSettings, blend, profile_vector, profile_vectors, settings_from_params, user_texts
 from recforge.protocols import FitContext
-from recforge.ranking import top_k
+from recforge.ranking import history_row, top_k
 from recforge.text import item_texts
 
 log = logging.getLogger(__name__)
@@ -151,8 +151,7 @@ class ContentRecommender:
         item_ids = np.asarray(item_ids, dtype=np.int64)
         if not len(item_ids):
             return None
-        ones = np.ones(len(item_ids))
-        return sp.csr_matrix((ones, (np.zeros(len(item_ids), int), item_ids)), shape=(1, len(self.item_vectors)))
+        return history_row(item_ids, len(self.item_vectors))
 
     def recommend_history(self, item_ids, *, k, exclude_seen=True, timestamps=None, ratings=None):
         """Top-k for a user unseen in training, from their item history in time order."""

@@ -11,8 +11,8 @@ import scipy.sparse as sp
 
 from recforge.interactions import Interactions, csr_from_arrays, csr_to_arrays
 from recforge.protocols import FitContext
-from recforge.ranking import top_k
-from recforge_plugins.recommenders._knn import cosine, history_row, prune_rows, weight_rows
+from recforge.ranking import history_row, top_k
+from recforge_plugins.recommenders._knn import cosine, prune_rows, weight_rows
 
 
 class ItemKNN:
@@ -56,7 +56,7 @@ class ItemKNN:
         row = self.similarity[int(item_id)]
         scores = np.asarray(row.todense(), dtype=np.float32)
         # items without any similarity rank last (score 0) but are still valid neighbours
-        itself = sp.csr_matrix(([1.0], ([0], [int(item_id)])), shape=(1, self.similarity.shape[0]))
+        itself = history_row([item_id], self.similarity.shape[0])
         items, scores = top_k(scores, k, seen=itself)
         return items[0], scores[0]
 

@@ -17,8 +17,7 @@ import scipy.sparse as sp
 
 from recforge.interactions import Interactions, csr_from_arrays, csr_to_arrays
 from recforge.protocols import FitContext
-from recforge.ranking import top_k
-from recforge_plugins.recommenders._knn import history_row
+from recforge.ranking import history_row, top_k
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +112,7 @@ class MatrixFactorization:
         """Cosine neighbours in the item factor space."""
         vectors = self.item_factors / np.maximum(np.linalg.norm(self.item_factors, axis=1, keepdims=True), 1e-12)
         scores = (vectors @ vectors[int(item_id)])[None, :]
-        itself = sp.csr_matrix(([1.0], ([0], [int(item_id)])), shape=(1, len(vectors)))
+        itself = history_row([item_id], len(vectors))
         items, scores = top_k(scores, k, seen=itself)
         return items[0], scores[0]
 

@@ -10,7 +10,7 @@ import scipy.sparse as sp
 
 from recforge.interactions import Interactions, csr_from_arrays, csr_to_arrays
 from recforge.protocols import FitContext
-from recforge.ranking import top_k
+from recforge.ranking import history_row, top_k
 
 
 class Popularity:
@@ -43,7 +43,7 @@ class Popularity:
     def recommend_history(self, item_ids, *, k, exclude_seen=True):
         seen = None
         if exclude_seen and len(item_ids):
-            seen = sp.csr_matrix((np.ones(len(item_ids)), (np.zeros(len(item_ids), int), item_ids)), shape=(1, len(self.item_scores)))
+            seen = history_row(item_ids, len(self.item_scores))
         return top_k(self.item_scores[None, :], k, seen=seen)
 
     def save(self, directory: Path) -> None:

@@ -27,7 +27,7 @@ import scipy.sparse as sp
 
 from recforge.interactions import Interactions, csr_from_arrays, csr_to_arrays
 from recforge.protocols import FitContext
-from recforge.ranking import batched, top_k
+from recforge.ranking import batched, history_row, top_k
 
 log = logging.getLogger(__name__)
 
@@ -283,9 +283,7 @@ class Sequential:
         scores = self._scores([item_ids])
         seen = None
         if exclude_seen and len(item_ids):
-            seen = sp.csr_matrix(
-                (np.ones(len(item_ids)), (np.zeros(len(item_ids), dtype=int), item_ids)), shape=(1, self.n_items)
-            )
+            seen = history_row(item_ids, self.n_items)
         return top_k(scores, k, seen=seen)
 
     def item_embeddings(self) -> np.ndarray:
@@ -296,7 +294,7 @@ class Sequential:
         vectors = self.item_embeddings()
         vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
         scores = (vectors @ vectors[int(item_id)])[None, :]
-        itself = sp.csr_matrix(([1.0], ([0], [int(item_id)])), shape=(1, self.n_items))
+        itself = history_row([item_id], self.n_items)
         items, scores = top_k(scores, k, seen=itself)
         return items[0], scores[0]
 

@@ -11,8 +11,8 @@ import scipy.sparse as sp
 
 from recforge.interactions import Interactions, csr_from_arrays, csr_to_arrays
 from recforge.protocols import FitContext
-from recforge.ranking import top_k
-from recforge_plugins.recommenders._knn import history_row, prune_rows, weight_rows
+from recforge.ranking import history_row, top_k
+from recforge_plugins.recommenders._knn import prune_rows, weight_rows
 
 
 class UserKNN:

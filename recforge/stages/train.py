@@ -20,6 +20,7 @@ import pandas as pd
 from recforge import registry
 from recforge.artifacts import atomic_dir, checksums, write_parquet
 from recforge.interactions import IdMaps
+from recforge.errors import RecforgeError
 from recforge.params import Params
 from recforge.protocols import FitContext
 from recforge.ranking import batched
@@ -30,6 +31,9 @@ log = logging.getLogger(__name__)
 
 def run_train(params: Params, models: list[str] | None = None) -> None:
     """Fit ``models`` (default: all configured) and write models and lists."""
+    unknown = sorted(set(models or []) - set(params.recommenders))
+    if unknown:
+        raise RecforgeError(f"--model {', '.join(unknown)}: not in recommenders ({', '.join(params.recommenders)})")
     workspace = Workspace(params)
     for name in models or list(params.recommenders):
         train_model(workspace, name)
@@ -118,7 +122,6 @@ def recommend_frame(model, user_ids, maps: IdMaps, k: int, batch_size: int = 102
 def load_model(params: Params, name: str, part: str = "full", context: FitContext | None = None):
     """Load a trained model, verifying its files against the recorded checksums."""
     from recforge.artifacts import verify_checksums
-    from recforge.errors import RecforgeError
 
     directory = Path(params.paths.models_dir) / name / part
     meta_path = directory / "meta.json"
