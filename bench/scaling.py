@@ -13,7 +13,7 @@ that stage's own high-water mark (ru_maxrss, imports included).
 Stages: ingest (generate + GX gate + canonical Parquet), validate, split,
 encode (tfidf item vectors + user profiles), itemknn, mf (ALS), sequential
 (GRU, one epoch), candidates (the re-ranker's candidate + feature tables for
-val and test users), rerank (the whole re-rank stage: candidates, LambdaRank
+val and test users, in blocks of rerank.block_users), rerank (the whole re-rank stage: candidates, LambdaRank
 fit, lists). Each model fit is the train stage's protocol: fit on train +
 lists for val users, refit on train+val + lists for test users.
 
@@ -84,14 +84,15 @@ def child(stage: str, workdir: Path) -> dict:
         def body() -> None:
             run_train(params, models=[MODELS[stage]])
     elif stage == "candidates":
-        from recforge.rerank import build_part, candidate_models, training_table
+        from recforge.rerank import candidate_models, iter_part, training_table
         from recforge.workspace import Workspace
 
-        def body() -> None:
+        def body() -> None:  # as the rerank stage does: the val table whole, the test part block by block
             workspace = Workspace(params)
             models = candidate_models(params)
             training_table(workspace, models)
-            build_part(workspace, "test", models)
+            for _ in iter_part(workspace, "test", models):
+                pass
     else:
         from recforge.stages import get_stage
 

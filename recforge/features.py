@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 DAY = 86_400
 RECENT_DAYS = 30
 GLOBAL_RECENT_DAYS = 90
+LAST_N = 5  # trans_last5 / sim_*_last5 / sim_*_max5 look at the last LAST_N items
+WINDOW_BASE = np.int64(1) << np.int64(34)  # item * base + time: one sorted key per history event
 
 # feature groups (for ablations): name -> predicate on a column name
 TEXT_PREFIXES = ("sim_",)
@@ -81,8 +83,8 @@ def candidate_frame(lists: Mapping[str, pd.DataFrame], maps: IdMaps, per_model: 
             {
                 "user": maps.user_index(top["user_id"]),
                 "item": maps.item_index(top["item_id"]),
-                f"{key}_score": top["score"].to_numpy(np.float64),
-                f"{key}_rank": top["rank"].to_numpy(np.float64),
+                f"{key}_score": top["score"].to_numpy(np.float32),
+                f"{key}_rank": top["rank"].to_numpy(np.float32),
             }
         )
         block = block[(block["user"] >= 0) & (block["item"] >= 0)]
@@ -105,32 +107,12 @@ def model_columns(frame: pd.DataFrame, model: str) -> list[str]:
     return [c for c in (f"{key}_score", f"{key}_rank", f"{key}_gap") if c in frame.columns]
 
 
-def _last_items(history: Interactions, n: int) -> sp.csr_matrix:
-    """User x item matrix with weight 1/m on each of the user's last m <= n history items."""
-    bounds = np.searchsorted(history.user_ids, np.arange(history.n_users + 1))
-    position_from_end = np.repeat(bounds[1:], np.diff(bounds)) - np.arange(len(history))
-    keep = position_from_end <= n
-    users, items = history.user_ids[keep], history.item_ids[keep]
-    counts = np.bincount(users, minlength=history.n_users).astype(np.float64)
-    values = 1.0 / counts[users]
-    matrix = sp.csr_matrix((values, (users, items)), shape=(history.n_users, history.n_items))
-    matrix.sum_duplicates()
-    return matrix
-
-
 def _pairs(matrix: sp.spmatrix, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
     """``matrix[rows[i], cols[i]]`` for every i, densely."""
+    if len(rows) == 0:
+        return np.zeros(0)
     matrix = sp.csr_matrix(matrix)
     return np.asarray(matrix[rows, cols]).ravel().astype(np.float64)
-
-
-def _row_dot(left: np.ndarray, right: np.ndarray, rows: np.ndarray, cols: np.ndarray, chunk: int = 65_536) -> np.ndarray:
-    """``left[rows[i]] . right[cols[i]]`` for every i, in chunks."""
-    out = np.empty(len(rows), dtype=np.float64)
-    for start in range(0, len(rows), chunk):
-        end = start + chunk
-        out[start:end] = np.einsum("ij,ij->i", left[rows[start:end]], right[cols[start:end]])
-    return out
 
 
 def transition_matrix(history: Interactions) -> sp.csr_matrix:
@@ -142,17 +124,6 @@ def transition_matrix(history: Interactions) -> sp.csr_matrix:
     )
     matrix.sum_duplicates()
     return matrix
-
-
-def _window_counts(history: Interactions, items: np.ndarray, ends: np.ndarray, days: float) -> np.ndarray:
-    """Per row, the number of history events of ``items[i]`` in ``(ends[i] - days, ends[i]]``."""
-    base = np.int64(1) << np.int64(34)
-    times = history.timestamps.astype(np.int64) - int(history.timestamps.min(initial=0)) + 1
-    keys = np.sort(history.item_ids.astype(np.int64) * base + times)
-    ends = ends.astype(np.int64) - int(history.timestamps.min(initial=0)) + 1
-    hi = np.searchsorted(keys, items * base + ends, side="right")
-    lo = np.searchsorted(keys, items * base + np.maximum(ends - int(days * DAY), 0), side="right")
-    return (hi - lo).astype(np.float64)
 
 
 def incidence(values: Sequence[Sequence[str]]) -> sp.csr_matrix:
@@ -180,17 +151,6 @@ def item_keywords(items: pd.DataFrame, fields: Sequence[str]) -> list[list[str]]
     return [[t for t in set(tokenize(text, stop_words=True, min_length=3)) if not t.isdigit()] for text in texts]
 
 
-def _overlap(history: Interactions, item_terms: sp.csr_matrix, users: np.ndarray, items: np.ndarray) -> np.ndarray:
-    """Mean share of the user's history carrying each of the candidate's terms (0 when it has none)."""
-    seen = history.csr
-    lengths = np.asarray(seen.sum(axis=1)).ravel()
-    lengths[lengths == 0] = 1.0
-    user_terms = sp.csr_matrix(sp.diags(1.0 / lengths) @ seen @ item_terms)
-    totals = np.asarray(item_terms.sum(axis=1)).ravel()
-    dots = np.asarray(user_terms[users].multiply(item_terms[items]).sum(axis=1)).ravel()
-    return np.where(totals[items] > 0, dots / np.maximum(totals[items], 1.0), np.nan)
-
-
 def build_features(
     frame: pd.DataFrame,
     data: PartData,
@@ -199,82 +159,180 @@ def build_features(
 ) -> pd.DataFrame:
     """Add every feature column to a :func:`candidate_frame` (in place and returned).
 
-    Columns added: ``n_models`` (how many models proposed the item), ``rrf``
-    (sum of 1/(10 + rank)), ``user_history``, ``user_span_days``,
-    ``item_pop`` / ``item_pop_recent`` (global last 90 days) /
-    ``item_pop_user_window`` (30 days before the user's last event),
-    ``item_age_days`` (user's last event minus the item's first event),
-    ``item_rating`` (mean), ``trans_last1`` / ``trans_last5`` (how often the
-    candidate followed the user's last 1 / last 5 items in anyone's history),
-    per encoder ``sim_<enc>_profile`` / ``sim_<enc>_last1`` /
-    ``sim_<enc>_last5`` / ``sim_<enc>_max5``, ``genre_overlap``,
-    ``keyword_overlap``, with review text ``sent_item`` / ``sent_user``, and
-    with an LLM scorer ``llm_logprob``.
+    Shorthand for ``FeatureContext(data).add(frame)``; to featurise many
+    blocks of users against one history, build the context once.
     """
-    history = data.history
-    users, items = frame["user"].to_numpy(), frame["item"].to_numpy()
-    rank_cols = [c for c in frame.columns if c.endswith("_rank")]
-    ranks = frame[rank_cols].to_numpy(np.float64)
-    frame["n_models"] = np.isfinite(ranks).sum(axis=1).astype(np.float64)
-    frame["rrf"] = np.nansum(1.0 / (10.0 + ranks), axis=1)
+    return FeatureContext(data).add(frame, llm_scorer=llm_scorer)
 
-    counts = np.bincount(history.user_ids, minlength=history.n_users).astype(np.float64)
-    bounds = np.searchsorted(history.user_ids, np.arange(history.n_users + 1))
-    has = np.diff(bounds) > 0
-    last_ts = np.zeros(history.n_users, dtype=np.int64)
-    first_ts = np.zeros(history.n_users, dtype=np.int64)
-    last_ts[has] = history.timestamps[bounds[1:][has] - 1]
-    first_ts[has] = history.timestamps[bounds[:-1][has]]
-    frame["user_history"] = counts[users]
-    frame["user_span_days"] = (last_ts - first_ts)[users] / DAY
 
-    item_counts = history.item_counts
-    frame["item_pop"] = np.log1p(item_counts[items])
-    horizon = history.last_timestamp()
-    recent = history.timestamps > horizon - GLOBAL_RECENT_DAYS * DAY
-    frame["item_pop_recent"] = np.log1p(np.bincount(history.item_ids[recent], minlength=history.n_items)[items])
-    frame["item_pop_user_window"] = np.log1p(_window_counts(history, items, last_ts[users], RECENT_DAYS))
-    first_seen = np.full(history.n_items, np.iinfo(np.int64).max, dtype=np.int64)
-    np.minimum.at(first_seen, history.item_ids, history.timestamps.astype(np.int64))
-    age = (last_ts[users] - first_seen[items]) / DAY
-    frame["item_age_days"] = np.where(item_counts[items] > 0, age, np.nan)
-    if history.ratings is not None:
-        sums = np.bincount(history.item_ids, weights=history.ratings, minlength=history.n_items)
-        frame["item_rating"] = np.where(item_counts[items] > 0, sums[items] / np.maximum(item_counts[items], 1), np.nan)
+class FeatureContext:
+    """What the features of one part read, computed once from its history; rows are then featurised per block.
 
-    transitions = transition_matrix(history)
-    last1, last5 = _last_items(history, 1), _last_items(history, 5)
-    frame["trans_last1"] = _pairs(last1 @ transitions, users, items)
-    frame["trans_last5"] = _pairs(last5 @ transitions, users, items)
+    Everything here is per user or per item (O(users + items + events)); no
+    user x item product is ever materialised, so featurising a block of
+    candidate rows costs memory proportional to the block. Feature columns
+    (see :meth:`add`) are float32.
+    """
 
-    for name, vectors in data.embeddings.items():
-        key = safe_name(name)
-        vectors = np.asarray(vectors, dtype=np.float32)
-        profiles = _profiles(history, vectors, data.profile_settings)
-        frame[f"sim_{key}_profile"] = _row_dot(profiles, vectors, users, items)
-        frame[f"sim_{key}_last1"] = _row_dot(np.asarray(last1 @ vectors, dtype=np.float32), vectors, users, items)
-        frame[f"sim_{key}_last5"] = _row_dot(np.asarray(last5 @ vectors, dtype=np.float32), vectors, users, items)
-        frame[f"sim_{key}_max5"] = _max_last(history, vectors, users, items, 5)
+    def __init__(self, data: PartData) -> None:
+        from recforge.profiles import item_genres
 
-    from recforge.profiles import item_genres
+        self.data = data
+        history = self.history = data.history
+        self.counts = np.bincount(history.user_ids, minlength=history.n_users).astype(np.float64)
+        bounds = np.searchsorted(history.user_ids, np.arange(history.n_users + 1))
+        has = np.diff(bounds) > 0
+        self.last_ts = np.zeros(history.n_users, dtype=np.int64)
+        self.first_ts = np.zeros(history.n_users, dtype=np.int64)
+        self.last_ts[has] = history.timestamps[bounds[1:][has] - 1]
+        self.first_ts[has] = history.timestamps[bounds[:-1][has]]
+        # the user's last LAST_N items, most recent first (-1: shorter history)
+        self.last = np.full((history.n_users, LAST_N), -1, dtype=np.int64)
+        for offset in range(LAST_N):
+            position = bounds[1:] - 1 - offset
+            valid = position >= bounds[:-1]
+            self.last[valid, offset] = history.item_ids[position[valid]]
 
-    genres = incidence(item_genres(data.items))
-    if genres.nnz:
-        frame["genre_overlap"] = _overlap(history, genres, users, items)
-    keywords = incidence(item_keywords(data.items, data.text_fields))
-    if keywords.nnz:
-        frame["keyword_overlap"] = _overlap(history, keywords, users, items)
+        self.item_counts = history.item_counts
+        recent = history.timestamps > history.last_timestamp() - GLOBAL_RECENT_DAYS * DAY
+        self.pop_recent = np.bincount(history.item_ids[recent], minlength=history.n_items)
+        self.first_seen = np.full(history.n_items, np.iinfo(np.int64).max, dtype=np.int64)
+        np.minimum.at(self.first_seen, history.item_ids, history.timestamps.astype(np.int64))
+        self.rating_sums = (
+            np.bincount(history.item_ids, weights=history.ratings, minlength=history.n_items)
+            if history.ratings is not None else None
+        )
+        self.time0 = int(history.timestamps.min(initial=0)) - 1
+        self.window_keys = np.sort(history.item_ids.astype(np.int64) * WINDOW_BASE + (history.timestamps.astype(np.int64) - self.time0))
+        self.transitions = transition_matrix(history)
 
-    if data.sentiment is not None:
-        sentiment = np.nan_to_num(np.asarray(data.sentiment, dtype=np.float64))
-        item_sum = np.bincount(history.item_ids, weights=sentiment, minlength=history.n_items)
-        user_sum = np.bincount(history.user_ids, weights=sentiment, minlength=history.n_users)
-        frame["sent_item"] = np.where(item_counts[items] > 0, item_sum[items] / np.maximum(item_counts[items], 1), np.nan)
-        frame["sent_user"] = np.where(counts[users] > 0, user_sum[users] / np.maximum(counts[users], 1), np.nan)
+        self.embeddings = {}
+        for name, vectors in data.embeddings.items():
+            vectors = np.asarray(vectors, dtype=np.float32)
+            self.embeddings[safe_name(name)] = (vectors, np.asarray(_profiles(history, vectors, data.profile_settings), dtype=np.float32))
 
-    if llm_scorer is not None:
-        frame["llm_logprob"] = llm_scorer(frame, data)
-    return frame
+        self.seen = history.csr
+        lengths = np.asarray(self.seen.sum(axis=1)).ravel()
+        self.inverse_lengths = 1.0 / np.maximum(lengths, 1.0)
+        self.terms = {}
+        genres = incidence(item_genres(data.items))
+        if genres.nnz:
+            self.terms["genre_overlap"] = genres
+        keywords = incidence(item_keywords(data.items, data.text_fields))
+        if keywords.nnz:
+            self.terms["keyword_overlap"] = keywords
+
+        self.sentiment = None
+        if data.sentiment is not None:
+            sentiment = np.nan_to_num(np.asarray(data.sentiment, dtype=np.float64))
+            self.sentiment = (
+                np.bincount(history.item_ids, weights=sentiment, minlength=history.n_items),
+                np.bincount(history.user_ids, weights=sentiment, minlength=history.n_users),
+            )
+
+    def add(
+        self,
+        frame: pd.DataFrame,
+        *,
+        llm_scorer: Callable[[pd.DataFrame, PartData], np.ndarray] | None = None,
+    ) -> pd.DataFrame:
+        """Add every feature column to a :func:`candidate_frame` block (in place and returned).
+
+        Columns added: ``n_models`` (how many models proposed the item), ``rrf``
+        (sum of 1/(10 + rank)), ``user_history``, ``user_span_days``,
+        ``item_pop`` / ``item_pop_recent`` (global last 90 days) /
+        ``item_pop_user_window`` (30 days before the user's last event),
+        ``item_age_days`` (user's last event minus the item's first event),
+        ``item_rating`` (mean), ``trans_last1`` / ``trans_last5`` (how often the
+        candidate followed the user's last 1 / last 5 items in anyone's history,
+        the last 5 weighted 1/5 each), per encoder ``sim_<enc>_profile`` /
+        ``sim_<enc>_last1`` / ``sim_<enc>_last5`` / ``sim_<enc>_max5``,
+        ``genre_overlap``, ``keyword_overlap``, with review text ``sent_item`` /
+        ``sent_user``, and with an LLM scorer ``llm_logprob``.
+        """
+        columns: dict[str, np.ndarray] = {}
+        users, items = frame["user"].to_numpy(), frame["item"].to_numpy()
+        rank_cols = [c for c in frame.columns if c.endswith("_rank")]
+        ranks = frame[rank_cols].to_numpy(np.float64)
+        columns["n_models"] = np.isfinite(ranks).sum(axis=1)
+        columns["rrf"] = np.nansum(1.0 / (10.0 + ranks), axis=1)
+        del ranks
+
+        counts, item_counts, last_ts = self.counts[users], self.item_counts[items], self.last_ts[users]
+        known = item_counts > 0
+        columns["user_history"] = counts
+        columns["user_span_days"] = (last_ts - self.first_ts[users]) / DAY
+        columns["item_pop"] = np.log1p(item_counts)
+        columns["item_pop_recent"] = np.log1p(self.pop_recent[items])
+        columns["item_pop_user_window"] = np.log1p(self._window_counts(items, last_ts, RECENT_DAYS))
+        columns["item_age_days"] = np.where(known, (last_ts - self.first_seen[items]) / DAY, np.nan)
+        if self.rating_sums is not None:
+            columns["item_rating"] = np.where(known, self.rating_sums[items] / np.maximum(item_counts, 1), np.nan)
+
+        last = self.last[users]
+        present = last >= 0
+        weights = 1.0 / np.maximum(present.sum(axis=1), 1)
+        columns["trans_last1"] = np.where(present[:, 0], _pairs(self.transitions, np.maximum(last[:, 0], 0), items), 0.0)
+        trans5 = np.zeros(len(frame))
+        for offset in range(LAST_N):
+            valid = present[:, offset]
+            trans5[valid] += _pairs(self.transitions, last[valid, offset], items[valid])
+        columns["trans_last5"] = trans5 * weights
+
+        for key, (vectors, profiles) in self.embeddings.items():
+            candidate = vectors[items]
+            columns[f"sim_{key}_profile"] = np.einsum("ij,ij->i", profiles[users], candidate)
+            sims = np.full((len(frame), LAST_N), np.nan, dtype=np.float32)
+            for offset in range(LAST_N):
+                valid = present[:, offset]
+                sims[valid, offset] = np.einsum("ij,ij->i", vectors[last[valid, offset]], candidate[valid])
+            columns[f"sim_{key}_last1"] = np.nan_to_num(sims[:, 0])
+            columns[f"sim_{key}_last5"] = np.nansum(sims, axis=1) * weights
+            with np.errstate(invalid="ignore"):
+                columns[f"sim_{key}_max5"] = np.where(present[:, 0], np.nanmax(np.where(present, sims, -np.inf), axis=1), np.nan)
+            del candidate, sims
+
+        if len(frame) and self.terms:
+            lo, hi = int(users.min()), int(users.max()) + 1
+            block = sp.diags(self.inverse_lengths[lo:hi]) @ self.seen[lo:hi]
+            for name, item_terms in self.terms.items():
+                columns[name] = _overlap(sp.csr_matrix(block @ item_terms), item_terms, users - lo, items)
+        elif self.terms:
+            columns.update({name: np.zeros(0) for name in self.terms})
+
+        if self.sentiment is not None:
+            item_sum, user_sum = self.sentiment
+            columns["sent_item"] = np.where(known, item_sum[items] / np.maximum(item_counts, 1), np.nan)
+            columns["sent_user"] = np.where(counts > 0, user_sum[users] / np.maximum(counts, 1), np.nan)
+
+        for name, values in columns.items():
+            frame[name] = np.asarray(values, dtype=np.float32)
+        if llm_scorer is not None:
+            frame["llm_logprob"] = np.asarray(llm_scorer(frame, self.data), dtype=np.float32)
+        return frame
+
+    def _window_counts(self, items: np.ndarray, ends: np.ndarray, days: float) -> np.ndarray:
+        """Per row, the number of history events of ``items[i]`` in ``(ends[i] - days, ends[i]]``."""
+        ends = ends.astype(np.int64) - self.time0
+        hi = np.searchsorted(self.window_keys, items * WINDOW_BASE + ends, side="right")
+        lo = np.searchsorted(self.window_keys, items * WINDOW_BASE + np.maximum(ends - int(days * DAY), 0), side="right")
+        return (hi - lo).astype(np.float64)
+
+
+def _overlap(user_terms: sp.csr_matrix, item_terms: sp.csr_matrix, rows: np.ndarray, items: np.ndarray) -> np.ndarray:
+    """Per row, the mean over the item's terms of ``user_terms[rows[i], term]`` (NaN: the item has no terms).
+
+    ``user_terms[u, t]`` is the share of u's history carrying term t; the
+    (row, term) pairs are looked up directly, so the cost is the candidates'
+    term count, never rows x the user's vocabulary.
+    """
+    n_terms = np.diff(item_terms.indptr)[items]
+    total = int(n_terms.sum())
+    row_of_pair = np.repeat(np.arange(len(items)), n_terms)
+    within = np.arange(total) - np.repeat(np.cumsum(n_terms) - n_terms, n_terms)
+    terms = item_terms.indices[np.repeat(item_terms.indptr[items], n_terms) + within]
+    dots = np.bincount(row_of_pair, weights=_pairs(user_terms, rows[row_of_pair], terms), minlength=len(items))
+    return np.where(n_terms > 0, dots / np.maximum(n_terms, 1), np.nan)
 
 
 def _profiles(history: Interactions, vectors: np.ndarray, settings: Any) -> np.ndarray:
@@ -282,23 +340,6 @@ def _profiles(history: Interactions, vectors: np.ndarray, settings: Any) -> np.n
     from recforge.profiles import ProfileSettings, profile_vectors
 
     return profile_vectors(history, vectors, settings or ProfileSettings())
-
-
-def _max_last(history: Interactions, vectors: np.ndarray, users: np.ndarray, items: np.ndarray, n: int) -> np.ndarray:
-    """Per row, the highest similarity between the candidate and one of the user's last ``n`` items."""
-    bounds = np.searchsorted(history.user_ids, np.arange(history.n_users + 1))
-    last = np.full((history.n_users, n), -1, dtype=np.int64)
-    for offset in range(n):
-        position = bounds[1:] - 1 - offset
-        valid = position >= bounds[:-1]
-        last[valid, offset] = history.item_ids[position[valid]]
-    best = np.full(len(users), np.nan)
-    for offset in range(n):
-        history_items = last[users, offset]
-        valid = history_items >= 0
-        sims = np.einsum("ij,ij->i", vectors[history_items[valid]], vectors[items[valid]]).astype(np.float64)
-        best[valid] = np.fmax(best[valid], sims)
-    return best
 
 
 def feature_columns(frame: pd.DataFrame) -> list[str]:

@@ -111,6 +111,8 @@ class RerankParams(_Section):
     each recommender (reports/rerank_ablation.*; bench/rerank.py turns it on). ``sentiment``: review
     sentiment features when interactions carry a ``review`` column.
     ``options``: extra re-ranker plugin options (e.g. min_data_in_leaf).
+    ``block_users``: candidate + feature tables are built for this many users
+    at a time (the test part is scored block by block and never held whole).
     """
 
     enabled: bool = False
@@ -118,6 +120,7 @@ class RerankParams(_Section):
     models: list[str] | None = None
     encoders: list[str] | None = None
     candidates_per_model: int = Field(50, ge=1)
+    block_users: int = Field(20_000, ge=1)
     num_leaves: int = Field(31, ge=2)
     learning_rate: float = Field(0.05, gt=0.0)
     num_boost_round: int = Field(500, ge=1)

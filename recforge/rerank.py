@@ -27,7 +27,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,8 +40,8 @@ from recforge.errors import RecforgeError
 from recforge.features import (
     LLM_PREFIXES,
     TEXT_PREFIXES,
+    FeatureContext,
     PartData,
-    build_features,
     candidate_frame,
     feature_columns,
     group_sizes,
@@ -107,10 +107,41 @@ def part_data(workspace: Workspace, part: str, models: Sequence[str]) -> PartDat
     )
 
 
-def build_part(workspace: Workspace, part: str, models: Sequence[str], llm_scorer=None) -> pd.DataFrame:
+def iter_part(
+    workspace: Workspace, part: str, models: Sequence[str], llm_scorer=None, block_users: int | None = None
+) -> Iterator[pd.DataFrame]:
+    """Candidate + feature frames of ``part`` for consecutive blocks of (dense) users.
+
+    The history-wide state is computed once (:class:`FeatureContext`); each
+    block holds at most ``block_users`` users (``rerank.block_users``), so
+    memory grows with the block, not with the number of users. Blocks come in
+    user order and each is sorted by user, so their concatenation equals the
+    whole part's table.
+    """
     data = part_data(workspace, part, models)
-    frame = candidate_frame(data.lists, data.maps, workspace.params.rerank.candidates_per_model)
-    return build_features(frame, data, llm_scorer=llm_scorer)
+    context = FeatureContext(data)
+    per_model = workspace.params.rerank.candidates_per_model
+    size = block_users or workspace.params.rerank.block_users
+    keyed = {}
+    for name, frame in data.lists.items():
+        frame = frame[frame["rank"] <= per_model]
+        block = data.maps.user_index(frame["user_id"]) // size
+        order = np.argsort(block, kind="stable")
+        keyed[name] = (frame.iloc[order], block[order])
+    n_blocks = (len(data.maps.user_ids) + size - 1) // size
+    for b in range(n_blocks):
+        lists = {}
+        for name, (frame, block) in keyed.items():
+            lo, hi = np.searchsorted(block, [b, b + 1])
+            lists[name] = frame.iloc[lo:hi]
+        if not any(len(f) for f in lists.values()):
+            continue
+        yield context.add(candidate_frame(lists, data.maps, per_model), llm_scorer=llm_scorer)
+
+
+def build_part(workspace: Workspace, part: str, models: Sequence[str], llm_scorer=None) -> pd.DataFrame:
+    """The whole candidate + feature table of ``part`` (the blocks of :func:`iter_part`, concatenated)."""
+    return pd.concat(list(iter_part(workspace, part, models, llm_scorer)), ignore_index=True)
 
 
 def training_table(workspace: Workspace, models: Sequence[str] | None = None, llm_scorer=None) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
@@ -163,24 +194,35 @@ def ranked_lists(frame: pd.DataFrame, scores: np.ndarray, k: int) -> pd.DataFram
     )
 
 
-def candidate_recall(frames: dict[str, pd.DataFrame], truths: dict[str, pd.DataFrame], models: Sequence[str], n: int) -> pd.DataFrame:
-    """Share of users whose held-out item is among the candidates, per model and for the union."""
-    from recforge.features import safe_name
+class CandidateRecall:
+    """Share of users whose held-out item is among the candidates, per model and for the union.
 
-    rows = []
-    for part, frame in frames.items():
-        truth = truths[part]
-        labels = labels_for(frame, truth).astype(bool)
-        n_users = truth["user_id"].nunique()
-        for name in models:
-            proposed = frame[f"{safe_name(name)}_rank"].notna().to_numpy()
-            rows.append({"part": part, "candidates": name, "recall": frame.loc[labels & proposed, "user_id"].nunique() / max(n_users, 1),
-                         "rows_per_user": proposed.sum() / max(n_users, 1)})
-        rows.append({"part": part, "candidates": "union", "recall": frame.loc[labels, "user_id"].nunique() / max(n_users, 1),
-                     "rows_per_user": len(frame) / max(n_users, 1)})
-    table = pd.DataFrame(rows)
-    table["n"] = n
-    return table
+    Fed block by block (``add``), so the test part never has to be held whole.
+    """
+
+    def __init__(self, truths: dict[str, pd.DataFrame], models: Sequence[str], n: int) -> None:
+        self.truths, self.models, self.n = truths, list(models), n
+        self.hits: dict[tuple[str, str], int] = {}
+        self.rows: dict[tuple[str, str], int] = {}
+
+    def add(self, part: str, frame: pd.DataFrame) -> None:
+        from recforge.features import safe_name
+
+        labels = labels_for(frame, self.truths[part]).astype(bool)
+        for name in [*self.models, "union"]:
+            proposed = np.ones(len(frame), bool) if name == "union" else frame[f"{safe_name(name)}_rank"].notna().to_numpy()
+            key = (part, name)
+            self.hits[key] = self.hits.get(key, 0) + frame.loc[labels & proposed, "user_id"].nunique()
+            self.rows[key] = self.rows.get(key, 0) + int(proposed.sum())
+
+    def table(self) -> pd.DataFrame:
+        rows = []
+        for (part, name), hits in self.hits.items():
+            n_users = max(self.truths[part]["user_id"].nunique(), 1)
+            rows.append({"part": part, "candidates": name, "recall": hits / n_users, "rows_per_user": self.rows[(part, name)] / n_users})
+        table = pd.DataFrame(rows, columns=["part", "candidates", "recall", "rows_per_user"])
+        table["n"] = self.n
+        return table
 
 
 def _markdown(table: pd.DataFrame, floatfmt: str = ".4f") -> str:
@@ -302,25 +344,38 @@ def run(params: Params) -> dict[str, Any]:
         scorer = LLMScorer(params)
 
     val_frame, labels, groups = training_table(workspace, models, scorer)
-    test_frame = build_part(workspace, "test", models, scorer)
     features = feature_columns(val_frame)
-    built_s = time.perf_counter() - started
-    log.info("rerank: %d val rows (%d users, %d positives), %d test rows, %d features in %.1fs",
-             len(val_frame), len(groups), int(labels.sum()), len(test_frame), len(features), built_s)
-
+    log.info("rerank: %d val rows (%d users, %d positives), %d features in %.1fs",
+             len(val_frame), len(groups), int(labels.sum()), len(features), time.perf_counter() - started)
     try:
-        reranker, val_scores, test_scores = _fit_and_score(params, val_frame, labels, groups, test_frame, features)
+        reranker = make_reranker(params, features)
+        reranker.fit(val_frame, labels, groups)
+        val_scores = reranker.oof_scores
     except ValueError as exc:  # too little validation signal (tiny data): fall back to rank fusion
         log.warning("rerank: %s; ranking by reciprocal-rank fusion instead", exc)
-        reranker, val_scores, test_scores = None, val_frame["rrf"].to_numpy(), test_frame["rrf"].to_numpy()
+        reranker, val_scores = None, val_frame["rrf"].to_numpy()
     val_lists = ranked_lists(val_frame, val_scores, length)
-    test_lists = ranked_lists(test_frame, test_scores, length)
-    write_parquet(val_lists, Path(params.paths.lists_dir) / NAME / "val.parquet")
-    write_parquet(test_lists, Path(params.paths.lists_dir) / NAME / "test.parquet")
 
     # everything below reads the test targets for reporting only
     truths = {"val": workspace.frame("val"), "test": workspace.frame("test")}
-    recall = candidate_recall({"val": val_frame, "test": test_frame}, truths, models, cfg.candidates_per_model)
+    recall = CandidateRecall(truths, models, cfg.candidates_per_model)
+    recall.add("val", val_frame)
+    if not (cfg.ablations and reranker is not None):
+        del val_frame  # the test part is scored block by block; nothing else needs the val table
+    # test: build, score and cut each block of users to its top list; keep the blocks only for ablations
+    test_lists, kept, test_rows = [], [], 0
+    for block in iter_part(workspace, "test", models, scorer):
+        scores = reranker.rerank(block) if reranker is not None else block["rrf"].to_numpy()
+        test_lists.append(ranked_lists(block, scores, length))
+        recall.add("test", block)
+        test_rows += len(block)
+        if cfg.ablations and reranker is not None:
+            kept.append(block)
+    test_lists = pd.concat(test_lists, ignore_index=True)
+    write_parquet(val_lists, Path(params.paths.lists_dir) / NAME / "val.parquet")
+    write_parquet(test_lists, Path(params.paths.lists_dir) / NAME / "test.parquet")
+
+    recall = recall.table()
     reports = Path(params.paths.reports_dir)
     with atomic_path(reports / "candidate_recall.csv") as tmp:
         recall.to_csv(tmp, index=False)
@@ -333,7 +388,7 @@ def run(params: Params) -> dict[str, Any]:
     full = {f"val_ndcg@{k}": val_metrics[f"ndcg@{k}"], f"test_ndcg@{k}": test_metrics[f"ndcg@{k}"],
             f"test_recall@{k}": test_metrics[f"recall@{k}"], "seconds": round(time.perf_counter() - started, 1)}
     if cfg.ablations and reranker is not None:
-        table = ablations(params, val_frame, labels, test_frame, models, truths, full)
+        table = ablations(params, val_frame, labels, pd.concat(kept, ignore_index=True), models, truths, full)
         with atomic_path(reports / "rerank_ablation.csv") as tmp:
             table.to_csv(tmp, index=False)
         write_text("# Re-ranker ablations (val = out-of-fold)\n\n" + _markdown(table), reports / "rerank_ablation.md")
@@ -345,9 +400,9 @@ def run(params: Params) -> dict[str, Any]:
         "encoders": feature_encoders(params),
         "features": features,
         "candidates_per_model": cfg.candidates_per_model,
-        "training": {"part": "val", "history": HISTORY["val"], "rows": len(val_frame), "users": int(len(groups)),
+        "training": {"part": "val", "history": HISTORY["val"], "rows": int(len(labels)), "users": int(len(groups)),
                      "positives": int(labels.sum())},
-        "scoring": {"part": "test", "history": HISTORY["test"], "rows": len(test_frame)},
+        "scoring": {"part": "test", "history": HISTORY["test"], "rows": test_rows},
         "llm_scorer": bool(cfg.llm_scorer),
         "fallback": None if reranker is not None else "rrf",
         "seconds": round(time.perf_counter() - started, 1),

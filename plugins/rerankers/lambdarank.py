@@ -21,6 +21,8 @@ import pandas as pd
 
 log = logging.getLogger(__name__)
 
+PREDICT_ROWS = 1_000_000  # rows scored per LightGBM predict call (bounds the copies made for scoring)
+
 
 class LambdaRankReranker:
     """``fit(candidates, labels, groups)`` / ``rerank(candidates)`` over numeric feature columns."""
@@ -99,7 +101,7 @@ class LambdaRankReranker:
         missing = [c for c in self.features if c not in candidates.columns]
         if missing:
             raise ValueError(f"candidate table lacks feature columns {missing}")
-        return candidates[self.features].to_numpy(np.float64)
+        return candidates[self.features].to_numpy(np.float32)
 
     def fit(self, candidates: pd.DataFrame, labels: np.ndarray, groups: np.ndarray) -> LambdaRankReranker:
         """Train ``folds`` models on user-disjoint parts (rows in consecutive ``groups`` blocks)."""
@@ -124,37 +126,36 @@ class LambdaRankReranker:
         oof = np.full(len(X), np.nan)
 
         def subset(group_ids: np.ndarray):
+            """(X, y, group sizes) of these groups; a copy, made only while its fold is being set up."""
             rows = np.isin(row_group, group_ids)
-            return X[rows], labels[rows], groups[group_ids], rows
+            return X[rows], labels[rows], groups[group_ids]
 
-        held_out = []
-        datasets = []
-        for fold in range(n_folds):
-            held = np.flatnonzero(fold_of_group == fold)
+        held_rows = [np.isin(row_group, np.flatnonzero(fold_of_group == fold)) for fold in range(n_folds)]
+
+        def fold_data(fold: int) -> tuple:
             train_groups = useful if n_folds == 1 else np.flatnonzero((fold_of_group >= 0) & (fold_of_group != fold))
-            X_tr, y_tr, g_tr, _ = subset(train_groups)
-            X_va, y_va, g_va, rows_va = subset(held)
-            held_out.append((X_va, rows_va))
-            datasets.append((X_tr, y_tr, g_tr, X_va, y_va, g_va))
+            return (*subset(train_groups), *subset(np.flatnonzero(fold_of_group == fold)))
+
         if self.config["distributed"]:
-            for X_tr, y_tr, g_tr, *_ in datasets:
-                booster, best = self._fit_dask(X_tr, y_tr, g_tr)
+            for fold in range(n_folds):
+                booster, best = self._fit_dask(*fold_data(fold)[:3])
                 self.boosters.append(booster)
                 self.best_iterations.append(best)
         else:
-            self._fit_lockstep(datasets)
+            self._fit_lockstep([lambda f=fold: fold_data(f) for fold in range(n_folds)])
         if n_folds > 1:
-            for booster, best, (X_va, rows_va) in zip(self.boosters, self.best_iterations, held_out, strict=True):
-                oof[rows_va] = booster.predict(X_va, num_iteration=best)
+            for booster, best, rows_va in zip(self.boosters, self.best_iterations, held_rows, strict=True):
+                oof[rows_va] = booster.predict(X[rows_va], num_iteration=best)
         # rows of users without a positive (or the single-fold case) get the ensemble's score
-        missing = np.isnan(oof)
-        if missing.any():
-            oof[missing] = self._predict(X[missing])
+        missing = np.flatnonzero(np.isnan(oof))
+        for start in range(0, len(missing), PREDICT_ROWS):
+            chunk = missing[start : start + PREDICT_ROWS]
+            oof[chunk] = self._predict(X[chunk])
         self.oof_scores = oof
         log.info("lambdarank: %d folds, best iterations %s", n_folds, self.best_iterations)
         return self
 
-    def _fit_lockstep(self, datasets: list[tuple]) -> None:
+    def _fit_lockstep(self, datasets: list) -> None:
         """Grow every fold's model one round at a time and stop all of them together.
 
         The round count is chosen on the mean of the folds' held-out NDCG
@@ -166,11 +167,13 @@ class LambdaRankReranker:
 
         cfg = self.config
         boosters = []
-        for X_tr, y_tr, g_tr, X_va, y_va, g_va in datasets:
-            train_set = lgb.Dataset(X_tr, y_tr, group=g_tr, feature_name=self.features, free_raw_data=False)
+        for make in datasets:  # one fold's raw rows at a time; LightGBM keeps only its binned copy
+            X_tr, y_tr, g_tr, X_va, y_va, g_va = make()
+            train_set = lgb.Dataset(X_tr, y_tr, group=g_tr, feature_name=self.features)
             booster = lgb.Booster(self._lgb_params(), train_set)
             booster.add_valid(lgb.Dataset(X_va, y_va, group=g_va, reference=train_set), "held")
             boosters.append(booster)
+            del X_tr, y_tr, X_va, y_va
         curves = [[] for _ in boosters]
         active = [True] * len(boosters)
         best_mean, best_round, patience = -np.inf, 0, cfg["early_stopping_rounds"]
@@ -214,8 +217,10 @@ class LambdaRankReranker:
         if not self.boosters:
             raise RuntimeError("rerank() before fit()")
         total = np.zeros(len(X))
-        for booster, best in zip(self.boosters, self.best_iterations, strict=True):
-            total += booster.predict(X, num_iteration=best)
+        for start in range(0, len(X), PREDICT_ROWS):
+            rows = X[start : start + PREDICT_ROWS]
+            for booster, best in zip(self.boosters, self.best_iterations, strict=True):
+                total[start : start + len(rows)] += booster.predict(rows, num_iteration=best)
         return total / len(self.boosters)
 
     def rerank(self, candidates: pd.DataFrame) -> np.ndarray:

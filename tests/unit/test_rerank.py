@@ -13,7 +13,7 @@ from recforge import registry
 from recforge.features import feature_columns
 from recforge.params import load_params
 from recforge.pipeline import run_pipeline
-from recforge.rerank import explain_recommendation, load_reranker, ranked_lists, training_table
+from recforge.rerank import build_part, candidate_models, explain_recommendation, iter_part, load_reranker, ranked_lists, training_table
 from recforge.stages.rerank import run_rerank
 from recforge.workspace import Workspace
 from tests.conftest import tmp_overrides
@@ -115,6 +115,26 @@ def test_no_leakage_changing_test_targets_changes_nothing_learned(pipeline, tmp_
         pd.testing.assert_frame_equal(pd.read_parquet(Path(params.paths.lists_dir) / "rerank" / "test.parquet"), test_before)
     finally:
         original.to_parquet(split)
+
+
+def test_blocks_of_users_give_the_same_table_and_lists(pipeline):
+    """Features and test lists are built per block of users; the block size must change nothing."""
+    params, _ = pipeline
+    workspace = Workspace(params)
+    models = candidate_models(params)
+    whole = build_part(workspace, "test", models)
+    blocks = list(iter_part(workspace, "test", models, block_users=37))
+    assert len(blocks) > 10
+    assert all(b["user"].is_monotonic_increasing for b in blocks)
+    assert all(blocks[i]["user"].max() < blocks[i + 1]["user"].min() for i in range(len(blocks) - 1))
+    pd.testing.assert_frame_equal(pd.concat(blocks, ignore_index=True), whole)
+    assert {whole[c].dtype for c in feature_columns(whole)} == {np.dtype(np.float32)}
+
+    lists = Path(params.paths.lists_dir) / "rerank" / "test.parquet"
+    before = pd.read_parquet(lists)
+    small = params.model_copy(update={"rerank": params.rerank.model_copy(update={"ablations": False, "block_users": 37})})
+    run_rerank(small)
+    pd.testing.assert_frame_equal(pd.read_parquet(lists), before)
 
 
 def test_reranker_plugin_contract_and_roundtrip(pipeline, tmp_path):
