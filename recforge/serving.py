@@ -31,7 +31,7 @@ from pydantic import BaseModel, Field
 from recforge import registry
 from recforge.artifacts import read_json, sha256_file, verify_checksums
 from recforge.errors import RecforgeError
-from recforge.interactions import IdMaps
+from recforge.interactions import IdMaps, Interactions
 from recforge.params import Params
 from recforge.protocols import FitContext, FoldIn, SimilarItems
 from recforge.ranking import history_row, top_k
@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 PACKAGE_FORMAT = 1
 MODEL_NAME = "recforge-model"
 MAX_K = 100
+RERANK = "rerank"  # the served name of the second stage
 # parts of params that do not change what is served (where files live, how it is served)
 UNHASHED_SECTIONS = ("paths", "serve", "orchestration")
 
@@ -150,7 +151,10 @@ def build_package(params: Params, dest: str | Path) -> dict[str, Any]:
     pd.DataFrame({"user_id": workspace.maps.user_ids}).to_parquet(dest / "users.parquet", index=False)
     events = workspace.events("train+val")
     bounds = np.searchsorted(events.user_ids, np.arange(events.n_users + 1))
-    np.savez(dest / "history.npz", indptr=bounds.astype(np.int64), items=events.item_ids.astype(np.int32))
+    history = {"indptr": bounds.astype(np.int64), "items": events.item_ids.astype(np.int32), "timestamps": events.timestamps.astype(np.int64)}
+    if events.ratings is not None:
+        history["ratings"] = events.ratings.astype(np.float32)
+    np.savez(dest / "history.npz", **history)  # time order per user: what the re-ranker's features read
 
     clean = params.to_dict()
     clean["serve"]["api_token"] = None  # never bake a secret into an artifact
@@ -190,6 +194,82 @@ def _plain(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
+# ---- the second stage online -----------------------------------------------------------------------------
+
+
+@dataclass
+class OnlineReranker:
+    """The packaged re-ranker, one user at a time.
+
+    Exactly the offline test-part protocol: the candidate models' top
+    ``per_model`` lists for the user (the packaged models are the train+val
+    refits), the features of :class:`recforge.features.FeatureContext` over
+    the packaged train+val history (built once at load: O(users + items +
+    events)), then the mean LambdaRank score of the fold models; ties go to the
+    lower item index, as in ``recforge.rerank.ranked_lists``.
+    """
+
+    model: Any
+    context: Any
+    models: list[str]
+    per_model: int
+    maps: IdMaps
+
+    @classmethod
+    def load(cls, directory: Path, manifest: dict, params: Params, models: dict, maps: IdMaps, items: pd.DataFrame,
+             history: Interactions, embeddings) -> tuple[OnlineReranker | None, str | None]:
+        """(the re-ranker, None), or (None, why it cannot be served) when the package's re-ranker cannot run online."""
+        from recforge.features import FeatureContext, PartData
+        from recforge.profiles import settings_from_params
+
+        folder = directory / RERANK
+        if not manifest.get("rerank") or not (folder / "meta.json").exists():
+            return None, "no re-ranker in the package"
+        meta = read_json(folder / "meta.json")
+        verify_checksums(folder, meta["checksums"])
+        if meta.get("fallback"):
+            return None, f"no re-ranker was trained (the lists used {meta['fallback']})"
+        missing = [m for m in meta["models"] if m not in models]
+        offline_only = [f for f in meta["features"] if f.startswith(("llm_", "sent_"))]
+        if missing:
+            return None, f"candidate models {missing} are not in the package"
+        if offline_only:
+            return None, f"features {offline_only} are computed offline only (LLM scorer, review sentiment)"
+        if not history.timestamps.any() and len(history):
+            return None, "the package's history has no timestamps (packaged by an older recforge)"
+        data = PartData(
+            part="full", history=history, maps=maps, items=items, lists={},
+            embeddings={name: embeddings(name) for name in meta["encoders"]},
+            text_fields=params.encode.fields, profile_settings=settings_from_params(params),
+        )
+        model = registry.rerankers.get(meta["plugin"]).load(folder)
+        return cls(model=model, context=FeatureContext(data), models=list(meta["models"]),
+                   per_model=int(meta["candidates_per_model"]), maps=maps), None
+
+    def rank(self, user: int, lists: dict[str, tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` (dense items, scores) from each candidate model's (items, scores) for dense ``user``."""
+        from recforge.features import candidate_frame
+
+        frames = {}
+        for name, (items, scores) in lists.items():
+            items, scores = np.ravel(items), np.ravel(scores)
+            keep = (items >= 0) & np.isfinite(scores)
+            items, scores = items[keep], scores[keep]
+            frames[name] = pd.DataFrame({
+                "user_id": self.maps.user_ids[np.full(len(items), user)],
+                "item_id": self.maps.item_ids[items],
+                "rank": np.arange(1, len(items) + 1),
+                "score": scores,
+            })
+        if not any(len(f) for f in frames.values()):
+            return np.zeros(0, np.int64), np.zeros(0)
+        frame = self.context.add(candidate_frame(frames, self.maps, self.per_model))
+        scores = np.asarray(self.model.rerank(frame), dtype=np.float64)
+        items = frame["item"].to_numpy()
+        order = np.lexsort((items, -scores))[:k]
+        return items[order], scores[order]
+
+
 # ---- the engine ------------------------------------------------------------------------------------------
 
 
@@ -219,7 +299,15 @@ class Engine:
     similar_model: str | None = None
     explainer: Any = None
     explainer_name: str = "builtin"
-    user_states: Any = None  # (states [n_users, dim], output weights [n_items, dim], bias [n_items]) for sequential models
+    # sequential models: name -> (states [n_users, dim], output weights [n_items, dim], bias [n_items])
+    states: dict[str, Any] = field(default_factory=dict)
+    reranker: OnlineReranker | None = None
+    rerank_note: str | None = None  # why the packaged re-ranker is not served, if it is not
+
+    @property
+    def user_states(self) -> Any:
+        """The served model's cached user states (None when it has none)."""
+        return self.states.get(self.primary)
 
     # ---- loading -------------------------------------------------------------------------------------------
 
@@ -244,6 +332,14 @@ class Engine:
         maps = IdMaps(user_ids=pd.Index(users.to_numpy(), name="user_id"), item_ids=pd.Index(items["item_id"].to_numpy(), name="item_id"))
         with np.load(directory / "history.npz", allow_pickle=False) as data:
             indptr, history = data["indptr"], data["items"]
+            events = Interactions(
+                user_ids=np.repeat(np.arange(len(indptr) - 1, dtype=np.int32), np.diff(indptr)),
+                item_ids=history,
+                timestamps=data["timestamps"] if "timestamps" in data else np.zeros(len(history), np.int64),
+                ratings=data["ratings"] if "ratings" in data else None,
+                n_users=len(users),
+                n_items=len(items),
+            )
         embeddings_dir = directory / "embeddings"
 
         def embeddings(name: str) -> np.ndarray:
@@ -262,9 +358,12 @@ class Engine:
         if not models:
             raise RecforgeError(f"{directory}: the package holds no models")
         metrics = read_json(directory / "metrics.json")
-        primary = model or params.serve.model or _best_model(models, metrics, params.evaluate.k)
-        if primary not in models:
-            raise RecforgeError(f"serve.model '{primary}' is not in the package (models: {', '.join(models)})")
+        reranker, rerank_note = OnlineReranker.load(directory, manifest, params, models, maps, items, events, embeddings)
+        servable = {**models, **({RERANK: reranker} if reranker is not None else {})}
+        primary = model or params.serve.model or _best_model(servable, metrics, params.evaluate.k)
+        if primary not in servable:
+            why = f"; the re-ranker is not served: {rerank_note}" if primary == RERANK and rerank_note else ""
+            raise RecforgeError(f"serve.model '{primary}' is not in the package (models: {', '.join(servable)}){why}")
 
         popularity = np.bincount(history, minlength=len(items)).astype(np.float64)
         engine = cls(
@@ -280,6 +379,8 @@ class Engine:
             history_items=history,
             popularity=popularity,
             device=device,
+            reranker=reranker,
+            rerank_note=rerank_note,
         )
         engine._prepare(embeddings)
         log.info("loaded %s:%s (serving %s on %s)", manifest["name"], manifest["version"], primary, device)
@@ -296,7 +397,8 @@ class Engine:
         encoders = list(self.manifest.get("encoders", []))
         if encoders:
             self.item_vectors = np.ascontiguousarray(embeddings(encoders[0]), dtype=np.float32)
-        ordered = [self.primary] + [n for n in self.models if n != self.primary]
+        lead = self.primary if self.primary in self.models else _best_model(self.models, self.metrics, self.params.evaluate.k)
+        ordered = [lead] + [n for n in self.models if n != lead]
         self.text_model = next((n for n in ordered if hasattr(self.models[n], "recommend_text")), None)
         if self.text_model is None and encoders:
             self.text_encoder = self._load_encoder(encoders[0])
@@ -304,16 +406,25 @@ class Engine:
         self.fold_in_model = next((n for n in sequential + ordered if isinstance(self.models[n], FoldIn)), None)
         self.similar_model = next((n for n in ordered if isinstance(self.models[n], SimilarItems)), None)
         self.explainer, self.explainer_name = self._load_explainer()
-        self.user_states = self._cache_user_states(self.primary)
+        candidates = self.reranker.models if self.primary == RERANK else [self.primary]
+        for name in candidates:
+            cached = self._cache_user_states(name)
+            if cached is not None:
+                self.states[name] = cached
         # warm up the code paths once so the first request is not the slow one
-        for name in {self.primary, self.fold_in_model} - {None}:
+        for name in {*candidates, self.fold_in_model} - {None}:
             try:
-                if name == self.primary:
-                    self.models[name].recommend(np.array([0]), k=10)
+                if name in candidates:
+                    self._top(name, 0, 10, True)
                 else:
                     self.models[name].recommend_history(np.array([0]), k=10)
             except Exception as exc:  # a warm-up failure shows up on the real request with its message
                 log.warning("warm-up of %s failed: %s", name, exc)
+        if self.primary == RERANK and self.maps.user_ids.size:
+            try:
+                self.recommend(_plain(self.maps.user_ids[0]), 10)
+            except Exception as exc:
+                log.warning("warm-up of the re-ranker failed: %s", exc)
         if self.text_model or self.text_encoder is not None:
             try:
                 self.recommend_text("warm up", 10)
@@ -363,6 +474,13 @@ class Engine:
         except Exception as exc:  # any surprise: the model's own recommend() still works
             log.warning("%s: no cached user states (%s)", name, exc)
             return None
+
+    def _top(self, name: str, user: int, k: int, exclude_seen: bool) -> tuple[np.ndarray, np.ndarray]:
+        """Model ``name``'s top-``k`` for one known user (cached states when the model has them)."""
+        model = self.models[name]
+        if name in self.states:
+            return self._score_state(self.states[name], model, user, k, exclude_seen)
+        return model.recommend(np.array([user]), k=k, exclude_seen=exclude_seen)
 
     @staticmethod
     def _score_state(cached, model, user: int, k: int, exclude_seen: bool):
@@ -430,11 +548,11 @@ class Engine:
         user = self.maps.lookup_user(user_id)
         if user < 0:
             return self._answer(self._popular(k), "popularity", fallback="popular", user_id=user_id)
-        model = self.models[self.primary]
-        if self.user_states is not None:
-            items, scores = self._score_state(self.user_states, model, user, k, exclude_seen)
+        if self.primary == RERANK:
+            lists = {name: self._top(name, user, self.reranker.per_model, exclude_seen) for name in self.reranker.models}
+            items, scores = self.reranker.rank(user, lists, k)
         else:
-            items, scores = model.recommend(np.array([user]), k=k, exclude_seen=exclude_seen)
+            items, scores = self._top(self.primary, user, k, exclude_seen)
         return self._answer(self._rows(items, scores), self.primary, user=user, user_id=_plain(self.maps.user_ids[user]), explain=explain)
 
     def recommend_text(self, text: str, k: int = 10) -> Recommendations:
@@ -557,10 +675,9 @@ class Engine:
             "history_path": self.fold_in_model or "popularity",
             "similar_items_path": self.similar_model or ("embeddings" if self.item_vectors is not None else "popularity"),
             "explainer": self.explainer_name,
-            # the re-ranker's features are built for whole parts (0.6-0.8 s for one user on ml-latest-small);
-            # it is packaged for batch use and served online once features have a per-request builder
             "rerank_packaged": bool(self.manifest.get("rerank")),
-            "rerank_served": False,
+            "rerank_served": self.primary == RERANK,
+            "rerank_note": self.rerank_note,
             "device": self.device,
             "cached_user_states": self.user_states is not None,
             "metrics": {name: {key: value for key, value in m.items() if key.endswith(f"@{k}")} for name, m in self.metrics.items()},

@@ -259,7 +259,12 @@ class Sequential:
             seq = np.asarray(seq, dtype=np.int64)[-width:] + 1
             if len(seq):
                 batch[row, width - len(seq) :] = seq
-        first = int((batch != 0).argmax(axis=1).min()) if (batch != 0).any() else width - 1
+        if self.config["cell"] == "sasrec":  # padding is masked: trimming shared left padding changes nothing
+            first = int((batch != 0).argmax(axis=1).min()) if (batch != 0).any() else width - 1
+        else:
+            # a recurrent state depends on the pads it ran over: always max_len wide, as in training
+            # (nearly every training batch holds a full window), so a user's scores never depend on the batch
+            first = 0
         self.net.eval()
         with torch.no_grad():
             hidden = self.net(torch.from_numpy(batch[:, first:]).to(self._device))[:, -1]

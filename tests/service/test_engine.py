@@ -101,3 +101,62 @@ def test_sequential_user_states_match_the_model(tmp_path):
     answer = engine.recommend(engine.maps.user_ids[0], 5)
     assert answer.model == "gru" and len(answer.items) == 5
     assert engine.metadata()["cached_user_states"] is True
+
+
+def test_served_reranker_matches_the_offline_test_lists(tmp_path):
+    """/recommend through the re-ranker gives, per user, the rerank stage's own test list.
+
+    The offline test part is what is served: candidate models refitted on
+    train + val, features over the train + val history. Serving rebuilds the
+    features for one user at a time from the package, so any drift between the
+    two paths (history, embeddings, candidate scores, tie order) shows here.
+    """
+    from pathlib import Path
+
+    import numpy as np
+    import pandas as pd
+
+    models = ("recommenders={popularity: {}, itemknn: {neighbors: 20}, "
+              "gru: {plugin: sequential, cell: gru, dim: 16, max_len: 10, epochs: 2, min_epochs: 1, batch_size: 64}}")
+    rerank = ["rerank.enabled=true", "rerank.folds=2", "rerank.candidates_per_model=15", "rerank.num_boost_round=40",
+              "rerank.early_stopping_rounds=10", "encode.encoders=[tfidf]", "serve.model=rerank"]
+    params = load_params(None, tmp_overrides(tmp_path) + TINY + [models] + rerank)
+    run_pipeline(params)
+    build_package(params, tmp_path / "package")
+    engine = Engine.load(tmp_path / "package", device="cpu")
+    meta = engine.metadata()
+    assert engine.primary == "rerank" and meta["rerank_served"] is True and meta["rerank_note"] is None
+    assert set(engine.states) == {"gru"}  # the sequential candidate scores from cached states
+
+    offline = pd.read_parquet(Path(params.paths.lists_dir) / "rerank" / "test.parquet")
+    k = 10
+    users = offline["user_id"].drop_duplicates().to_numpy()
+    checked = 0
+    for user_id in users[:: max(1, len(users) // 25)]:
+        expected = offline[(offline["user_id"] == user_id) & (offline["rank"] <= k)].sort_values("rank")
+        answer = engine.recommend(user_id, k)
+        assert answer.model == "rerank"
+        assert [i.item_id for i in answer.items] == expected["item_id"].tolist(), user_id
+        np.testing.assert_allclose([i.score for i in answer.items], expected["score"], rtol=1e-5, atol=1e-6)
+        checked += 1
+    assert checked >= 20
+
+
+def test_reranker_without_candidates_in_the_package_is_refused_with_the_reason(tmp_path):
+    models = "recommenders={popularity: {}, itemknn: {neighbors: 20}}"
+    params = load_params(None, tmp_overrides(tmp_path) + TINY + [models, "rerank.enabled=true", "rerank.folds=2",
+                                                                  "rerank.num_boost_round=30", "encode.encoders=[tfidf]"])
+    run_pipeline(params)
+    build_package(params, tmp_path / "package")
+    import shutil
+
+    shutil.rmtree(tmp_path / "package" / "models" / "itemknn")
+    manifest = json.loads((tmp_path / "package" / "manifest.json").read_text())
+    del manifest["models"]["itemknn"]
+    manifest["checksums"] = {k: v for k, v in manifest["checksums"].items() if not k.startswith("models/itemknn/")}
+    (tmp_path / "package" / "manifest.json").write_text(json.dumps(manifest))
+    engine = Engine.load(tmp_path / "package", device="cpu")
+    assert engine.primary == "popularity" and engine.reranker is None
+    assert "itemknn" in engine.metadata()["rerank_note"]
+    with pytest.raises(RecforgeError, match="itemknn"):
+        Engine.load(tmp_path / "package", device="cpu", model="rerank")

@@ -86,3 +86,18 @@ def test_early_stopping_and_refit_epochs(topical) -> None:
 def test_unknown_cell_is_rejected() -> None:
     with pytest.raises(ValueError, match="cell"):
         Sequential(cell="transformer-xl")
+
+
+def test_a_users_list_does_not_depend_on_the_batch(model, topical) -> None:
+    """The train stage scores users in batches, serving one at a time: both must agree."""
+    events, _, _ = topical
+    lengths = np.array([len(s) for s in events.sequences])
+    short = np.nonzero(lengths < SMALL["max_len"])[0][:5]
+    long = np.nonzero(lengths >= SMALL["max_len"])[0][:5]
+    assert len(short) and len(long), "the check needs users shorter and longer than max_len"
+    users = np.concatenate([short, long])
+    together, together_scores = model.recommend(users, k=10)
+    for row, user in enumerate(users):
+        alone, alone_scores = model.recommend(np.array([user]), k=10)
+        assert np.array_equal(alone[0], together[row]), f"{model.config['cell']}: user {user}"
+        np.testing.assert_allclose(alone_scores[0], together_scores[row], rtol=1e-4, atol=1e-5)
