@@ -96,27 +96,30 @@ def train_model(workspace: Workspace, name: str) -> dict:
 
 
 def recommend_frame(model, user_ids, maps: IdMaps, k: int, batch_size: int = 1024) -> pd.DataFrame:
-    """Top-k lists for original ``user_ids`` as (user_id, item_id, rank, score)."""
+    """Top-k lists for original ``user_ids`` as (user_id, item_id, rank, score).
+
+    The output arrays are allocated once, before the batches: small long-lived
+    allocations between each batch's large temporary score matrices kept
+    glibc's heap from ever being reused or trimmed (+9 GiB RSS for 500K users).
+    """
     users = maps.user_index(user_ids)
     known = users >= 0
     user_ids, users = np.asarray(user_ids)[known], users[known]
-    frames = []
+    items = np.full((len(users), k), -1, dtype=np.int64)
+    scores = np.zeros((len(users), k), dtype=np.float32)
     for part in batched(len(users), batch_size):
-        items, scores = model.recommend(users[part], k=k, exclude_seen=True)
-        rows, cols = np.nonzero(items >= 0)
-        frames.append(
-            pd.DataFrame(
-                {
-                    "user_id": user_ids[part][rows],
-                    "item_id": maps.item_ids.to_numpy()[items[rows, cols]],
-                    "rank": (cols + 1).astype(np.int32),
-                    "score": scores[rows, cols].astype(np.float32),
-                }
-            )
-        )
-    if not frames:
-        return pd.DataFrame({"user_id": user_ids[:0], "item_id": maps.item_ids.to_numpy()[:0], "rank": [], "score": []})
-    return pd.concat(frames, ignore_index=True)
+        top, values = model.recommend(users[part], k=k, exclude_seen=True)
+        items[part, : top.shape[1]] = top
+        scores[part, : top.shape[1]] = values
+    rows, cols = np.nonzero(items >= 0)
+    return pd.DataFrame(
+        {
+            "user_id": user_ids[rows],
+            "item_id": maps.item_ids.to_numpy()[items[rows, cols]],
+            "rank": (cols + 1).astype(np.int32),
+            "score": scores[rows, cols],
+        }
+    )
 
 
 def load_model(params: Params, name: str, part: str = "full", context: FitContext | None = None):
