@@ -75,31 +75,34 @@ def candidate_frame(lists: Mapping[str, pd.DataFrame], maps: IdMaps, per_model: 
     the item) and ``<model>_gap`` (score minus the model's best score for the
     user). Rows are sorted by user, then item.
     """
-    merged: pd.DataFrame | None = None
+    n_items = len(maps.item_ids)
+    blocks = []
     for name, frame in lists.items():
-        key = safe_name(name)
         top = frame[frame["rank"] <= per_model]
-        block = pd.DataFrame(
-            {
-                "user": maps.user_index(top["user_id"]),
-                "item": maps.item_index(top["item_id"]),
-                f"{key}_score": top["score"].to_numpy(np.float32),
-                f"{key}_rank": top["rank"].to_numpy(np.float32),
-            }
-        )
-        block = block[(block["user"] >= 0) & (block["item"] >= 0)]
-        block = block.drop_duplicates(["user", "item"])
-        best = block.groupby("user")[f"{key}_score"].transform("max")
-        block[f"{key}_gap"] = block[f"{key}_score"] - best
-        merged = block if merged is None else merged.merge(block, on=["user", "item"], how="outer")
-    if merged is None:
+        users, items = maps.user_index(top["user_id"]), maps.item_index(top["item_id"])
+        valid = (users >= 0) & (items >= 0)
+        keys = users[valid].astype(np.int64) * n_items + items[valid]
+        keys, first = np.unique(keys, return_index=True)  # one row per (user, item): its first occurrence
+        blocks.append((safe_name(name), keys, top["score"].to_numpy(np.float32)[valid][first],
+                       top["rank"].to_numpy(np.float32)[valid][first]))
+    if not blocks:
         raise ValueError("no candidate lists")
-    merged = merged.sort_values(["user", "item"], kind="stable").reset_index(drop=True)
-    merged["user"] = merged["user"].astype(np.int64)
-    merged["item"] = merged["item"].astype(np.int64)
-    merged.insert(2, "user_id", maps.user_ids.to_numpy()[merged["user"].to_numpy()])
-    merged.insert(3, "item_id", maps.item_ids.to_numpy()[merged["item"].to_numpy()])
-    return merged
+    union = np.unique(np.concatenate([keys for _, keys, _, _ in blocks]))  # sorted: by user, then item
+    users, items = union // n_items, union % n_items
+    columns: dict[str, np.ndarray] = {
+        "user": users, "item": items,
+        "user_id": maps.user_ids.to_numpy()[users], "item_id": maps.item_ids.to_numpy()[items],
+    }
+    for key, keys, scores, ranks in blocks:
+        at = np.searchsorted(union, keys)
+        owners, inverse = np.unique(keys // n_items, return_inverse=True)
+        best = np.full(len(owners), -np.inf, dtype=np.float32)
+        np.maximum.at(best, inverse, scores)
+        for suffix, values in (("score", scores), ("rank", ranks), ("gap", scores - best[inverse])):
+            column = np.full(len(union), np.nan, dtype=np.float32)
+            column[at] = values
+            columns[f"{key}_{suffix}"] = column
+    return pd.DataFrame(columns)
 
 
 def model_columns(frame: pd.DataFrame, model: str) -> list[str]:
@@ -157,7 +160,7 @@ def build_features(
     *,
     llm_scorer: Callable[[pd.DataFrame, PartData], np.ndarray] | None = None,
 ) -> pd.DataFrame:
-    """Add every feature column to a :func:`candidate_frame` (in place and returned).
+    """A :func:`candidate_frame` with every feature column added (a new frame).
 
     Shorthand for ``FeatureContext(data).add(frame)``; to featurise many
     blocks of users against one history, build the context once.
@@ -236,7 +239,7 @@ class FeatureContext:
         *,
         llm_scorer: Callable[[pd.DataFrame, PartData], np.ndarray] | None = None,
     ) -> pd.DataFrame:
-        """Add every feature column to a :func:`candidate_frame` block (in place and returned).
+        """A :func:`candidate_frame` block with every feature column added (a new frame).
 
         Columns added: ``n_models`` (how many models proposed the item), ``rrf``
         (sum of 1/(10 + rank)), ``user_history``, ``user_span_days``,
@@ -305,8 +308,8 @@ class FeatureContext:
             columns["sent_item"] = np.where(known, item_sum[items] / np.maximum(item_counts, 1), np.nan)
             columns["sent_user"] = np.where(counts > 0, user_sum[users] / np.maximum(counts, 1), np.nan)
 
-        for name, values in columns.items():
-            frame[name] = np.asarray(values, dtype=np.float32)
+        features = pd.DataFrame({name: np.asarray(values, dtype=np.float32) for name, values in columns.items()}, index=frame.index)
+        frame = pd.concat([frame, features], axis=1)  # one block, not one insert per column
         if llm_scorer is not None:
             frame["llm_logprob"] = np.asarray(llm_scorer(frame, self.data), dtype=np.float32)
         return frame

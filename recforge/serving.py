@@ -359,8 +359,10 @@ class Engine:
             raise RecforgeError(f"{directory}: the package holds no models")
         metrics = read_json(directory / "metrics.json")
         reranker, rerank_note = OnlineReranker.load(directory, manifest, params, models, maps, items, events, embeddings)
+        # the re-ranker answers /recommend when asked for by name (serve.model: rerank): it calls every
+        # candidate model per request, so the automatic choice stays with the single models
         servable = {**models, **({RERANK: reranker} if reranker is not None else {})}
-        primary = model or params.serve.model or _best_model(servable, metrics, params.evaluate.k)
+        primary = model or params.serve.model or _best_model(models, metrics, params.evaluate.k)
         if primary not in servable:
             why = f"; the re-ranker is not served: {rerank_note}" if primary == RERANK and rerank_note else ""
             raise RecforgeError(f"serve.model '{primary}' is not in the package (models: {', '.join(servable)}){why}")
