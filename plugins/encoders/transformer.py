@@ -32,18 +32,30 @@ def default_model_path() -> Path:
     return Path(get_model_path())
 
 
-def load_sentence_model(path: str | Path, device: str) -> Any:
-    """A SentenceTransformer from a local directory, offline, loaded once per process."""
+DTYPES = ("float32", "float16", "bfloat16")
+
+
+def load_sentence_model(path: str | Path, device: str, dtype: str = "float32") -> Any:
+    """A SentenceTransformer from a local directory, offline, loaded once per process.
+
+    ``dtype`` is explicit: recent transformers load a checkpoint in the dtype
+    it was saved in, so the same files could otherwise run in float16 on a CPU.
+    """
     path = Path(path).expanduser()
     if not path.exists():
         raise RecforgeError(f"transformer encoder: {path}: local model not found (nothing is downloaded at run time)")
-    key = (str(path.resolve()), device)
+    if dtype not in DTYPES:
+        raise RecforgeError(f"transformer encoder: dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+    key = (str(path.resolve()), device, dtype)
     with _lock:
         if key not in _models:
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
+            import torch
             from sentence_transformers import SentenceTransformer
 
-            _models[key] = SentenceTransformer(str(path), device=device, local_files_only=True)
+            _models[key] = SentenceTransformer(
+                str(path), device=device, local_files_only=True, model_kwargs={"dtype": getattr(torch, dtype)}
+            )
         return _models[key]
 
 
@@ -52,21 +64,25 @@ class TransformerEncoder:
 
     Options: ``model`` (a local Hugging Face / sentence-transformers path;
     default the bundled MiniLM), ``device`` (auto | cpu | cuda),
-    ``max_length`` (tokens per text). Needs no fitting.
+    ``max_length`` (tokens per text), ``dtype`` (float32 | float16 | bfloat16;
+    the half types are for GPUs). Needs no fitting.
     """
 
     name = "transformer"
 
-    def __init__(self, model: str | None = None, device: str = "auto", max_length: int = 128) -> None:
+    def __init__(self, model: str | None = None, device: str = "auto", max_length: int = 128, dtype: str = "float32") -> None:
+        if dtype not in DTYPES:
+            raise RecforgeError(f"transformer encoder: dtype {dtype!r} is not one of {', '.join(DTYPES)}")
         self.model_path = model
         self.device = device
         self.max_length = int(max_length)
+        self.dtype = dtype
         self._model: Any = None
 
     def _load(self) -> Any:
         if self._model is None:
             path = self.model_path or default_model_path()
-            self._model = load_sentence_model(path, resolve_device(self.device))
+            self._model = load_sentence_model(path, resolve_device(self.device), self.dtype)
             self._model.max_seq_length = min(self.max_length, self._model.max_seq_length or self.max_length)
         return self._model
 
@@ -90,7 +106,7 @@ class TransformerEncoder:
         return l2_normalize(vectors)
 
     def config(self) -> dict:
-        return {"model": self.model_path, "device": self.device, "max_length": self.max_length}
+        return {"model": self.model_path, "device": self.device, "max_length": self.max_length, "dtype": self.dtype}
 
     def save(self, directory: Path) -> None:
         """Only the settings: the weights stay where they are (the package or the local path)."""

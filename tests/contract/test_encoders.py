@@ -157,3 +157,28 @@ def test_llm_pooling_an_earlier_layer_runs_and_the_last_layer_matches_the_defaul
     np.testing.assert_allclose(np.linalg.norm(early, axis=1), 1.0, atol=1e-5)
     with pytest.raises(RecforgeError, match="layer"):
         registry.encoders.create("llm", layer=depth + 1).encode(["x"])
+
+
+def test_transformer_runs_in_the_dtype_asked_for(tmp_path) -> None:
+    """A checkpoint stored in float16 still runs in float32 unless told otherwise (recent
+    transformers would load it in its stored dtype, slow and less exact on a CPU)."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from recforge.errors import RecforgeError
+    from recforge_plugins.encoders.transformer import TransformerEncoder, default_model_path
+
+    half = tmp_path / "minilm-fp16"
+    shutil.copytree(default_model_path(), half)
+    weights = half / "model.safetensors"
+    save_file({k: v.half().contiguous() for k, v in load_file(str(weights)).items()}, str(weights), metadata={"format": "pt"})
+
+    def dtype_of(encoder) -> str:
+        encoder.encode(["a film about robots"])
+        return str(next(encoder._load()[0].auto_model.parameters()).dtype)
+
+    assert dtype_of(TransformerEncoder(model=str(half), device="cpu")) == "torch.float32"
+    assert dtype_of(TransformerEncoder(model=str(half), device="cpu", dtype="bfloat16")) == "torch.bfloat16"
+    with pytest.raises(RecforgeError, match="dtype"):
+        TransformerEncoder(dtype="float64")

@@ -1,0 +1,191 @@
+"""GPU check: the serving Engine and the BentoML service on CUDA beside CPU, and text-encoder throughput.
+
+    python bench/gpu.py --package <package dir> --out <dir>
+
+Needs only a package directory (``recforge package`` writes one into the model
+store; ``recforge.serving.build_package`` writes one anywhere), so it runs on a
+machine that has the GPU but not the training data. Three measurements, each on
+``cuda`` and ``cpu`` of the same machine at the same moment:
+
+1. the transformer encoder (the packaged MiniLM unless ``--encoder-model``):
+   texts per second over item texts of the package, batch ``--batch``;
+2. Engine calls in process (no HTTP): load seconds, then p50/p99 of
+   ``recommend`` (the served model: a sequential model or the re-ranker),
+   ``recommend_text``, ``recommend_history``;
+3. ``bentoml serve`` of ``service/`` with ``RECFORGE_PACKAGE_DIR`` and
+   ``RECFORGE_DEVICE=cuda``: ``/metadata`` must say ``"device": "cuda"``; then
+   the load test of bench/serve.py per endpoint at concurrency 1 and 16.
+
+Writes ``<out>/gpu.json`` and ``<out>/gpu.md``. Exits 1 when CUDA is absent or
+the served device is not ``cuda``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from serve import TEXTS, bodies_for, markdown, run_cell, wait_ready  # noqa: E402
+
+
+def percentiles(times: list[float]) -> dict:
+    ms = np.array(times) * 1000.0
+    return {"calls": len(ms), "p50_ms": round(float(np.percentile(ms, 50)), 3), "p99_ms": round(float(np.percentile(ms, 99)), 3)}
+
+
+def encoder_throughput(texts: list[str], device: str, batch: int, model: str | None) -> dict:
+    from recforge_plugins.encoders.transformer import TransformerEncoder
+
+    encoder = TransformerEncoder(model=model, device=device)
+    encoder.encode(texts[:batch], batch_size=batch)  # load + warm up
+    if device == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
+    started = time.perf_counter()
+    vectors = encoder.encode(texts, batch_size=batch)
+    seconds = time.perf_counter() - started
+    return {"device": device, "texts": len(texts), "batch": batch, "seconds": round(seconds, 3),
+            "texts_per_s": round(len(texts) / seconds, 1), "dim": int(vectors.shape[1])}
+
+
+def engine_calls(package: Path, device: str, users: list, items: list, n: int) -> dict:
+    from recforge.serving import Engine, limit_threads
+
+    started = time.perf_counter()
+    engine = Engine.load(package, device=device)
+    load_s = time.perf_counter() - started
+    limit_threads(1)
+    rng = random.Random(1)
+    calls = {
+        "recommend": lambda i: engine.recommend(users[i % len(users)], 10),
+        "recommend_text": lambda i: engine.recommend_text(TEXTS[i % len(TEXTS)], 10),
+        "recommend_history": lambda i: engine.recommend_history(rng.sample(items, 5), 10),
+    }
+    out = {"device": engine.device, "model": engine.primary, "load_s": round(load_s, 2),
+           "rerank_note": engine.rerank_note, "text_path": engine.metadata()["text_path"]}
+    for name, call in calls.items():
+        times = []
+        for i in range(n):
+            begun = time.perf_counter()
+            call(i)
+            times.append(time.perf_counter() - begun)
+        out[name] = percentiles(times)
+    return out
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def http_check(package: Path, users: list, items: list, seconds: float, log_path: Path) -> dict:
+    import httpx
+
+    port = free_port()
+    env = {**os.environ, "RECFORGE_PACKAGE_DIR": str(package), "RECFORGE_DEVICE": "cuda", "RECFORGE_ACCESS_LOG": "0",
+           "BENTOML_DO_NOT_TRACK": "True"}
+    env.pop("RECFORGE_API_TOKEN", None)
+    bentoml_cli = Path(sys.executable).with_name("bentoml")
+    command = [str(bentoml_cli) if bentoml_cli.exists() else "bentoml", "serve", "service:Recforge",
+               "--working-dir", str(ROOT / "service"), "--host", "127.0.0.1", "--port", str(port)]
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(base, process)
+        meta = httpx.get(f"{base}/metadata", timeout=10).json()
+        rng = random.Random(0)
+        rows = []
+        for path in ["/trivial", "/recommend", "/recommend/text", "/recommend/history"]:
+            bodies = bodies_for(path, users, items, 10, rng)
+            asyncio.run(run_cell("127.0.0.1", port, None, path, bodies, 4, 40, 20))
+            for concurrency in (1, 16):
+                row = asyncio.run(run_cell("127.0.0.1", port, None, path, bodies, concurrency, 3000, seconds))
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+        return {"metadata": meta, "rows": rows}
+    finally:
+        os.killpg(process.pid, 15)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, 9)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--package", required=True, type=Path)
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "gpu"))
+    parser.add_argument("--texts", type=int, default=20_000, help="texts encoded on the GPU (a tenth of them on the CPU)")
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--encoder-model", default=None, help="a local sentence-transformers directory (default: the packaged MiniLM)")
+    parser.add_argument("--calls", type=int, default=300)
+    parser.add_argument("--seconds", type=float, default=5.0, help="per load-test cell")
+    parser.add_argument("--no-http", action="store_true")
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    import pandas as pd
+    import torch
+
+    result: dict = {"torch": torch.__version__, "cuda": torch.cuda.is_available(), "cpus": os.cpu_count()}
+    if not torch.cuda.is_available():
+        print("CUDA is not available here", file=sys.stderr)
+        return 1
+    result["gpu"] = torch.cuda.get_device_name(0)
+    items_table = pd.read_parquet(args.package / "items.parquet")
+    base_texts = (items_table.get("title", items_table["item_id"]).astype(str) + ". "
+                  + items_table.get("genres", pd.Series([""] * len(items_table))).astype(str)).tolist()
+    texts = [base_texts[i % len(base_texts)] + ("" if i < len(base_texts) else f" ({i // len(base_texts)})") for i in range(args.texts)]
+    result["encoder"] = [encoder_throughput(texts, "cuda", args.batch, args.encoder_model),
+                         encoder_throughput(texts[: max(args.batch, args.texts // 10)], "cpu", args.batch, args.encoder_model)]
+    print(json.dumps(result["encoder"]), flush=True)
+
+    users = [u.item() if hasattr(u, "item") else u for u in pd.read_parquet(args.package / "users.parquet")["user_id"]]
+    items = [i.item() if hasattr(i, "item") else i for i in items_table["item_id"]]
+    result["engine"] = [engine_calls(args.package, "cuda", users, items, args.calls),
+                        engine_calls(args.package, "cpu", users, items, args.calls)]
+    print(json.dumps(result["engine"]), flush=True)
+    if not args.no_http:
+        result["http"] = http_check(args.package, users, items, args.seconds, out / "server.log")
+    (out / "gpu.json").write_text(json.dumps(result, indent=2, default=str))
+
+    lines = [f"# GPU check: {result['gpu']}, torch {result['torch']}, {result['cpus']} CPUs", "",
+             "| encoder (MiniLM) | texts | batch | texts/s |", "|---|---:|---:|---:|"]
+    lines += [f"| {r['device']} | {r['texts']} | {r['batch']} | {r['texts_per_s']} |" for r in result["encoder"]]
+    lines += ["", "| Engine (in process) | model | load s | recommend p50 / p99 ms | text p50 / p99 ms | history p50 / p99 ms |",
+              "|---|---|---:|---:|---:|---:|"]
+    for r in result["engine"]:
+        cells = " | ".join(f"{r[c]['p50_ms']} / {r[c]['p99_ms']}" for c in ("recommend", "recommend_text", "recommend_history"))
+        lines.append(f"| {r['device']} | {r['model']} | {r['load_s']} | {cells} |")
+    text = "\n".join(lines) + "\n"
+    if "http" in result:
+        meta = result["http"]["metadata"]
+        ceiling = {r["concurrency"]: r["throughput_rps"] for r in result["http"]["rows"] if r["endpoint"] == "/trivial"}
+        text += f"\nbentoml serve, /metadata device: **{meta['device']}**, model {meta['model']}\n\n"
+        text += markdown(result["http"]["rows"], meta, ceiling)
+    (out / "gpu.md").write_text(text)
+    print(text)
+    served_on = result.get("http", {}).get("metadata", {}).get("device", "cuda")
+    return 0 if served_on == "cuda" and result["engine"][0]["device"] == "cuda" else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
