@@ -1,6 +1,7 @@
 """GPU check: the serving Engine and the BentoML service on CUDA beside CPU, and text-encoder throughput.
 
     python bench/gpu.py --package <package dir> --out <dir>
+    python bench/gpu.py --out <dir>                      # encoder throughput only (synthetic item texts)
 
 Needs only a package directory (``recforge package`` writes one into the model
 store; ``recforge.serving.build_package`` writes one anywhere), so it runs on a
@@ -8,7 +9,8 @@ machine that has the GPU but not the training data. Three measurements, each on
 ``cuda`` and ``cpu`` of the same machine at the same moment:
 
 1. the transformer encoder (the packaged MiniLM unless ``--encoder-model``):
-   texts per second over item texts of the package, batch ``--batch``;
+   texts per second over item texts (the package's, else synthetic ones),
+   batch ``--batch``; float32 on both devices and float16 on CUDA;
 2. Engine calls in process (no HTTP): load seconds, then p50/p99 of
    ``recommend`` (the served model: a sequential model or the re-ranker),
    ``recommend_text``, ``recommend_history``;
@@ -47,10 +49,10 @@ def percentiles(times: list[float]) -> dict:
     return {"calls": len(ms), "p50_ms": round(float(np.percentile(ms, 50)), 3), "p99_ms": round(float(np.percentile(ms, 99)), 3)}
 
 
-def encoder_throughput(texts: list[str], device: str, batch: int, model: str | None) -> dict:
+def encoder_throughput(texts: list[str], device: str, batch: int, model: str | None, dtype: str = "float32") -> dict:
     from recforge_plugins.encoders.transformer import TransformerEncoder
 
-    encoder = TransformerEncoder(model=model, device=device)
+    encoder = TransformerEncoder(model=model, device=device, dtype=dtype)
     encoder.encode(texts[:batch], batch_size=batch)  # load + warm up
     if device == "cuda":
         import torch
@@ -59,15 +61,15 @@ def encoder_throughput(texts: list[str], device: str, batch: int, model: str | N
     started = time.perf_counter()
     vectors = encoder.encode(texts, batch_size=batch)
     seconds = time.perf_counter() - started
-    return {"device": device, "texts": len(texts), "batch": batch, "seconds": round(seconds, 3),
+    return {"device": device, "dtype": dtype, "texts": len(texts), "batch": batch, "seconds": round(seconds, 3),
             "texts_per_s": round(len(texts) / seconds, 1), "dim": int(vectors.shape[1])}
 
 
-def engine_calls(package: Path, device: str, users: list, items: list, n: int) -> dict:
+def engine_calls(package: Path, device: str, users: list, items: list, n: int, model: str | None = None) -> dict:
     from recforge.serving import Engine, limit_threads
 
     started = time.perf_counter()
-    engine = Engine.load(package, device=device)
+    engine = Engine.load(package, device=device, model=model)
     load_s = time.perf_counter() - started
     limit_threads(1)
     rng = random.Random(1)
@@ -94,11 +96,11 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def http_check(package: Path, users: list, items: list, seconds: float, log_path: Path) -> dict:
+def http_check(package: Path, users: list, items: list, seconds: float, log_path: Path, device: str = "cuda") -> dict:
     import httpx
 
     port = free_port()
-    env = {**os.environ, "RECFORGE_PACKAGE_DIR": str(package), "RECFORGE_DEVICE": "cuda", "RECFORGE_ACCESS_LOG": "0",
+    env = {**os.environ, "RECFORGE_PACKAGE_DIR": str(package), "RECFORGE_DEVICE": device, "RECFORGE_ACCESS_LOG": "0",
            "BENTOML_DO_NOT_TRACK": "True"}
     env.pop("RECFORGE_API_TOKEN", None)
     bentoml_cli = Path(sys.executable).with_name("bentoml")
@@ -108,7 +110,7 @@ def http_check(package: Path, users: list, items: list, seconds: float, log_path
         process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:
-        wait_ready(base, process)
+        wait_ready(base, process, timeout=90)
         meta = httpx.get(f"{base}/metadata", timeout=10).json()
         rng = random.Random(0)
         rows = []
@@ -130,7 +132,7 @@ def http_check(package: Path, users: list, items: list, seconds: float, log_path
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--package", required=True, type=Path)
+    parser.add_argument("--package", type=Path, help="a package directory (needed for the Engine and HTTP checks)")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "gpu"))
     parser.add_argument("--texts", type=int, default=20_000, help="texts encoded on the GPU (a tenth of them on the CPU)")
     parser.add_argument("--batch", type=int, default=256)
@@ -138,6 +140,9 @@ def main() -> int:
     parser.add_argument("--calls", type=int, default=300)
     parser.add_argument("--seconds", type=float, default=5.0, help="per load-test cell")
     parser.add_argument("--no-http", action="store_true")
+    parser.add_argument("--no-engine", action="store_true", help="skip the in-process Engine timings")
+    parser.add_argument("--no-encoder", action="store_true")
+    parser.add_argument("--rerank", action="store_true", help="also time /recommend through the packaged re-ranker")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -150,29 +155,45 @@ def main() -> int:
         print("CUDA is not available here", file=sys.stderr)
         return 1
     result["gpu"] = torch.cuda.get_device_name(0)
-    items_table = pd.read_parquet(args.package / "items.parquet")
-    base_texts = (items_table.get("title", items_table["item_id"]).astype(str) + ". "
-                  + items_table.get("genres", pd.Series([""] * len(items_table))).astype(str)).tolist()
-    texts = [base_texts[i % len(base_texts)] + ("" if i < len(base_texts) else f" ({i // len(base_texts)})") for i in range(args.texts)]
-    result["encoder"] = [encoder_throughput(texts, "cuda", args.batch, args.encoder_model),
-                         encoder_throughput(texts[: max(args.batch, args.texts // 10)], "cpu", args.batch, args.encoder_model)]
-    print(json.dumps(result["encoder"]), flush=True)
+    if args.package:
+        items_table = pd.read_parquet(args.package / "items.parquet")
+    else:
+        from recforge.data.synthetic import generate
+        from recforge.params import SyntheticParams
 
-    users = [u.item() if hasattr(u, "item") else u for u in pd.read_parquet(args.package / "users.parquet")["user_id"]]
-    items = [i.item() if hasattr(i, "item") else i for i in items_table["item_id"]]
-    result["engine"] = [engine_calls(args.package, "cuda", users, items, args.calls),
-                        engine_calls(args.package, "cpu", users, items, args.calls)]
-    print(json.dumps(result["engine"]), flush=True)
-    if not args.no_http:
+        items_table = generate(SyntheticParams(num_users=100, num_items=5000, num_interactions=1000, seed=0))[1]
+    text_column = "text" if "text" in items_table else "title" if "title" in items_table else "item_id"
+    base_texts = items_table[text_column].astype(str).tolist()
+    texts = [base_texts[i % len(base_texts)] + ("" if i < len(base_texts) else f" ({i // len(base_texts)})") for i in range(args.texts)]
+    if not args.no_encoder:
+        cpu_texts = texts[: max(args.batch, args.texts // 10)]
+        result["encoder"] = [encoder_throughput(texts, "cuda", args.batch, args.encoder_model),
+                             encoder_throughput(texts, "cuda", args.batch, args.encoder_model, "float16"),
+                             encoder_throughput(cpu_texts, "cpu", args.batch, args.encoder_model)]
+        print(json.dumps(result["encoder"]), flush=True)
+
+    if args.package:
+        args.package = args.package.resolve()  # the server runs in service/
+        users = [u.item() if hasattr(u, "item") else u for u in pd.read_parquet(args.package / "users.parquet")["user_id"]]
+        items = [i.item() if hasattr(i, "item") else i for i in items_table["item_id"]]
+    if args.package and not args.no_engine:
+        result["engine"] = [engine_calls(args.package, "cuda", users, items, args.calls),
+                            engine_calls(args.package, "cpu", users, items, args.calls)]
+        if args.rerank:
+            result["engine"] += [engine_calls(args.package, device, users, items, args.calls, "rerank") for device in ("cuda", "cpu")]
+        print(json.dumps(result["engine"]), flush=True)
+    if args.package and not args.no_http:
         result["http"] = http_check(args.package, users, items, args.seconds, out / "server.log")
     (out / "gpu.json").write_text(json.dumps(result, indent=2, default=str))
 
-    lines = [f"# GPU check: {result['gpu']}, torch {result['torch']}, {result['cpus']} CPUs", "",
-             "| encoder (MiniLM) | texts | batch | texts/s |", "|---|---:|---:|---:|"]
-    lines += [f"| {r['device']} | {r['texts']} | {r['batch']} | {r['texts_per_s']} |" for r in result["encoder"]]
-    lines += ["", "| Engine (in process) | model | load s | recommend p50 / p99 ms | text p50 / p99 ms | history p50 / p99 ms |",
-              "|---|---|---:|---:|---:|---:|"]
-    for r in result["engine"]:
+    lines = [f"# GPU check: {result['gpu']}, torch {result['torch']}, {result['cpus']} CPUs", ""]
+    if "encoder" in result:
+        lines += ["| encoder (MiniLM) | dtype | texts | batch | texts/s |", "|---|---|---:|---:|---:|"]
+        lines += [f"| {r['device']} | {r['dtype']} | {r['texts']} | {r['batch']} | {r['texts_per_s']} |" for r in result["encoder"]]
+    if "engine" in result:
+        lines += ["", "| Engine (in process) | model | load s | recommend p50 / p99 ms | text p50 / p99 ms | history p50 / p99 ms |",
+                  "|---|---|---:|---:|---:|---:|"]
+    for r in result.get("engine", []):
         cells = " | ".join(f"{r[c]['p50_ms']} / {r[c]['p99_ms']}" for c in ("recommend", "recommend_text", "recommend_history"))
         lines.append(f"| {r['device']} | {r['model']} | {r['load_s']} | {cells} |")
     text = "\n".join(lines) + "\n"
@@ -184,7 +205,8 @@ def main() -> int:
     (out / "gpu.md").write_text(text)
     print(text)
     served_on = result.get("http", {}).get("metadata", {}).get("device", "cuda")
-    return 0 if served_on == "cuda" and result["engine"][0]["device"] == "cuda" else 1
+    engine_on = result["engine"][0]["device"] if "engine" in result else "cuda"
+    return 0 if served_on == "cuda" and engine_on == "cuda" else 1
 
 
 if __name__ == "__main__":
