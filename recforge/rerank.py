@@ -496,12 +496,19 @@ class LLMScorer:
             for t in texts
         ]
         scores = np.empty(len(texts))
+        started, reported = time.perf_counter(), 0
         with torch.inference_mode():
             for start in range(0, len(chats), self.batch_size):
                 batch = tokenizer(chats[start : start + self.batch_size], return_tensors="pt", padding=True).to(model.device)
                 logits = model(**batch).logits[:, -1, :].float()
                 logp = torch.log_softmax(logits, dim=-1)
                 scores[start : start + len(batch["input_ids"])] = (logp[:, yes] - logp[:, no]).cpu().numpy()
+                done = start + len(batch["input_ids"])
+                if done - reported >= max(len(chats) // 10, 1) or done == len(chats):  # progress in the stage log
+                    elapsed = time.perf_counter() - started
+                    log.info("llm scorer: %d/%d prompts, %.0f s, about %.0f s left",
+                             done, len(chats), elapsed, elapsed / done * (len(chats) - done))
+                    reported = done
         return scores
 
 
