@@ -34,6 +34,7 @@ RECENT_DAYS = 30
 GLOBAL_RECENT_DAYS = 90
 LAST_N = 5  # trans_last5 / sim_*_last5 / sim_*_max5 look at the last LAST_N items
 WINDOW_BASE = np.int64(1) << np.int64(34)  # item * base + time: one sorted key per history event
+DENSE_TRANSITIONS_MAX = 8_192  # items: up to this catalogue size the transition counts are a dense float32 table (256 MiB)
 
 # feature groups (for ablations): name -> predicate on a column name
 TEXT_PREFIXES = ("sim_",)
@@ -207,7 +208,9 @@ class FeatureContext:
         )
         self.time0 = int(history.timestamps.min(initial=0)) - 1
         self.window_keys = np.sort(history.item_ids.astype(np.int64) * WINDOW_BASE + (history.timestamps.astype(np.int64) - self.time0))
-        self.transitions = transition_matrix(history)
+        transitions = transition_matrix(history)
+        # a dense table when it is small: one gather per row instead of a sparse search (25x faster at 10M events)
+        self.transitions = transitions.toarray().astype(np.float32) if history.n_items <= DENSE_TRANSITIONS_MAX else transitions
 
         self.embeddings = {}
         for name, vectors in data.embeddings.items():
@@ -275,11 +278,11 @@ class FeatureContext:
         last = self.last[users]
         present = last >= 0
         weights = 1.0 / np.maximum(present.sum(axis=1), 1)
-        columns["trans_last1"] = np.where(present[:, 0], _pairs(self.transitions, np.maximum(last[:, 0], 0), items), 0.0)
+        columns["trans_last1"] = np.where(present[:, 0], self._transitions(np.maximum(last[:, 0], 0), items), 0.0)
         trans5 = np.zeros(len(frame))
         for offset in range(LAST_N):
             valid = present[:, offset]
-            trans5[valid] += _pairs(self.transitions, last[valid, offset], items[valid])
+            trans5[valid] += self._transitions(last[valid, offset], items[valid])
         columns["trans_last5"] = trans5 * weights
 
         for key, (vectors, profiles) in self.embeddings.items():
@@ -314,12 +317,27 @@ class FeatureContext:
             frame["llm_logprob"] = np.asarray(llm_scorer(frame, self.data), dtype=np.float32)
         return frame
 
+    def _transitions(self, sources: np.ndarray, targets: np.ndarray) -> np.ndarray:
+        """How often ``targets[i]`` directly followed ``sources[i]`` in anyone's history."""
+        if isinstance(self.transitions, np.ndarray):
+            return self.transitions[sources, targets].astype(np.float64)
+        return _pairs(self.transitions, sources, targets)
+
     def _window_counts(self, items: np.ndarray, ends: np.ndarray, days: float) -> np.ndarray:
         """Per row, the number of history events of ``items[i]`` in ``(ends[i] - days, ends[i]]``."""
         ends = ends.astype(np.int64) - self.time0
-        hi = np.searchsorted(self.window_keys, items * WINDOW_BASE + ends, side="right")
-        lo = np.searchsorted(self.window_keys, items * WINDOW_BASE + np.maximum(ends - int(days * DAY), 0), side="right")
+        hi = _sorted_search(self.window_keys, items * WINDOW_BASE + ends)
+        lo = _sorted_search(self.window_keys, items * WINDOW_BASE + np.maximum(ends - int(days * DAY), 0))
         return (hi - lo).astype(np.float64)
+
+
+def _sorted_search(keys: np.ndarray, queries: np.ndarray) -> np.ndarray:
+    """``np.searchsorted(keys, queries, side="right")``, asking in sorted order (8x faster on a
+    10M-key array that does not fit in cache: consecutive searches touch nearby keys)."""
+    order = np.argsort(queries, kind="stable")
+    out = np.empty(len(queries), dtype=np.int64)
+    out[order] = np.searchsorted(keys, queries[order], side="right")
+    return out
 
 
 def _overlap(user_terms: sp.csr_matrix, item_terms: sp.csr_matrix, rows: np.ndarray, items: np.ndarray) -> np.ndarray:

@@ -114,6 +114,17 @@ def test_transition_matrix_counts_consecutive_pairs(tiny):
     assert matrix[0, 1] == 2 and matrix[1, 2] == 1 and matrix.sum() == 3
 
 
+def test_transition_features_same_from_the_dense_and_the_sparse_table(tiny, monkeypatch):
+    import recforge.features as features
+
+    dense = build_features(candidate_frame(tiny.lists, tiny.maps, per_model=5), tiny)
+    monkeypatch.setattr(features, "DENSE_TRANSITIONS_MAX", 0)  # as for a catalogue too large for a dense table
+    sparse = build_features(candidate_frame(tiny.lists, tiny.maps, per_model=5), tiny)
+    # user 20's last item is 101, and 101 -> 102 happened once
+    assert row(dense, 20, 102)["trans_last1"] == 1.0
+    pd.testing.assert_frame_equal(dense, sparse)
+
+
 def test_labels_mark_only_truth_pairs(tiny):
     frame = candidate_frame(tiny.lists, tiny.maps, per_model=5)
     truth = pd.DataFrame({"user_id": [10, 20, 30], "item_id": [104, 101, 100]})
