@@ -358,11 +358,14 @@ class Engine:
         if not models:
             raise RecforgeError(f"{directory}: the package holds no models")
         metrics = read_json(directory / "metrics.json")
-        reranker, rerank_note = OnlineReranker.load(directory, manifest, params, models, maps, items, events, embeddings)
-        # the re-ranker answers /recommend when asked for by name (serve.model: rerank): it calls every
-        # candidate model per request, so the automatic choice stays with the single models
-        servable = {**models, **({RERANK: reranker} if reranker is not None else {})}
+        # the re-ranker answers /recommend only when asked for by name (serve.model: rerank): it calls every
+        # candidate model per request, so the automatic choice stays with the single models, and its
+        # feature state is built only then
         primary = model or params.serve.model or _best_model(models, metrics, params.evaluate.k)
+        reranker, rerank_note = None, "served when asked for: serve.model: rerank" if manifest.get("rerank") else "no re-ranker in the package"
+        if primary == RERANK:
+            reranker, rerank_note = OnlineReranker.load(directory, manifest, params, models, maps, items, events, embeddings)
+        servable = {**models, **({RERANK: reranker} if reranker is not None else {})}
         if primary not in servable:
             why = f"; the re-ranker is not served: {rerank_note}" if primary == RERANK and rerank_note else ""
             raise RecforgeError(f"serve.model '{primary}' is not in the package (models: {', '.join(servable)}){why}")

@@ -156,7 +156,7 @@ def test_reranker_without_candidates_in_the_package_is_refused_with_the_reason(t
     manifest["checksums"] = {k: v for k, v in manifest["checksums"].items() if not k.startswith("models/itemknn/")}
     (tmp_path / "package" / "manifest.json").write_text(json.dumps(manifest))
     engine = Engine.load(tmp_path / "package", device="cpu")
-    assert engine.primary == "popularity" and engine.reranker is None
-    assert "itemknn" in engine.metadata()["rerank_note"]
+    assert engine.primary == "popularity" and engine.reranker is None  # never built unless asked for
+    assert "serve.model: rerank" in engine.metadata()["rerank_note"]
     with pytest.raises(RecforgeError, match="itemknn"):
         Engine.load(tmp_path / "package", device="cpu", model="rerank")
