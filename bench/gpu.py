@@ -29,7 +29,6 @@ import asyncio
 import json
 import os
 import random
-import socket
 import subprocess
 import sys
 import time
@@ -41,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from serve import TEXTS, bodies_for, markdown, run_cell, wait_ready  # noqa: E402
+from serve import TEXTS, bodies_for, free_port, markdown, run_cell, wait_ready  # noqa: E402
 
 
 def percentiles(times: list[float]) -> dict:
@@ -88,12 +87,6 @@ def engine_calls(package: Path, device: str, users: list, items: list, n: int, m
             times.append(time.perf_counter() - begun)
         out[name] = percentiles(times)
     return out
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def http_check(package: Path, users: list, items: list, seconds: float, log_path: Path, device: str = "cuda") -> dict:

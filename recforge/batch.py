@@ -12,6 +12,7 @@ from typing import Any
 from recforge.artifacts import atomic_path
 from recforge.errors import RecforgeError
 from recforge.params import Params
+from recforge.ranking import batched
 from recforge.stages.train import load_model, recommend_frame
 from recforge.workspace import Workspace
 
@@ -42,14 +43,14 @@ def recommend_all(params: Params, model: str, k: int, output: str, batch_users: 
     with atomic_path(output) as tmp:
         writer = None
         try:
-            for start in range(0, len(user_ids), batch_users):
-                frame = recommend_frame(fitted, user_ids[start : start + batch_users], workspace.maps, k)
+            for part in batched(len(user_ids), batch_users):
+                frame = recommend_frame(fitted, user_ids[part], workspace.maps, k)
                 table = pa.Table.from_pandas(frame, preserve_index=False)
                 if writer is None:
                     writer = pq.ParquetWriter(tmp, table.schema)
                 writer.write_table(table.cast(writer.schema))
                 rows += len(frame)
-                log.info("batch_recommend: %d / %d users", min(start + batch_users, len(user_ids)), len(user_ids))
+                log.info("batch_recommend: %d / %d users", part.stop, len(user_ids))
         finally:
             if writer is not None:
                 writer.close()

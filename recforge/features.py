@@ -182,10 +182,10 @@ class FeatureContext:
         from recforge.profiles import item_genres
 
         self.data = data
-        history = self.history = data.history
-        self.counts = np.bincount(history.user_ids, minlength=history.n_users).astype(np.float64)
-        bounds = np.searchsorted(history.user_ids, np.arange(history.n_users + 1))
-        has = np.diff(bounds) > 0
+        history = data.history
+        bounds = history.bounds
+        self.counts = np.diff(bounds).astype(np.float64)
+        has = self.counts > 0
         self.last_ts = np.zeros(history.n_users, dtype=np.int64)
         self.first_ts = np.zeros(history.n_users, dtype=np.int64)
         self.last_ts[has] = history.timestamps[bounds[1:][has] - 1]
@@ -368,9 +368,14 @@ def feature_columns(frame: pd.DataFrame) -> list[str]:
     return [c for c in frame.columns if c not in ("user", "item", "user_id", "item_id", "label")]
 
 
-def labels_for(frame: pd.DataFrame, truth: pd.DataFrame) -> np.ndarray:
-    """1 where (user_id, item_id) is a held-out event of ``truth``, else 0."""
-    keys = pd.MultiIndex.from_frame(truth[["user_id", "item_id"]])
+def truth_keys(truth: pd.DataFrame) -> pd.MultiIndex:
+    """The (user_id, item_id) pairs of held-out events, for :func:`labels_for`."""
+    return pd.MultiIndex.from_frame(truth[["user_id", "item_id"]])
+
+
+def labels_for(frame: pd.DataFrame, truth: pd.DataFrame | pd.MultiIndex) -> np.ndarray:
+    """1 where (user_id, item_id) is a held-out event of ``truth`` (a frame or its :func:`truth_keys`), else 0."""
+    keys = truth if isinstance(truth, pd.MultiIndex) else truth_keys(truth)
     rows = pd.MultiIndex.from_frame(frame[["user_id", "item_id"]])
     return rows.isin(keys).astype(np.int32)
 

@@ -120,9 +120,14 @@ class Interactions:
         return matrix
 
     @cached_property
+    def bounds(self) -> np.ndarray:
+        """[n_users + 1] offsets: user u's events are ``bounds[u]:bounds[u + 1]`` (events are sorted by user)."""
+        return np.searchsorted(self.user_ids, np.arange(self.n_users + 1))
+
+    @cached_property
     def sequences(self) -> list[np.ndarray]:
         """Per user, item indices in time order (empty for users without events)."""
-        bounds = np.searchsorted(self.user_ids, np.arange(self.n_users + 1))
+        bounds = self.bounds
         return [self.item_ids[bounds[u] : bounds[u + 1]] for u in range(self.n_users)]
 
     @cached_property

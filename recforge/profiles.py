@@ -102,7 +102,7 @@ def event_weights(events: Interactions, settings: ProfileSettings) -> np.ndarray
     weights = np.ones(len(events), dtype=np.float64)
     if len(events) == 0:
         return weights
-    bounds = np.searchsorted(events.user_ids, np.arange(events.n_users + 1))
+    bounds = events.bounds
     counts = np.diff(bounds)
     position = np.arange(len(events)) - np.repeat(bounds[:-1], counts)
     steps_back = np.repeat(counts, counts) - 1 - position

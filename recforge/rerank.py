@@ -47,6 +47,8 @@ from recforge.features import (
     group_sizes,
     labels_for,
     model_columns,
+    safe_name,
+    truth_keys,
 )
 from recforge.metrics import evaluate
 from recforge.params import Params
@@ -202,13 +204,12 @@ class CandidateRecall:
 
     def __init__(self, truths: dict[str, pd.DataFrame], models: Sequence[str], n: int) -> None:
         self.truths, self.models, self.n = truths, list(models), n
+        self.keys = {part: truth_keys(truth) for part, truth in truths.items()}  # once, not per block
         self.hits: dict[tuple[str, str], int] = {}
         self.rows: dict[tuple[str, str], int] = {}
 
     def add(self, part: str, frame: pd.DataFrame) -> None:
-        from recforge.features import safe_name
-
-        labels = labels_for(frame, self.truths[part]).astype(bool)
+        labels = labels_for(frame, self.keys[part]).astype(bool)
         for name in [*self.models, "union"]:
             proposed = np.ones(len(frame), bool) if name == "union" else frame[f"{safe_name(name)}_rank"].notna().to_numpy()
             key = (part, name)
@@ -271,7 +272,7 @@ def ablations(
         started = time.perf_counter()
         val_part, test_part, val_labels = val_frame, test_frame, labels
         if dropped is not None:
-            rank_cols = [c for c in val_frame.columns if c.endswith("_rank") and c != f"{_safe(dropped)}_rank"]
+            rank_cols = [c for c in val_frame.columns if c.endswith("_rank") and c != f"{safe_name(dropped)}_rank"]
             keep_val = val_frame[rank_cols].notna().any(axis=1).to_numpy()
             keep_test = test_frame[rank_cols].notna().any(axis=1).to_numpy()
             val_part, test_part, val_labels = val_frame[keep_val], test_frame[keep_test], labels[keep_val]
@@ -296,15 +297,9 @@ def ablations(
     return pd.DataFrame(rows)
 
 
-def _safe(name: str) -> str:
-    from recforge.features import safe_name
-
-    return safe_name(name)
-
-
 def _recount(frame: pd.DataFrame, dropped: str) -> pd.DataFrame:
     frame = frame.copy()
-    ranks = frame[[c for c in frame.columns if c.endswith("_rank") and c != f"{_safe(dropped)}_rank"]].to_numpy(np.float64)
+    ranks = frame[[c for c in frame.columns if c.endswith("_rank") and c != f"{safe_name(dropped)}_rank"]].to_numpy(np.float64)
     frame["n_models"] = np.isfinite(ranks).sum(axis=1).astype(np.float64)
     frame["rrf"] = np.nansum(1.0 / (10.0 + ranks), axis=1)
     return frame
@@ -360,7 +355,8 @@ def run(params: Params) -> dict[str, Any]:
     truths = {"val": workspace.frame("val"), "test": workspace.frame("test")}
     recall = CandidateRecall(truths, models, cfg.candidates_per_model)
     recall.add("val", val_frame)
-    if not (cfg.ablations and reranker is not None):
+    keep_tables = cfg.ablations and reranker is not None  # the ablations retrain on the whole tables
+    if not keep_tables:
         del val_frame  # the test part is scored block by block; nothing else needs the val table
     # test: build, score and cut each block of users to its top list; keep the blocks only for ablations
     test_lists, kept, test_rows = [], [], 0
@@ -369,7 +365,7 @@ def run(params: Params) -> dict[str, Any]:
         test_lists.append(ranked_lists(block, scores, length))
         recall.add("test", block)
         test_rows += len(block)
-        if cfg.ablations and reranker is not None:
+        if keep_tables:
             kept.append(block)
     test_lists = pd.concat(test_lists, ignore_index=True)
     write_parquet(val_lists, Path(params.paths.lists_dir) / NAME / "val.parquet")
@@ -387,7 +383,7 @@ def run(params: Params) -> dict[str, Any]:
     test_metrics = evaluate(test_lists, truths["test"], [k], 0)
     full = {f"val_ndcg@{k}": val_metrics[f"ndcg@{k}"], f"test_ndcg@{k}": test_metrics[f"ndcg@{k}"],
             f"test_recall@{k}": test_metrics[f"recall@{k}"], "seconds": round(time.perf_counter() - started, 1)}
-    if cfg.ablations and reranker is not None:
+    if keep_tables:
         table = ablations(params, val_frame, labels, pd.concat(kept, ignore_index=True), models, truths, full)
         with atomic_path(reports / "rerank_ablation.csv") as tmp:
             table.to_csv(tmp, index=False)

@@ -34,7 +34,7 @@ from recforge.errors import RecforgeError
 from recforge.interactions import IdMaps, Interactions
 from recforge.params import Params
 from recforge.protocols import FitContext, FoldIn, SimilarItems
-from recforge.ranking import history_row, top_k
+from recforge.ranking import batched, history_row, top_k
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +150,7 @@ def build_package(params: Params, dest: str | Path) -> dict[str, Any]:
     workspace.items.to_parquet(dest / "items.parquet", index=False)
     pd.DataFrame({"user_id": workspace.maps.user_ids}).to_parquet(dest / "users.parquet", index=False)
     events = workspace.events("train+val")
-    bounds = np.searchsorted(events.user_ids, np.arange(events.n_users + 1))
+    bounds = events.bounds
     history = {"indptr": bounds.astype(np.int64), "items": events.item_ids.astype(np.int32), "timestamps": events.timestamps.astype(np.int64)}
     if events.ratings is not None:
         history["ratings"] = events.ratings.astype(np.float32)
@@ -192,6 +192,21 @@ def package_checksums(directory: Path) -> dict[str, str]:
 
 def _plain(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
+
+
+def _packaged_events(directory: Path, indptr: np.ndarray, item_ids: np.ndarray, *, n_items: int) -> Interactions:
+    """The package's train+val history as Interactions (what the re-ranker's features read)."""
+    with np.load(directory / "history.npz", allow_pickle=False) as data:
+        timestamps = data["timestamps"] if "timestamps" in data else np.zeros(len(item_ids), np.int64)
+        ratings = data["ratings"] if "ratings" in data else None
+    return Interactions(
+        user_ids=np.repeat(np.arange(len(indptr) - 1, dtype=np.int32), np.diff(indptr)),
+        item_ids=item_ids,
+        timestamps=timestamps,
+        ratings=ratings,
+        n_users=len(indptr) - 1,
+        n_items=n_items,
+    )
 
 
 # ---- the second stage online -----------------------------------------------------------------------------
@@ -332,14 +347,6 @@ class Engine:
         maps = IdMaps(user_ids=pd.Index(users.to_numpy(), name="user_id"), item_ids=pd.Index(items["item_id"].to_numpy(), name="item_id"))
         with np.load(directory / "history.npz", allow_pickle=False) as data:
             indptr, history = data["indptr"], data["items"]
-            events = Interactions(
-                user_ids=np.repeat(np.arange(len(indptr) - 1, dtype=np.int32), np.diff(indptr)),
-                item_ids=history,
-                timestamps=data["timestamps"] if "timestamps" in data else np.zeros(len(history), np.int64),
-                ratings=data["ratings"] if "ratings" in data else None,
-                n_users=len(users),
-                n_items=len(items),
-            )
         embeddings_dir = directory / "embeddings"
 
         def embeddings(name: str) -> np.ndarray:
@@ -364,6 +371,7 @@ class Engine:
         primary = model or params.serve.model or _best_model(models, metrics, params.evaluate.k)
         reranker, rerank_note = None, "served when asked for: serve.model: rerank" if manifest.get("rerank") else "no re-ranker in the package"
         if primary == RERANK:
+            events = _packaged_events(directory, indptr, history, n_items=len(items))
             reranker, rerank_note = OnlineReranker.load(directory, manifest, params, models, maps, items, events, embeddings)
         servable = {**models, **({RERANK: reranker} if reranker is not None else {})}
         if primary not in servable:
@@ -439,8 +447,8 @@ class Engine:
     def _cache_user_states(self, name: str) -> Any:
         """Sequential models: a known user's state after their packaged history is an embedding.
 
-        Computed once here (users grouped by history length, so no padding
-        changes a state), then each request scores online with the model's
+        Computed once here (a user's state does not depend on the batch it is
+        computed in), then each request scores online with the model's
         output layer exactly as ``Sequential.recommend`` does: one small
         product instead of a recurrent pass over 50 items. Checked against
         the model's own ``recommend`` on a few users; any mismatch disables it.
@@ -452,18 +460,13 @@ class Engine:
         try:
             import torch
 
-            width = int(model.config["max_len"])
-            lengths = np.array([min(len(seq), width) for seq in model.sequences])
             states = None
             with torch.no_grad():
-                for length in np.unique(lengths):
-                    users = np.nonzero(lengths == length)[0]
-                    for start in range(0, len(users), 1024):
-                        part = users[start : start + 1024]
-                        hidden = model._user_vectors([model.sequences[u] for u in part]).float().cpu().numpy()
-                        if states is None:
-                            states = np.zeros((len(model.sequences), hidden.shape[1]), dtype=np.float32)
-                        states[part] = hidden
+                for part in batched(len(model.sequences), 1024):
+                    hidden = model._user_vectors(model.sequences[part]).float().cpu().numpy()
+                    if states is None:
+                        states = np.zeros((len(model.sequences), hidden.shape[1]), dtype=np.float32)
+                    states[part] = hidden
                 weights = net.items.weight[1:].detach().float().cpu().numpy()
                 bias = np.asarray(net.bias.detach().float().cpu().numpy() if torch.is_tensor(net.bias) else net.bias, dtype=np.float32)
             cached = (np.ascontiguousarray(states), np.ascontiguousarray(weights), np.broadcast_to(bias, (weights.shape[0],)).astype(np.float32))

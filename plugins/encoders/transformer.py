@@ -44,8 +44,6 @@ def load_sentence_model(path: str | Path, device: str, dtype: str = "float32") -
     path = Path(path).expanduser()
     if not path.exists():
         raise RecforgeError(f"transformer encoder: {path}: local model not found (nothing is downloaded at run time)")
-    if dtype not in DTYPES:
-        raise RecforgeError(f"transformer encoder: dtype {dtype!r} is not one of {', '.join(DTYPES)}")
     key = (str(path.resolve()), device, dtype)
     with _lock:
         if key not in _models:

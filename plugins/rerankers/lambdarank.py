@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from recforge.ranking import batched
+
 log = logging.getLogger(__name__)
 
 PREDICT_ROWS = 1_000_000  # rows scored per LightGBM predict call (bounds the copies made for scoring)
@@ -105,8 +107,6 @@ class LambdaRankReranker:
 
     def fit(self, candidates: pd.DataFrame, labels: np.ndarray, groups: np.ndarray) -> LambdaRankReranker:
         """Train ``folds`` models on user-disjoint parts (rows in consecutive ``groups`` blocks)."""
-        import lightgbm as lgb
-
         X = self._matrix(candidates)
         labels = np.asarray(labels, dtype=np.float64)
         groups = np.asarray(groups, dtype=np.int64)
@@ -125,16 +125,14 @@ class LambdaRankReranker:
         self.boosters, self.best_iterations = [], []
         oof = np.full(len(X), np.nan)
 
-        def subset(group_ids: np.ndarray):
-            """(X, y, group sizes) of these groups; a copy, made only while its fold is being set up."""
-            rows = np.isin(row_group, group_ids)
-            return X[rows], labels[rows], groups[group_ids]
-
-        held_rows = [np.isin(row_group, np.flatnonzero(fold_of_group == fold)) for fold in range(n_folds)]
+        held_groups = [np.flatnonzero(fold_of_group == fold) for fold in range(n_folds)]
+        held_rows = [np.isin(row_group, held) for held in held_groups]
 
         def fold_data(fold: int) -> tuple:
+            """(X, y, group sizes) to train on, then to early-stop on; copies, made only while the fold is set up."""
             train_groups = useful if n_folds == 1 else np.flatnonzero((fold_of_group >= 0) & (fold_of_group != fold))
-            return (*subset(train_groups), *subset(np.flatnonzero(fold_of_group == fold)))
+            train_rows, held = np.isin(row_group, train_groups), held_rows[fold]
+            return X[train_rows], labels[train_rows], groups[train_groups], X[held], labels[held], groups[held_groups[fold]]
 
         if self.config["distributed"]:
             for fold in range(n_folds):
@@ -148,9 +146,8 @@ class LambdaRankReranker:
                 oof[rows_va] = booster.predict(X[rows_va], num_iteration=best)
         # rows of users without a positive (or the single-fold case) get the ensemble's score
         missing = np.flatnonzero(np.isnan(oof))
-        for start in range(0, len(missing), PREDICT_ROWS):
-            chunk = missing[start : start + PREDICT_ROWS]
-            oof[chunk] = self._predict(X[chunk])
+        for part in batched(len(missing), PREDICT_ROWS):
+            oof[missing[part]] = self._predict(X[missing[part]])
         self.oof_scores = oof
         log.info("lambdarank: %d folds, best iterations %s", n_folds, self.best_iterations)
         return self
@@ -217,10 +214,9 @@ class LambdaRankReranker:
         if not self.boosters:
             raise RuntimeError("rerank() before fit()")
         total = np.zeros(len(X))
-        for start in range(0, len(X), PREDICT_ROWS):
-            rows = X[start : start + PREDICT_ROWS]
+        for part in batched(len(X), PREDICT_ROWS):
             for booster, best in zip(self.boosters, self.best_iterations, strict=True):
-                total[start : start + len(rows)] += booster.predict(rows, num_iteration=best)
+                total[part] += booster.predict(X[part], num_iteration=best)
         return total / len(self.boosters)
 
     def rerank(self, candidates: pd.DataFrame) -> np.ndarray:

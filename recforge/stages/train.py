@@ -19,8 +19,8 @@ import pandas as pd
 
 from recforge import registry
 from recforge.artifacts import atomic_dir, checksums, write_parquet
-from recforge.interactions import IdMaps
 from recforge.errors import RecforgeError
+from recforge.interactions import IdMaps
 from recforge.params import Params
 from recforge.protocols import FitContext
 from recforge.ranking import batched

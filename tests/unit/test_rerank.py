@@ -13,7 +13,15 @@ from recforge import registry
 from recforge.features import feature_columns
 from recforge.params import load_params
 from recforge.pipeline import run_pipeline
-from recforge.rerank import build_part, candidate_models, explain_recommendation, iter_part, load_reranker, ranked_lists, training_table
+from recforge.rerank import (
+    build_part,
+    candidate_models,
+    explain_recommendation,
+    iter_part,
+    load_reranker,
+    ranked_lists,
+    training_table,
+)
 from recforge.stages.rerank import run_rerank
 from recforge.workspace import Workspace
 from tests.conftest import tmp_overrides
