@@ -47,6 +47,14 @@ class Encoder(Protocol):
     ``fit`` is called once with the corpus (items' text) before ``encode``;
     encoders that need no training return ``self``. ``name`` and ``dim`` key
     the on-disk embedding cache together with a hash of the texts.
+
+    ``save`` writes what ``encode`` needs to a directory, in safe formats only
+    (JSON, npz, safetensors; never pickle); ``load`` restores it, so that
+    ``load(d).encode(texts)`` equals ``encode(texts)`` after ``save(d)``. The
+    encode stage caches and packages the fitted state this way, and a served
+    model embeds free text with it. An encoder whose weights come from an
+    installed package or a local model path saves only its settings (model
+    path, dtype, pooling), not the weights, unless it fine-tuned them.
     """
 
     name: str
@@ -57,6 +65,11 @@ class Encoder(Protocol):
     def fit(self, texts: Sequence[str]) -> Encoder: ...
 
     def encode(self, texts: Sequence[str], *, batch_size: int = 64) -> np.ndarray: ...
+
+    def save(self, directory: Path) -> None: ...
+
+    @classmethod
+    def load(cls, directory: Path) -> Encoder: ...
 
 
 @runtime_checkable
