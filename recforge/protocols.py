@@ -122,13 +122,42 @@ class FoldIn(Protocol):
 class Reranker(Protocol):
     """Second stage: scores (user, candidate) rows from a feature table.
 
-    ``groups`` are the sizes of consecutive per-user blocks of rows; ``labels``
-    is 1 for the held-out target, 0 otherwise.
+    ``fit`` learns from ``candidates`` (one row per user and candidate item:
+    ``user``, ``item``, ``user_id``, ``item_id`` and numeric feature columns),
+    ``labels`` (1 for the held-out target, 0 otherwise) and ``groups`` (the
+    sizes of consecutive per-user blocks of rows). It raises ``ValueError``
+    when the table carries too little signal to learn from (the rerank stage
+    then falls back to rank fusion).
+
+    ``rerank`` scores the rows of a table with the same feature columns
+    (higher is better; rows are independent of the table's other users).
+
+    ``oof_scores`` is set by ``fit``: one score per training row from a model
+    that did not see that row's user (out-of-fold), so that the validation
+    lists and ablations built from them are honest; a reranker without folds
+    gives its own scores. ``None`` before ``fit``.
+
+    ``feature_importance`` is a table with one row per feature column the
+    model uses: ``feature``, ``gain``, ``splits`` and ``gain_share`` (gain
+    over total gain), sorted by gain, best first.
+
+    ``save``/``load`` use safe formats only (JSON, npz, LightGBM text
+    models; never pickle); ``load(d).rerank(t)`` equals ``rerank(t)`` after
+    ``save(d)``.
     """
+
+    oof_scores: np.ndarray | None
 
     def fit(self, candidates: pd.DataFrame, labels: np.ndarray, groups: np.ndarray) -> Reranker: ...
 
     def rerank(self, candidates: pd.DataFrame) -> np.ndarray: ...
+
+    def feature_importance(self) -> pd.DataFrame: ...
+
+    def save(self, directory: Path) -> None: ...
+
+    @classmethod
+    def load(cls, directory: Path) -> Reranker: ...
 
 
 @runtime_checkable

@@ -165,7 +165,9 @@ def make_reranker(params: Params, features: list[str] | None = None):
         "seed": params.seed,
     }
     if cfg.distributed:
-        options.update({"distributed": True, "dask_params": params})
+        orchestration = params.orchestration
+        options.update({"distributed": True, "dask_address": orchestration.dask_address,
+                        "dask_workers": orchestration.dask_workers})
     options.update(cfg.options)
     if features is not None:
         options["features"] = features

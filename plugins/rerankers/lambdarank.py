@@ -27,7 +27,14 @@ PREDICT_ROWS = 1_000_000  # rows scored per LightGBM predict call (bounds the co
 
 
 class LambdaRankReranker:
-    """``fit(candidates, labels, groups)`` / ``rerank(candidates)`` over numeric feature columns."""
+    """``fit(candidates, labels, groups)`` / ``rerank(candidates)`` over numeric feature columns.
+
+    With ``distributed`` each fold trains on Dask (:mod:`.dask_lambdarank`):
+    on the scheduler at ``dask_address`` or a LocalCluster of ``dask_workers``
+    processes. Where it trains is not part of the saved model.
+    """
+
+    oof_scores: np.ndarray | None  # out-of-fold score per training row, set by fit
 
     def __init__(
         self,
@@ -47,7 +54,8 @@ class LambdaRankReranker:
         lambda_l2: float = 0.0,
         threads: int | None = None,
         distributed: bool = False,
-        dask_params: Any = None,
+        dask_address: str | None = None,
+        dask_workers: int = 2,
         features: list[str] | None = None,
     ) -> None:
         self.config = {
@@ -68,11 +76,12 @@ class LambdaRankReranker:
             "threads": threads,
             "distributed": bool(distributed),
         }
-        self.dask_params = dask_params
+        self.dask_address = dask_address
+        self.dask_workers = int(dask_workers)
         self.features = list(features) if features else None
         self.boosters: list[Any] = []
         self.best_iterations: list[int] = []
-        self.oof_scores: np.ndarray | None = None
+        self.oof_scores = None
 
     def _lgb_params(self) -> dict[str, Any]:
         cfg = self.config
@@ -194,18 +203,17 @@ class LambdaRankReranker:
         self.boosters = boosters
         if cfg["selection"] == "mean":
             self.best_iterations = [best_round] * len(boosters)
-            self.curve = np.mean(curves, axis=0)
         else:
             self.best_iterations = [int(np.argmax(c)) + 1 for c in curves]
 
     def _fit_dask(self, X: np.ndarray, y: np.ndarray, group: np.ndarray) -> tuple[Any, int]:
-        from recforge.orchestration import train_dask_ranker
+        from recforge_plugins.rerankers.dask_lambdarank import train_dask_ranker
 
         cfg = self.config
         model = train_dask_ranker(
-            X, y, group, self.dask_params,
+            X, y, group, address=self.dask_address, workers=self.dask_workers,
             num_leaves=cfg["num_leaves"], learning_rate=cfg["learning_rate"],
-            n_estimators=cfg["num_boost_round"], min_child_samples=cfg["min_data_in_leaf"],
+            n_estimators=cfg["num_boost_round"], seed=cfg["seed"], min_child_samples=cfg["min_data_in_leaf"],
         )
         booster = model.booster_
         return booster, int(booster.current_iteration())

@@ -1,4 +1,4 @@
-"""rerank.distributed: train_dask_ranker (lightgbm DaskLGBMRanker on a LocalCluster) vs a local LGBMRanker."""
+"""rerank.distributed: the re-ranker plugin's train_dask_ranker (lightgbm DaskLGBMRanker on a LocalCluster) vs a local LGBMRanker."""
 
 from __future__ import annotations
 
@@ -38,16 +38,15 @@ def test_dask_ranker_matches_local_ranker() -> None:
     from distributed import Client, LocalCluster
     from lightgbm import LGBMRanker
 
-    from recforge.orchestration import train_dask_ranker
+    from recforge_plugins.rerankers.dask_lambdarank import train_dask_ranker
 
-    params = load_params(None, ["rerank.num_leaves=15", "rerank.num_boost_round=60", "rerank.learning_rate=0.1",
-                                "orchestration.dask_workers=2"])
     X, y, group = _queries(300, 20, seed=0)
     X_test, y_test, g_test = _queries(200, 20, seed=1)
 
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
             Client(cluster) as client:
-        model = train_dask_ranker(X, y, group, params, client=client, min_child_samples=10)
+        model = train_dask_ranker(X, y, group, client=client, num_leaves=15, n_estimators=60, learning_rate=0.1,
+                                  seed=0, min_child_samples=10)
     assert isinstance(model, LGBMRanker)
     local = LGBMRanker(objective="lambdarank", num_leaves=15, n_estimators=60, learning_rate=0.1,
                        min_child_samples=10, random_state=0, verbose=-1).fit(X, y, group=group)
@@ -62,10 +61,10 @@ def test_dask_ranker_matches_local_ranker() -> None:
 
 
 def test_group_partitions_never_split_a_query() -> None:
-    from recforge.orchestration import _group_partitions
+    from recforge_plugins.rerankers.dask_lambdarank import group_partitions
 
     group = np.array([3, 1, 4, 1, 5, 9, 2, 6])
-    blocks = _group_partitions(group, 3)
+    blocks = group_partitions(group, 3)
     assert blocks[0][0] == 0 and blocks[-1][1] == len(group)
     bounds = np.concatenate([[0], np.cumsum(group)])
     for g0, g1, r0, r1 in blocks:
@@ -97,6 +96,7 @@ def test_rerank_stage_trains_on_dask_when_distributed(tmp_path) -> None:
     reranker, meta = load_reranker(distributed)
     assert meta["fallback"] is None and len(reranker.boosters) == 2
     assert reranker.config["distributed"] is True
+    assert "dask_address" not in reranker.config  # where it trained is not part of the model
     # stated tolerance: the Dask models train a fixed number of rounds on data-parallel histograms,
     # the local ones early-stop; both must beat the best input and agree within 0.03 NDCG@10
     best_input = max(metrics[m]["ndcg@10"] for m in ("popularity", "content"))
