@@ -1,15 +1,21 @@
-"""Ranking metrics as plain functions over tables, usable for any model.
+"""Ranking metrics: one array core, used by evaluation, tuning and early stopping.
 
-``recs``: (user_id, item_id, rank) with rank starting at 1; if ``rank`` is
-missing it is derived from ``score`` (descending; ties broken by item_id).
-``truth``: (user_id, item_id), the held-out items. Every user in ``truth``
-counts; a user with no recommendation scores 0.
+:func:`ranking_metrics` scores top-k lists given as arrays (dense item
+indices, -1 padded) against each row's held-out items. :func:`evaluate` is the
+table front end: ``recs`` (user_id, item_id, rank) with rank starting at 1 (if
+``rank`` is missing it is derived from ``score``, descending, ties broken by
+item_id) and ``truth`` (user_id, item_id), the held-out items. Every user in
+``truth`` counts; a user with no recommendation scores 0.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import pandas as pd
+
+METRICS = ("ndcg", "recall", "mrr", "map", "precision")
 
 
 def with_rank(recs: pd.DataFrame) -> pd.DataFrame:
@@ -20,47 +26,91 @@ def with_rank(recs: pd.DataFrame) -> pd.DataFrame:
     return ordered
 
 
-def _hits(recs: pd.DataFrame, truth: pd.DataFrame, k: int) -> tuple[pd.DataFrame, pd.Series]:
-    """Hit rows (user_id, rank) within the top k, and the size of each user's truth."""
-    top = with_rank(recs)
-    top = top[top["rank"] <= k][["user_id", "item_id", "rank"]]
+def discounts(k: int) -> np.ndarray:
+    """NDCG position discounts ``1 / log2(rank + 1)`` for ranks 1..k."""
+    return 1.0 / np.log2(np.arange(2, k + 2))
+
+
+def ranking_metrics(
+    top_items: np.ndarray, truth: np.ndarray, k: int, metrics: Sequence[str] = METRICS
+) -> dict[str, float]:
+    """Mean NDCG, Recall, MRR, MAP and Precision at ``k`` over the rows, as ``{"ndcg@10": ...}``.
+
+    ``top_items``: [n, >= k] ranked item indices per row, -1 where a list is
+    shorter. ``truth``: [n] (one held-out item per row) or [n, t] held-out items
+    padded with -1; every row needs at least one. Recall is the share of a row's
+    held-out items in its top k (the hit rate under leave-one-out); the NDCG and
+    MAP ideals count at most ``k`` held-out items.
+    """
+    per_row = ranking_metrics_per_row(top_items, truth, k)
+    return {f"{name}@{k}": float(per_row[name].mean()) for name in metrics}
+
+
+def ranking_metrics_per_row(top_items: np.ndarray, truth: np.ndarray, k: int) -> dict[str, np.ndarray]:
+    """Each metric of :func:`ranking_metrics` per row (arrays of length n)."""
+    top = np.asarray(top_items, dtype=np.int64)[:, :k]
+    truth = np.asarray(truth, dtype=np.int64)
+    if truth.ndim == 1:
+        truth = truth[:, None]
+    n = len(top)
+    if len(truth) != n:
+        raise ValueError(f"{n} top-k rows for {len(truth)} truth rows")
+    if n == 0:
+        return {name: np.zeros(0) for name in METRICS}
+    # (row, item) pairs as one int64 key; duplicate held-out items count once
+    width = int(max(top.max(initial=-1), truth.max(initial=-1))) + 1
+    rows = np.arange(n, dtype=np.int64)[:, None]
+    valid = truth >= 0
+    truth_keys = np.unique((rows * width + truth)[valid])
+    sizes = np.bincount(truth_keys // width, minlength=n)
+    if (sizes == 0).any():
+        raise ValueError("every row needs at least one held-out item")
+    hits = np.isin(rows * width + top, truth_keys) & (top >= 0)
+    # pad to k columns so a short list counts as misses
+    if hits.shape[1] < k:
+        hits = np.hstack([hits, np.zeros((n, k - hits.shape[1]), dtype=bool)])
+    ranks = np.arange(1, k + 1)
+    found = hits.sum(axis=1)
+    capped = np.minimum(sizes, k)
+    discount = discounts(k)
+    ideal = np.array([float(np.sum(discount[:m])) for m in range(k + 1)])
+    first = np.where(hits.any(axis=1), hits.argmax(axis=1) + 1, 0)
+    precision_at_hits = np.where(hits, np.cumsum(hits, axis=1) / ranks, 0.0)
+    return {
+        "ndcg": np.where(hits, discount, 0.0).sum(axis=1) / ideal[capped],
+        "recall": found / sizes,
+        "mrr": np.where(first > 0, 1.0 / np.maximum(first, 1), 0.0),
+        "map": precision_at_hits.sum(axis=1) / capped,
+        "precision": found / k,
+    }
+
+
+def table_arrays(recs: pd.DataFrame, truth: pd.DataFrame, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(top items [n_users, k], truth [n_users, t]) as shared integer codes, one row per ``truth`` user (sorted)."""
     truth = truth[["user_id", "item_id"]].drop_duplicates()
-    hits = top.merge(truth, on=["user_id", "item_id"])
-    return hits, truth.groupby("user_id").size()
+    users = pd.Index(truth["user_id"].unique()).sort_values()
+    top = with_rank(recs)
+    top = top[top["rank"] <= k]
+    rows = users.get_indexer(top["user_id"])
+    top = top[rows >= 0]
+    rows = rows[rows >= 0]
+    codes, _ = pd.factorize(pd.concat([truth["item_id"], top["item_id"]], ignore_index=True))
+    truth_codes, top_codes = codes[: len(truth)], codes[len(truth) :]
+    top_items = np.full((len(users), k), -1, dtype=np.int64)
+    top_items[rows, top["rank"].to_numpy(np.int64) - 1] = top_codes
+    return top_items, padded_truth(users.get_indexer(truth["user_id"]), truth_codes, len(users))
 
 
-def ndcg_at_k(recs: pd.DataFrame, truth: pd.DataFrame, k: int) -> float:
-    hits, sizes = _hits(recs, truth, k)
-    dcg = (1.0 / np.log2(hits["rank"] + 1)).groupby(hits["user_id"]).sum()
-    ideal = sizes.clip(upper=k).map(lambda n: float(np.sum(1.0 / np.log2(np.arange(2, n + 2)))))
-    return float((dcg.reindex(sizes.index, fill_value=0.0) / ideal).mean())
-
-
-def recall_at_k(recs: pd.DataFrame, truth: pd.DataFrame, k: int) -> float:
-    """Share of each user's held-out items in the top k; the hit rate under leave-one-out."""
-    hits, sizes = _hits(recs, truth, k)
-    found = hits.groupby("user_id").size().reindex(sizes.index, fill_value=0)
-    return float((found / sizes).mean())
-
-
-def precision_at_k(recs: pd.DataFrame, truth: pd.DataFrame, k: int) -> float:
-    hits, sizes = _hits(recs, truth, k)
-    found = hits.groupby("user_id").size().reindex(sizes.index, fill_value=0)
-    return float((found / k).mean())
-
-
-def mrr_at_k(recs: pd.DataFrame, truth: pd.DataFrame, k: int) -> float:
-    hits, sizes = _hits(recs, truth, k)
-    first = hits.groupby("user_id")["rank"].min()
-    return float((1.0 / first).reindex(sizes.index, fill_value=0.0).mean())
-
-
-def map_at_k(recs: pd.DataFrame, truth: pd.DataFrame, k: int) -> float:
-    hits, sizes = _hits(recs, truth, k)
-    hits = hits.sort_values(["user_id", "rank"])
-    hit_number = hits.groupby("user_id").cumcount() + 1
-    precision = (hit_number / hits["rank"]).groupby(hits["user_id"]).sum()
-    return float((precision.reindex(sizes.index, fill_value=0.0) / sizes.clip(upper=k)).mean())
+def padded_truth(rows: np.ndarray, items: np.ndarray, n_rows: int) -> np.ndarray:
+    """Held-out ``items`` grouped by ``rows`` (0..n_rows-1) into an [n_rows, t] array padded with -1."""
+    rows = np.asarray(rows, dtype=np.int64)
+    order = np.argsort(rows, kind="stable")
+    counts = np.bincount(rows, minlength=n_rows)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    column = np.arange(len(rows)) - np.repeat(starts, counts)
+    truth = np.full((n_rows, int(counts.max(initial=0))), -1, dtype=np.int64)
+    truth[rows[order], column] = np.asarray(items, dtype=np.int64)[order]
+    return truth
 
 
 def coverage_at_k(recs: pd.DataFrame, n_items: int, k: int) -> float:
@@ -69,15 +119,12 @@ def coverage_at_k(recs: pd.DataFrame, n_items: int, k: int) -> float:
     return float(top.loc[top["rank"] <= k, "item_id"].nunique() / max(n_items, 1))
 
 
-METRICS = {"ndcg": ndcg_at_k, "recall": recall_at_k, "mrr": mrr_at_k, "map": map_at_k, "precision": precision_at_k}
-
-
 def evaluate(recs: pd.DataFrame, truth: pd.DataFrame, ks: list[int], n_items: int) -> dict[str, float]:
     """Every metric at every k, as ``{"ndcg@10": ..., "coverage@10": ...}``."""
+    top_items, truth_items = table_arrays(recs, truth, max(ks))
     results: dict[str, float] = {}
     for k in ks:
-        for name, fn in METRICS.items():
-            results[f"{name}@{k}"] = fn(recs, truth, k)
+        results.update(ranking_metrics(top_items, truth_items, k))
         results[f"coverage@{k}"] = coverage_at_k(recs, n_items, k)
     results["users"] = int(truth["user_id"].nunique())
     return results

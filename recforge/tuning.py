@@ -30,7 +30,8 @@ import numpy as np
 
 from recforge import registry
 from recforge.interactions import Interactions
-from recforge.protocols import FitContext
+from recforge.metrics import padded_truth, ranking_metrics
+from recforge.protocols import FitContext, Refittable
 from recforge.ranking import batched
 
 log = logging.getLogger(__name__)
@@ -67,21 +68,11 @@ def grid_points(grid: dict[str, list[Any]], trials: int | None = None, seed: int
 def validation_metrics(model: Any, train: Interactions, validation: Interactions, k: int = 10) -> dict[str, float]:
     """NDCG@k, Recall@k and MRR@k of ``model`` on the validation events (one or more per user)."""
     users = np.unique(validation.user_ids)
-    targets: dict[int, set[int]] = {}
-    for user, item in zip(validation.user_ids, validation.item_ids):
-        targets.setdefault(int(user), set()).add(int(item))
-    ndcg, recall, mrr = [], [], []
-    discounts = 1.0 / np.log2(np.arange(2, k + 2))
+    truth = padded_truth(np.searchsorted(users, validation.user_ids), validation.item_ids, len(users))
+    top = np.full((len(users), k), -1, dtype=np.int64)
     for part in batched(len(users), 1024):
-        items, _ = model.recommend(users[part], k=k, exclude_seen=True)
-        for user, row in zip(users[part], items):
-            truth = targets[int(user)]
-            hits = np.array([int(i) in truth for i in row])
-            ideal = discounts[: min(len(truth), k)].sum()
-            ndcg.append(float((hits * discounts).sum() / ideal))
-            recall.append(float(hits.sum() / len(truth)))
-            mrr.append(float(1.0 / (np.argmax(hits) + 1)) if hits.any() else 0.0)
-    return {f"ndcg@{k}": float(np.mean(ndcg)), f"recall@{k}": float(np.mean(recall)), f"mrr@{k}": float(np.mean(mrr))}
+        top[part] = model.recommend(users[part], k=k, exclude_seen=True)[0]
+    return ranking_metrics(top, truth, k, metrics=("ndcg", "recall", "mrr"))
 
 
 def tune_model(
@@ -104,7 +95,7 @@ def tune_model(
         seconds = time.perf_counter() - started
         scores = validation_metrics(model, train, validation, k=k)
         record = {"options": point, **{key: round(value, 5) for key, value in scores.items()}, "fit_seconds": round(seconds, 2)}
-        if hasattr(model, "refit_options"):
+        if isinstance(model, Refittable):
             record["refit_options"] = model.refit_options()
         trials.append(record)
         log.info("tune %s trial %d/%d %s -> %s=%.4f", plugin, number, len(points), point, metric, scores[metric])

@@ -26,6 +26,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from recforge.interactions import Interactions, csr_from_arrays, csr_to_arrays
+from recforge.metrics import ranking_metrics
 from recforge.protocols import FitContext
 from recforge.ranking import batched, history_row, top_k
 
@@ -232,17 +233,11 @@ class Sequential:
     def _val_ndcg(self, validation: Interactions, users: np.ndarray, k: int = 10) -> float:
         """NDCG@k of the first validation item per user (full ranking, history excluded)."""
         first = np.searchsorted(validation.user_ids, users)
-        targets = validation.item_ids[first]
-        gains = []
+        top = np.full((len(users), k), -1, dtype=np.int64)
         for part in batched(len(users), 512):
             scores = self._scores([self.sequences[u] for u in users[part]])
-            seen = self.seen[users[part]].tocoo()
-            scores[seen.row, seen.col] = -np.inf
-            rows = np.arange(len(scores))
-            target_scores = scores[rows, targets[part]]
-            ranks = (scores > target_scores[:, None]).sum(axis=1)
-            gains.append(np.where(ranks < k, 1.0 / np.log2(ranks + 2), 0.0))
-        return float(np.concatenate(gains).mean()) if gains else 0.0
+            top[part] = top_k(scores, k, seen=self.seen[users[part]])[0]
+        return ranking_metrics(top, validation.item_ids[first], k, metrics=("ndcg",))[f"ndcg@{k}"] if len(users) else 0.0
 
     def refit_options(self) -> dict[str, Any]:
         """The best validation epoch count, for the train+val refit (no validation there)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -20,51 +21,55 @@ RECS = pd.DataFrame(
 TRUTH = pd.DataFrame({"user_id": [1, 2, 3], "item_id": [20, 40, 99]})
 
 
+def at(k: int, recs: pd.DataFrame = RECS, truth: pd.DataFrame = TRUTH) -> dict[str, float]:
+    return metrics.evaluate(recs, truth, [k], n_items=10)
+
+
 def test_ndcg_hand_computed():
     expected = (1 / math.log2(3) + 1.0 + 0.0) / 3
-    assert metrics.ndcg_at_k(RECS, TRUTH, 3) == pytest.approx(expected)
+    assert at(3)["ndcg@3"] == pytest.approx(expected)
 
 
 def test_cutoff_excludes_later_hits():
-    assert metrics.ndcg_at_k(RECS, TRUTH, 1) == pytest.approx(1 / 3)
-    assert metrics.recall_at_k(RECS, TRUTH, 1) == pytest.approx(1 / 3)
+    assert at(1)["ndcg@1"] == pytest.approx(1 / 3)
+    assert at(1)["recall@1"] == pytest.approx(1 / 3)
 
 
 def test_recall_is_hit_rate_under_leave_one_out():
-    assert metrics.recall_at_k(RECS, TRUTH, 3) == pytest.approx(2 / 3)
+    assert at(3)["recall@3"] == pytest.approx(2 / 3)
 
 
 def test_mrr_and_map():
-    assert metrics.mrr_at_k(RECS, TRUTH, 3) == pytest.approx((0.5 + 1.0 + 0.0) / 3)
+    assert at(3)["mrr@3"] == pytest.approx((0.5 + 1.0 + 0.0) / 3)
     # one relevant item each: AP = precision at the hit
-    assert metrics.map_at_k(RECS, TRUTH, 3) == pytest.approx((0.5 + 1.0) / 3)
+    assert at(3)["map@3"] == pytest.approx((0.5 + 1.0) / 3)
 
 
 def test_precision_counts_k_in_denominator():
-    assert metrics.precision_at_k(RECS, TRUTH, 3) == pytest.approx((1 / 3 + 1 / 3 + 0) / 3)
+    assert at(3)["precision@3"] == pytest.approx((1 / 3 + 1 / 3 + 0) / 3)
 
 
 def test_multiple_relevant_items():
     truth = pd.DataFrame({"user_id": [1, 1], "item_id": [10, 30]})
-    recs = RECS[RECS.user_id == 1]
+    result = at(3, RECS[RECS.user_id == 1], truth)
     dcg = 1.0 + 1 / math.log2(4)
     idcg = 1.0 + 1 / math.log2(3)
-    assert metrics.ndcg_at_k(recs, truth, 3) == pytest.approx(dcg / idcg)
-    assert metrics.recall_at_k(recs, truth, 3) == pytest.approx(1.0)
-    assert metrics.map_at_k(recs, truth, 3) == pytest.approx((1.0 + 2 / 3) / 2)
+    assert result["ndcg@3"] == pytest.approx(dcg / idcg)
+    assert result["recall@3"] == pytest.approx(1.0)
+    assert result["map@3"] == pytest.approx((1.0 + 2 / 3) / 2)
 
 
 def test_user_without_recommendations_counts_as_zero():
     truth = pd.concat([TRUTH, pd.DataFrame({"user_id": [4], "item_id": [10]})])
-    assert metrics.recall_at_k(RECS, truth, 3) == pytest.approx(2 / 4)
+    assert at(3, truth=truth)["recall@3"] == pytest.approx(2 / 4)
 
 
 def test_ties_in_scores_break_by_item_id():
     # items 5 and 7 tie; 5 ranks first, so a target of 7 sits at rank 2
     recs = pd.DataFrame({"user_id": [1, 1, 1], "item_id": [7, 5, 9], "score": [0.5, 0.5, 0.1]})
     truth = pd.DataFrame({"user_id": [1], "item_id": [7]})
-    assert metrics.mrr_at_k(recs, truth, 3) == pytest.approx(0.5)
-    assert metrics.ndcg_at_k(recs, truth, 1) == 0.0
+    assert at(3, recs, truth)["mrr@3"] == pytest.approx(0.5)
+    assert at(1, recs, truth)["ndcg@1"] == 0.0
 
 
 def test_coverage_and_evaluate_keys():
@@ -72,3 +77,57 @@ def test_coverage_and_evaluate_keys():
     result = metrics.evaluate(RECS, TRUTH, [1, 3], n_items=10)
     assert {"ndcg@1", "recall@3", "mrr@3", "map@3", "precision@3", "coverage@3"} <= set(result)
     assert result["users"] == 3
+
+
+# ---- the array core ---------------------------------------------------------------------------------------
+
+
+def test_array_core_hand_computed_with_misses_padding_and_duplicates():
+    top = np.array(
+        [
+            [3, 1, 2],  # target 1 at rank 2
+            [5, -1, -1],  # a short list; target 5 at rank 1
+            [7, 8, 9],  # miss
+            [4, 6, 0],  # two of three targets (6 at rank 2, 0 at rank 3); target 2 is missed
+        ]
+    )
+    truth = np.array([[1, -1, -1], [5, 5, -1], [2, -1, -1], [6, 0, 2]])  # row 1 lists its target twice
+    result = metrics.ranking_metrics(top, truth, 3)
+    d2, d3 = 1 / math.log2(3), 1 / math.log2(4)
+    ndcg = [d2, 1.0, 0.0, (d2 + d3) / (1.0 + d2 + d3)]
+    assert result["ndcg@3"] == pytest.approx(np.mean(ndcg))
+    assert result["recall@3"] == pytest.approx(np.mean([1.0, 1.0, 0.0, 2 / 3]))
+    assert result["mrr@3"] == pytest.approx(np.mean([0.5, 1.0, 0.0, 0.5]))
+    assert result["map@3"] == pytest.approx(np.mean([0.5, 1.0, 0.0, (1 / 2 + 2 / 3) / 3]))
+    assert result["precision@3"] == pytest.approx(np.mean([1 / 3, 1 / 3, 0.0, 2 / 3]))
+
+
+def test_array_core_cuts_at_k_and_takes_one_target_per_row():
+    top = np.array([[0, 1, 2, 3], [3, 2, 1, 0]])
+    result = metrics.ranking_metrics(top, np.array([1, 1]), 2, metrics=("ndcg", "recall"))
+    assert set(result) == {"ndcg@2", "recall@2"}
+    assert result["recall@2"] == pytest.approx(0.5)
+    assert result["ndcg@2"] == pytest.approx(0.5 / math.log2(3))
+
+
+def test_array_core_does_not_match_padding():
+    # -1 in the list and -1 in the truth padding are not a hit
+    result = metrics.ranking_metrics(np.array([[-1, -1]]), np.array([[4, -1]]), 2)
+    assert result["recall@2"] == 0.0 and result["ndcg@2"] == 0.0
+
+
+def test_array_core_needs_a_target_per_row():
+    with pytest.raises(ValueError, match="at least one"):
+        metrics.ranking_metrics(np.array([[1, 2]]), np.array([[-1]]), 2)
+
+
+def test_padded_truth_groups_rows_in_order():
+    truth = metrics.padded_truth(np.array([2, 0, 2, 0, 2]), np.array([10, 11, 12, 13, 14]), 4)
+    assert truth.tolist() == [[11, 13, -1], [-1, -1, -1], [10, 12, 14], [-1, -1, -1]]
+
+
+def test_string_ids_and_users_absent_from_truth():
+    recs = pd.DataFrame({"user_id": ["a", "a", "z"], "item_id": ["x", "y", "x"], "rank": [1, 2, 1]})
+    truth = pd.DataFrame({"user_id": ["a"], "item_id": ["y"]})
+    result = metrics.evaluate(recs, truth, [2], n_items=3)
+    assert result["mrr@2"] == pytest.approx(0.5) and result["users"] == 1
