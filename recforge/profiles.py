@@ -33,6 +33,7 @@ from recforge.artifacts import atomic_dir
 from recforge.errors import RecforgeError
 from recforge.interactions import IdMaps, Interactions
 from recforge.text import tokenize
+from recforge.vectors import l2_normalize
 
 log = logging.getLogger(__name__)
 
@@ -130,18 +131,11 @@ def weight_matrix(events: Interactions, settings: ProfileSettings) -> sp.csr_mat
     return sp.csr_matrix(sp.diags(1.0 / totals) @ matrix)
 
 
-def _normalize(vectors: np.ndarray) -> np.ndarray:
-    vectors = np.asarray(vectors, dtype=np.float64)
-    norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
-    norms[norms == 0] = 1.0
-    return (vectors / norms).astype(np.float32)
-
-
 def profile_vectors(events: Interactions, item_vectors: np.ndarray, settings: ProfileSettings) -> np.ndarray:
     """[n_users, dim] L2-normalised weighted means of history item embeddings (zero rows: no history)."""
     if item_vectors.shape[0] != events.n_items:
         raise RecforgeError(f"{item_vectors.shape[0]} item embeddings for {events.n_items} items")
-    return _normalize(weight_matrix(events, settings) @ item_vectors.astype(np.float64))
+    return l2_normalize(weight_matrix(events, settings) @ item_vectors.astype(np.float64))
 
 
 def profile_vector(
@@ -157,7 +151,7 @@ def profile_vector(
     if len(item_ids) == 0:
         return np.zeros(item_vectors.shape[1], dtype=np.float32)
     weights = history_weights(timestamps, ratings, settings, n=len(item_ids))
-    return _normalize(weights @ item_vectors[item_ids].astype(np.float64) / weights.sum())
+    return l2_normalize(weights @ item_vectors[item_ids].astype(np.float64) / weights.sum())
 
 
 def blend(profile: np.ndarray, text_vector: np.ndarray | None, weight: float) -> np.ndarray:
@@ -165,8 +159,8 @@ def blend(profile: np.ndarray, text_vector: np.ndarray | None, weight: float) ->
     if text_vector is None or weight <= 0 or not np.any(text_vector):
         return profile
     if not np.any(profile):
-        return _normalize(text_vector)
-    return _normalize((1.0 - weight) * profile + weight * text_vector)
+        return l2_normalize(text_vector)
+    return l2_normalize((1.0 - weight) * profile + weight * text_vector)
 
 
 def item_genres(items: pd.DataFrame) -> list[list[str]]:
@@ -333,7 +327,7 @@ def build_profiles(
         has_text=has_text if has_text is not None else np.zeros(events.n_users, dtype=bool),
     )
     for name, vectors in item_vectors.items():
-        profiles.vectors[name] = _normalize(weights @ vectors.astype(np.float64))
+        profiles.vectors[name] = l2_normalize(weights @ vectors.astype(np.float64))
         if user_text_vectors and name in user_text_vectors:
             profiles.text_vectors[name] = user_text_vectors[name]
     return profiles

@@ -29,6 +29,7 @@ from recforge.interactions import Interactions, csr_from_arrays, csr_to_arrays
 from recforge.metrics import ranking_metrics
 from recforge.protocols import FitContext
 from recforge.ranking import batched, history_row, top_k
+from recforge.vectors import l2_normalize
 
 log = logging.getLogger(__name__)
 
@@ -291,8 +292,7 @@ class Sequential:
 
     def similar_items(self, item_id, *, k):
         """Cosine neighbours in the (tied input/output) item embedding space."""
-        vectors = self.item_embeddings()
-        vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+        vectors = l2_normalize(self.item_embeddings())
         scores = (vectors @ vectors[int(item_id)])[None, :]
         itself = history_row([item_id], self.n_items)
         items, scores = top_k(scores, k, seen=itself)
