@@ -10,33 +10,59 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 import pandas as pd
 
 from recforge.interactions import IdMaps, Interactions
 
+if TYPE_CHECKING:
+    from recforge.profiles import ProfileSettings
+
 
 @dataclass
 class FitContext:
     """What a recommender may use besides the training events.
 
-    ``items`` is the items table aligned with dense item indices. ``embeddings``
-    returns the L2-normalised item embeddings of a configured encoder (computed
-    and cached on first use). ``validation`` holds held-out events a model may
-    use for early stopping and tuning; never test events.
+    - ``items``: the items table, rows aligned with dense item indices;
+      ``maps``: original <-> dense ids.
+    - ``embeddings(name)``: the L2-normalised item embeddings [n_items, dim]
+      the encode stage wrote for encoder ``name`` (one of encode.encoders);
+      raises ``RecforgeError`` when it wrote none.
+    - ``encoder_and_embeddings(name)``: encoder ``name`` fitted on the items'
+      text as the encode stage fits it (encode.options), and the item
+      embeddings it gives; for an encoder the stage was not configured with,
+      both are computed and cached on first use. Use it to embed new text
+      exactly as the items were embedded.
+    - ``text_fields``: the item columns the encoders read (encode.fields).
+    - ``users`` / ``user_fields``: the users table (original ids) and the
+      columns holding the users' own text (encode.user_fields), when there is
+      one.
+    - ``profile_settings``: how user profiles weight history events
+      (encode.profile_*; a ``recforge.profiles.ProfileSettings``).
+    - ``validation``: held-out events a model may use for early stopping and
+      tuning; never test events.
+    - ``seed``, ``device`` (``cpu`` | ``cuda``), ``progress(message, share)``
+      for long fits.
+
+    A field is ``None`` where the caller has nothing to give (a test, a served
+    package); plugins fall back to their own defaults.
     """
 
     items: pd.DataFrame
     maps: IdMaps | None = None
     embeddings: Callable[[str], np.ndarray] | None = None
-    encoder: Callable[[str], Encoder] | None = None
-    profiles: dict[str, Any] | None = None
+    encoder_and_embeddings: Callable[[str], tuple[Encoder, np.ndarray]] | None = None
+    text_fields: Sequence[str] | None = None
+    users: pd.DataFrame | None = None
+    user_fields: Sequence[str] | None = None
+    profile_settings: ProfileSettings | None = None
     validation: Interactions | None = None
     seed: int = 0
     device: str = "cpu"
     progress: Callable[[str, float], None] | None = None
+    # Deprecated, read by nothing: kept only while recforge/serving.py still passes it; delete with that argument.
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -116,6 +142,20 @@ class FoldIn(Protocol):
     def recommend_history(
         self, item_ids: np.ndarray, *, k: int, exclude_seen: bool = True
     ) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+@runtime_checkable
+class Refittable(Protocol):
+    """Optional: options that carry what a validation fit chose over to the refit.
+
+    The train stage fits a model on train (validation events in the context),
+    then fits a fresh instance on train + val with no validation events; the
+    options ``refit_options`` returns override the configured ones for that
+    refit (e.g. ``{"epochs": 7}``, the best validation epoch of a model that
+    early-stops). Tuning records them with each trial.
+    """
+
+    def refit_options(self) -> dict[str, Any]: ...
 
 
 @runtime_checkable

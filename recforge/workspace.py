@@ -12,7 +12,7 @@ import pandas as pd
 from recforge.errors import RecforgeError
 from recforge.interactions import IdMaps, Interactions
 from recforge.params import Params
-from recforge.protocols import FitContext
+from recforge.protocols import Encoder, FitContext
 
 log = logging.getLogger(__name__)
 
@@ -70,15 +70,28 @@ class Workspace:
             raise RecforgeError(f"{path}: {len(array)} rows for {len(self.items)} items; re-run `recforge stage encode`")
         return array
 
+    def encoder_and_embeddings(self, encoder: str) -> tuple[Encoder, np.ndarray]:
+        """Encoder ``encoder`` fitted as the encode stage fits it, and its item embeddings."""
+        from recforge.stages.encode import stage_encoder
+
+        return stage_encoder(self.params, encoder, self.items)
+
     def context(self, *, validation: Interactions | None = None) -> FitContext:
+        from recforge.profiles import settings_from_params
+
+        encode = self.params.encode
         return FitContext(
             items=self.items,
             maps=self.maps,
             embeddings=self.embeddings,
+            encoder_and_embeddings=self.encoder_and_embeddings,
+            text_fields=list(encode.fields),
+            users=self.users,
+            user_fields=list(encode.user_fields),
+            profile_settings=settings_from_params(self.params),
             validation=validation,
             seed=self.params.seed,
             device=resolve_device(self.params.serve.device),
-            extra={"params": self.params, "workspace": self},
         )
 
 

@@ -13,7 +13,7 @@ import scipy.sparse as sp
 from recforge import registry
 from recforge.errors import RecforgeError
 from recforge.interactions import Interactions, csr_from_arrays, csr_to_arrays
-from recforge.profiles import ProfileSettings, blend, profile_vector, profile_vectors, settings_from_params, user_texts
+from recforge.profiles import ProfileSettings, blend, profile_vector, profile_vectors, user_texts
 from recforge.protocols import FitContext
 from recforge.ranking import history_row, top_k
 from recforge.text import item_texts
@@ -71,8 +71,8 @@ class ContentRecommender:
 
     # ---- fitting -------------------------------------------------------------------------------------------
 
-    def _resolve_settings(self, params: Any) -> ProfileSettings:
-        base = settings_from_params(params) if params is not None else ProfileSettings()
+    def _resolve_settings(self, base: ProfileSettings | None) -> ProfileSettings:
+        base = base if base is not None else ProfileSettings()
         pick = lambda value, default: default if value == "params" else value  # noqa: E731
         return ProfileSettings(
             half_life_events=pick(self.half_life_events, base.half_life_events),
@@ -81,40 +81,33 @@ class ContentRecommender:
             keywords=base.keywords,
         )
 
-    def _encoder_and_vectors(self, context: FitContext, params: Any) -> tuple[Any, np.ndarray]:
-        fields = self.fields or (params.encode.fields if params is not None else DEFAULT_FIELDS)
-        texts = item_texts(context.items, fields)
+    def _encoder_and_vectors(self, context: FitContext) -> tuple[Any, np.ndarray]:
+        if self.fields is None and context.encoder_and_embeddings is not None:
+            # the encode stage's encoder and item vectors (encoded through its cache if it made none)
+            encoder, vectors = context.encoder_and_embeddings(self.encoder_name)
+            return encoder, np.asarray(vectors, dtype=np.float32)
+        texts = item_texts(context.items, self.fields or context.text_fields or DEFAULT_FIELDS)
         vectors = None
         if context.embeddings is not None and self.fields is None:
             try:
                 vectors = np.asarray(context.embeddings(self.encoder_name), dtype=np.float32)
             except RecforgeError as exc:
                 log.info("content: %s; encoding the items now", exc)
-        if params is not None and self.fields is None:
-            from recforge.stages.encode import encoder_and_embeddings, fitted_encoder
-
-            if vectors is None:  # not an encode.encoders entry: encode through the encode stage's cache
-                return encoder_and_embeddings(params, self.encoder_name, context.items)
-            encoder = fitted_encoder(params, self.encoder_name, texts)
-        else:
-            encoder = registry.encoders.create(self.encoder_name).fit(texts)
+        encoder = registry.encoders.create(self.encoder_name).fit(texts)
         if vectors is None:
             vectors = np.asarray(encoder.encode(texts), dtype=np.float32)
         return encoder, vectors
 
     def fit(self, train: Interactions, *, context: FitContext) -> ContentRecommender:
-        params = context.extra.get("params")
-        self.settings = self._resolve_settings(params)
-        self.encoder, vectors = self._encoder_and_vectors(context, params)
+        self.settings = self._resolve_settings(context.profile_settings)
+        self.encoder, vectors = self._encoder_and_vectors(context)
         self.offset = vectors.mean(axis=0) if self.center else np.zeros(vectors.shape[1], dtype=np.float32)
         self.item_vectors = self._centered(vectors)
         if len(self.item_vectors) != train.n_items:
             raise RecforgeError(f"content: {len(self.item_vectors)} item embeddings for {train.n_items} items")
         self.user_vectors = profile_vectors(train, self.item_vectors, self.settings)
-        workspace = context.extra.get("workspace")
-        if self.user_text_weight > 0 and workspace is not None and workspace.users is not None:
-            fields = params.encode.user_fields if params is not None else ["text"]
-            texts, has_text = user_texts(workspace.users, workspace.maps, fields)
+        if self.user_text_weight > 0 and context.users is not None and context.maps is not None:
+            texts, has_text = user_texts(context.users, context.maps, context.user_fields or ["text"])
             rows = np.nonzero(has_text)[0]
             if len(rows):
                 encoded = self.encoder.encode([texts[r] for r in rows])

@@ -27,7 +27,8 @@ from recforge.workspace import Workspace
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "item_texts", "run_encode", "fitted_encoder", "encoder_and_embeddings", "encoder_state_dir", "write_profiles",
+    "item_texts", "run_encode", "fitted_encoder", "encoder_and_embeddings", "stage_encoder", "encoder_state_dir",
+    "write_profiles",
 ]
 
 
@@ -96,6 +97,23 @@ def encoder_and_embeddings(params: Params, name: str, items=None):
     texts = item_texts(items, params.encode.fields)
     vectors, state, encoder = _encode_items(params, name, texts, _digest(texts))
     return (encoder if encoder is not None else load_encoder_state(name, state)), vectors
+
+
+def stage_encoder(params: Params, name: str, items=None):
+    """(fitted encoder, item embeddings) for a model's fit (``FitContext.encoder_and_embeddings``).
+
+    The encode stage's outputs when it wrote embeddings for ``name`` (its
+    saved encoder state, refitted if that is missing or stale); otherwise
+    both through the encode cache (:func:`encoder_and_embeddings`).
+    """
+    if items is None:
+        items = Workspace(params).items
+    path = Path(params.paths.embeddings_dir) / f"{name}.npy"
+    if path.exists():
+        vectors = np.load(path, allow_pickle=False)
+        if len(vectors) == len(items):
+            return fitted_encoder(params, name, item_texts(items, params.encode.fields)), vectors
+    return encoder_and_embeddings(params, name, items)
 
 
 def _encode_user_texts(params: Params, name: str, encoder, texts: list[str], item_digest: str) -> np.ndarray:

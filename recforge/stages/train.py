@@ -22,7 +22,7 @@ from recforge.artifacts import atomic_dir, checksums, write_parquet
 from recforge.errors import RecforgeError
 from recforge.interactions import IdMaps
 from recforge.params import Params
-from recforge.protocols import FitContext
+from recforge.protocols import FitContext, Refittable
 from recforge.ranking import batched
 from recforge.workspace import Workspace
 
@@ -64,7 +64,7 @@ def train_model(workspace: Workspace, name: str) -> dict:
 
     # refit on train + val with whatever the validation fit chose (epochs, tuned settings)
     full_options = dict(options)
-    if hasattr(model, "refit_options"):
+    if isinstance(model, Refittable):
         full_options.update(model.refit_options())
     started = time.perf_counter()
     full = registry.recommenders.create(plugin, **full_options)

@@ -20,7 +20,7 @@ import pytest
 
 from recforge import registry
 from recforge.interactions import IdMaps, Interactions
-from recforge.protocols import FitContext, FoldIn, Recommender, SimilarItems
+from recforge.protocols import FitContext, FoldIn, Recommender, Refittable, SimilarItems
 
 N_USERS, N_ITEMS, SEEN_PER_USER = 40, 30, 10
 
@@ -186,3 +186,17 @@ def test_fold_in_history(fitted) -> None:
     assert not set(items) & set(history)
     if plugin not in NOT_PERSONALISED:
         assert ((items % 2) == 0).mean() >= 0.8, f"fold-in of a group-0 history gave {items}"
+
+
+def test_refit_options_are_options_the_plugin_accepts(fitted, board) -> None:
+    """A Refittable model's refit options are constructor options: the train stage refits with them."""
+    key, plugin, model = fitted
+    if not isinstance(model, Refittable):
+        pytest.skip("no refit_options")
+    refit = model.refit_options()
+    assert isinstance(refit, dict)
+    train, context = board
+    again = registry.recommenders.create(plugin, **{**OPTIONS.get(key, {}), **refit})
+    context = FitContext(items=context.items, maps=context.maps, seed=context.seed, device=context.device)
+    again.fit(train, context=context)  # no validation events, as in the train + val refit
+    assert again.recommend(np.arange(4), k=3)[0].shape == (4, 3)
