@@ -82,7 +82,7 @@ def child(stage: str, workdir: Path) -> dict:
         from recforge.stages.train import run_train
 
         def body() -> None:
-            run_train(params, models=[MODELS[stage]])
+            run_train(params, MODELS[stage])
     elif stage == "candidates":
         from recforge.rerank import candidate_models, iter_part, training_table
         from recforge.workspace import Workspace

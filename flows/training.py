@@ -1,13 +1,14 @@
 """Prefect flows over the recforge stages: ``training``, ``batch_recommend``.
 
-The flows are a thin layer: each task calls a stage function from
-``recforge.stages`` (``get_stage(name)(params)``; one ``run_train(params,
-models=[name])`` task per recommender). What Prefect adds:
+The flows are a thin layer over the stage table (``recforge.stages.STAGES``):
+each task runs one stage, or one variant of it (one recommender of ``train``,
+one encoder of ``encode``), through ``Stage.run(params, variant)``. What
+Prefect adds:
 
 - retries for failures that can be transient (I/O, a lost Dask worker); a
   ``RecforgeError`` (bad data, bad params, failed validation) is not retried;
-- caching keyed on the stage's inputs (``recforge.orchestration.stage_key``:
-  the relevant params keys, the input files' contents, the stage's code), so an
+- caching keyed on the stage's inputs (``flows.cache.stage_key``: the params
+  keys, input paths and code the stage table lists, as dvc.yaml does), so an
   unchanged stage is skipped; a stamp next to the outputs makes sure a cached
   result is only used while the outputs it wrote are still on disk;
 - artifacts: the validation summary and the metrics table;
@@ -29,8 +30,9 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.states import get_state_exception
 
+from flows.cache import stage_key, stamp_valid, write_stamp
+from flows.runners import task_runner
 from recforge.errors import RecforgeError, ValidationFailed
-from recforge.orchestration import stage_key, stamp_valid, task_runner, write_stamp
 from recforge.params import DEFAULT_PARAMS_FILE, Params, load_params
 from recforge.stages import STAGE_ORDER, get_stage
 
@@ -86,13 +88,6 @@ def _publish_validation(params: Params, failed: bool) -> None:
     )
 
 
-def _stage_params(params: Params, encoder: str | None) -> Params:
-    if encoder is None:
-        return params
-    encode = params.encode.model_copy(update={"encoders": [encoder], "profiles": False})
-    return params.model_copy(update={"encode": encode})
-
-
 # ---------------------------------------------------------------- tasks
 
 
@@ -104,57 +99,55 @@ def _stage_params(params: Params, encoder: str | None) -> Params:
     persist_result=True,
     result_serializer="json",
 )
-def run_stage(
-    stage: str, params: dict[str, Any], key: str, model: str | None = None, encoder: str | None = None
-) -> dict[str, Any]:
-    """Run one stage (one recommender's fit for ``train``, one encoder for ``encode``)."""
+def run_stage(stage: str, params: dict[str, Any], key: str, variant: str | None = None) -> dict[str, Any]:
+    """Run one stage, or one ``variant`` of it (one recommender of train, one encoder of encode)."""
     logger = get_run_logger()
     settings = Params.model_validate(params)
     started = time.perf_counter()
-    logger.info("stage %s%s starting", stage, f" ({model or encoder})" if (model or encoder) else "")
+    logger.info("stage %s%s starting", stage, f" ({variant})" if variant else "")
     with _forward_logs(logger):
         try:
-            if stage == "train":
-                from recforge.stages.train import run_train
-
-                run_train(settings, models=[model] if model else None)
-            else:
-                get_stage(stage)(_stage_params(settings, encoder))
+            get_stage(stage).run(settings, variant)
         except ValidationFailed:
             _publish_validation(settings, failed=True)
             raise
-    if stage != "package":
-        write_stamp(settings, stage, key, model=model, encoder=encoder)
+    if get_stage(stage).dvc:
+        write_stamp(settings, stage, key, variant)
     seconds = round(time.perf_counter() - started, 3)
     logger.info("stage %s done in %.2fs", stage, seconds)
-    return {"stage": stage, "model": model, "encoder": encoder, "seconds": seconds, "key": key}
+    return {"stage": stage, "variant": variant, "seconds": seconds, "key": key}
 
 
 # ---------------------------------------------------------------- flows
 
 
-def _submit(runner, params: Params, stage: str, *, force: bool, model: str | None = None, encoder: str | None = None):
-    """Submit one stage; a stale stamp (outputs missing or from other inputs) forces a re-run."""
-    key = stage_key(params, stage, model=model, encoder=encoder)
-    fresh = force or not stamp_valid(params, stage, key, model=model, encoder=encoder)
-    label = f"fit-{model}" if model else f"encode-{encoder}" if encoder else stage
+def _submit(runner, params: Params, stage: str, *, force: bool, variant: str | None = None):
+    """Submit one stage (or variant); a stale stamp (outputs missing or from other inputs) forces a re-run."""
+    key = stage_key(params, stage, variant)
+    cached = get_stage(stage).dvc  # package writes outside the workspace: always run
+    fresh = force or not cached or not stamp_valid(params, stage, key, variant)
     configured = run_stage.with_options(
-        name=label, refresh_cache=fresh, cache_key_fn=None if stage == "package" else _cache_key
+        name=f"{stage}-{variant}" if variant else stage, refresh_cache=fresh, cache_key_fn=_cache_key if cached else None
     )
-    parameters = {"stage": stage, "params": params.to_dict(), "key": key, "model": model, "encoder": encoder}
+    parameters = {"stage": stage, "params": params.to_dict(), "key": key, "variant": variant}
     if runner is None:
         return configured.submit(**parameters)
     return runner.submit(configured, parameters=parameters)
 
 
-def _stage_fresh(params: Params, stage: str) -> bool:
-    return stamp_valid(params, stage, stage_key(params, stage))
-
-
-def _package_available() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("recforge.stages.package") is not None
+def _run_stage(runner, params: Params, stage: str, *, force: bool, record) -> None:
+    """A stage's variants in parallel on ``runner``; then the whole stage, unless dvc.yaml
+    splits it into one stage per variant (train) so the variants are the stage."""
+    spec = get_stage(stage)
+    variants = spec.variant_names(params)
+    parallel = spec.foreach or len(variants) > 1
+    if parallel and (spec.foreach or force or not stamp_valid(params, stage, stage_key(params, stage))):
+        futures = {f"{stage}-{v}": _submit(runner, params, stage, force=force or not spec.foreach, variant=v)
+                   for v in variants}
+        for label, future in futures.items():
+            record(label, future)
+    if not spec.foreach:
+        record(stage, _submit(None, params, stage, force=force))
 
 
 def metrics_rows(metrics: dict[str, dict], k: int) -> list[dict[str, Any]]:
@@ -211,30 +204,10 @@ def training(
             future.result()  # raises the task's error: the flow run fails
 
     with task_runner(params) as runner:
-        for stage in STAGE_ORDER:
-            if stage == "train":
-                futures = {f"fit-{m}": _submit(runner, params, "train", force=force, model=m) for m in params.recommenders}
-                for label, future in futures.items():
-                    record(label, future)
-            elif stage == "encode":
-                if len(params.encode.encoders) > 1 and (force or not _stage_fresh(params, "encode")):
-                    # encoders in parallel (each fills its own content-keyed cache); profiles come after
-                    futures = {
-                        f"encode-{e}": _submit(runner, params, "encode", force=True, encoder=e)
-                        for e in params.encode.encoders
-                    }
-                    for label, future in futures.items():
-                        record(label, future)
-                record(stage, _submit(None, params, stage, force=force))
-            else:
-                record(stage, _submit(None, params, stage, force=force))
+        for stage in STAGE_ORDER + (["package"] if package else []):
+            _run_stage(runner, params, stage, force=force, record=record)
             if stage == "validate":
                 _publish_validation(params, failed=False)
-        if package:
-            if _package_available():
-                record("package", _submit(None, params, "package", force=True))
-            else:
-                logger.warning("package requested but recforge.stages.package does not exist yet; skipped")
 
     metrics = json.loads(Path(params.paths.metrics_file).read_text())
     k = params.evaluate.k

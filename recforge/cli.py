@@ -100,25 +100,18 @@ def run(params_file: ParamsOpt = Path(DEFAULT_PARAMS_FILE), set_: SetOpt = None,
 @app.command()
 def stage(
     name: Annotated[str, typer.Argument(help="ingest|validate|split|encode|train|rerank|evaluate|package")],
+    variant: Annotated[str | None, typer.Argument(help="one part of the stage: a recommender (train), an encoder (encode)")] = None,
     params_file: ParamsOpt = Path(DEFAULT_PARAMS_FILE),
     set_: SetOpt = None,
-    model: Annotated[list[str] | None, typer.Option("--model", "-m", help="train: only these recommenders")] = None,
     debug: DebugOpt = False,
 ) -> None:
-    """Run one pipeline stage (what dvc.yaml calls; `train --model NAME` fits one recommender)."""
+    """Run one pipeline stage, or one variant of it (what dvc.yaml calls: `recforge stage train NAME`)."""
 
     def body() -> None:
         from recforge.stages import get_stage
 
         params = load_params(params_file, set_ or [])
-        if model and name != "train":
-            raise RecforgeError("--model only applies to the train stage")
-        if model:
-            from recforge.stages.train import run_train
-
-            run_train(params, models=list(model))
-            return
-        get_stage(name)(params)
+        get_stage(name).run(params, variant)
         if name == "evaluate":
             _print_metrics(params)
 

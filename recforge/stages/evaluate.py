@@ -21,7 +21,7 @@ def model_names(params: Params) -> list[str]:
     return list(params.recommenders) + (["rerank"] if params.rerank.enabled else [])
 
 
-def run_evaluate(params: Params) -> dict[str, dict]:
+def run_evaluate(params: Params, variant: str | None = None) -> dict[str, dict]:
     """Write metrics.json ({model: test metrics + "val": {...}}), recs/<model>.parquet and plots."""
     workspace = Workspace(params)
     n_items = len(workspace.items)

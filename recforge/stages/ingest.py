@@ -13,7 +13,7 @@ from recforge.validation import gate, prepared_suites, raw_suites, run_suites
 log = logging.getLogger(__name__)
 
 
-def run_ingest(params: Params) -> None:
+def run_ingest(params: Params, variant: str | None = None) -> None:
     """Write data/canonical/{interactions,items[,users]}.parquet.
 
     The validation gate runs here on the raw and the filtered tables, so bad

@@ -13,7 +13,7 @@ from recforge.workspace import Workspace
 log = logging.getLogger(__name__)
 
 
-def run_split(params: Params) -> None:
+def run_split(params: Params, variant: str | None = None) -> None:
     train, val, test = split(Workspace(params).interactions, params.split)
     with atomic_dir(params.paths.split_dir) as staging:
         for name, frame in (("train", train), ("val", val), ("test", test)):

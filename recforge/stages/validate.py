@@ -8,7 +8,7 @@ from recforge.validation import gate, prepared_suites, raw_suites, run_suites
 from recforge.workspace import Workspace
 
 
-def run_validate(params: Params) -> None:
+def run_validate(params: Params, variant: str | None = None) -> None:
     """Check the canonical tables; raise ``ValidationFailed`` (exit 2) listing each failure."""
     workspace = Workspace(params)
     tables = Tables(workspace.interactions, workspace.items, workspace.users)

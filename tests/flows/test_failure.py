@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from recforge.orchestration import hash_paths
+from flows.cache import hash_paths
 from tests.flows.conftest import bin_path
 
 BIG = ["-S", "data.synthetic.num_users=10000", "-S", "data.synthetic.num_items=1000",

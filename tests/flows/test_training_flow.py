@@ -11,7 +11,7 @@ import pytest
 
 from tests.flows.conftest import TINY_PARAMS, write_params
 
-ALL_STAGES = {"ingest", "validate", "split", "encode", "fit-popularity", "fit-pop_b", "rerank", "evaluate"}
+ALL_STAGES = {"ingest", "validate", "split", "encode", "train-popularity", "train-pop_b", "rerank", "evaluate"}
 
 
 def _artifacts(flow_run_id, key: str | None = None) -> list:
@@ -49,7 +49,7 @@ def test_training_runs_end_to_end_then_caches(prefect_server, project: Path) -> 
     rows = json.loads(table.data) if isinstance(table.data, str) else table.data
     assert {row["model"] for row in rows} == {"popularity", "pop_b"}
     summary = next(a for a in artifacts if a.key == "training-summary").data
-    assert "ndcg@10" in summary and "fit-popularity" in summary
+    assert "ndcg@10" in summary and "train-popularity" in summary
 
     # unchanged inputs: every stage is skipped (served from Prefect's cache)
     again = training("params.yaml")
@@ -67,8 +67,8 @@ def test_training_runs_end_to_end_then_caches(prefect_server, project: Path) -> 
 
     shutil.rmtree(project / "artifacts/models/pop_b")
     healed = training("params.yaml", overrides=["evaluate.ks=[1,5,10,20]"])
-    assert healed["stages"]["fit-pop_b"] == "Completed"
-    assert healed["stages"]["fit-popularity"] == "Cached"
+    assert healed["stages"]["train-pop_b"] == "Completed"
+    assert healed["stages"]["train-popularity"] == "Cached"
     assert (project / "artifacts/models/pop_b/full/meta.json").exists()
 
 
@@ -117,7 +117,7 @@ def test_dask_runner_matches_local_runner(prefect_server, tmp_path: Path, monkey
         out = training(
             "params.yaml", overrides=[f"orchestration.runner={runner}", "orchestration.dask_workers=2"]
         )
-        assert out["stages"]["fit-popularity"] == "Completed"
+        assert out["stages"]["train-popularity"] == "Completed"
         results[runner] = out["metrics"]
     for model, values in results["local"].items():
         for key, value in values.items():

@@ -1,0 +1,33 @@
+"""Where the flows' independent tasks run: threads in this process or a Dask cluster."""
+
+from __future__ import annotations
+
+from recforge.params import Params
+
+
+def task_runner(params: Params):
+    """The Prefect task runner for ``orchestration.runner``.
+
+    ``local``: a thread pool with ``orchestration.dask_workers`` threads (tasks
+    in one process). ``dask``: prefect-dask's DaskTaskRunner on the cluster at
+    ``orchestration.dask_address``, or a LocalCluster of ``dask_workers``
+    single-threaded worker processes.
+    """
+    settings = params.orchestration
+    if settings.runner == "dask":
+        from prefect_dask import DaskTaskRunner
+
+        if settings.dask_address:
+            return DaskTaskRunner(address=settings.dask_address)
+        return DaskTaskRunner(
+            cluster_class="distributed.LocalCluster",
+            cluster_kwargs={
+                "n_workers": settings.dask_workers,
+                "threads_per_worker": 1,
+                "processes": True,
+                "dashboard_address": None,
+            },
+        )
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    return ThreadPoolTaskRunner(max_workers=settings.dask_workers)
