@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 def table(params, metrics: dict, out: Path) -> str:
     import pandas as pd
 
-    from recforge.rerank import _markdown
+    from recforge.reports import markdown_table
 
     k = params.evaluate.k
     reports = Path(params.paths.reports_dir)
@@ -50,14 +50,14 @@ def table(params, metrics: dict, out: Path) -> str:
     ratio = metrics["rerank"][f"ndcg@{k}"] / max(metrics[best][f"ndcg@{k}"], 1e-12)
     text = (
         f"## Two-stage table ({params.data.format}, {params.split.method}, full ranking, history excluded)\n\n"
-        + _markdown(main)
+        + markdown_table(main)
         + f"\nrerank / best single model ({best}): {ratio:.3f}x\n"
     )
     ablation_path = reports / "rerank_ablation.csv"
     if ablation_path.exists():
-        text += "\n## Ablations (val = out-of-fold NDCG on validation users)\n\n" + _markdown(pd.read_csv(ablation_path))
+        text += "\n## Ablations (val = out-of-fold NDCG on validation users)\n\n" + markdown_table(pd.read_csv(ablation_path))
     importance = pd.read_csv(reports / "feature_importance.csv").head(15)
-    text += "\n## Top features (gain share)\n\n" + _markdown(importance[["feature", "gain_share"]])
+    text += "\n## Top features (gain share)\n\n" + markdown_table(importance[["feature", "gain_share"]])
     main.to_csv(out / "rerank_table.csv", index=False)
     return text
 

@@ -26,6 +26,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from recforge.interactions import IdMaps, Interactions
+from recforge.ranking import reciprocal_rank_fusion
 
 log = logging.getLogger(__name__)
 
@@ -261,7 +262,7 @@ class FeatureContext:
         rank_cols = [c for c in frame.columns if c.endswith("_rank")]
         ranks = frame[rank_cols].to_numpy(np.float64)
         columns["n_models"] = np.isfinite(ranks).sum(axis=1)
-        columns["rrf"] = np.nansum(1.0 / (10.0 + ranks), axis=1)
+        columns["rrf"] = reciprocal_rank_fusion(ranks)
         del ranks
 
         counts, item_counts, last_ts = self.counts[users], self.item_counts[items], self.last_ts[users]

@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from recforge.artifacts import atomic_dir
+from recforge.artifacts import atomic_dir, plain
 from recforge.errors import RecforgeError
 from recforge.interactions import IdMaps, Interactions
 from recforge.text import tokenize
@@ -269,7 +269,7 @@ class UserProfiles:
             (staging / "users.json").write_text(
                 json.dumps(
                     {
-                        "user_ids": [_jsonable(u) for u in self.user_ids],
+                        "user_ids": [plain(u) for u in self.user_ids],
                         "encoders": sorted(self.vectors),
                         "keywords": self.keywords,
                         "genres": self.genres,
@@ -298,10 +298,6 @@ class UserProfiles:
                 profiles.has_text = data["has_text"]
                 profiles.counts = data["counts"]
         return profiles
-
-
-def _jsonable(value: Any) -> Any:
-    return value.item() if isinstance(value, np.generic) else value
 
 
 def build_profiles(

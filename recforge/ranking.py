@@ -78,3 +78,11 @@ def history_row(item_ids: np.ndarray, n_items: int) -> sp.csr_matrix:
         (np.ones(len(item_ids), dtype=np.float32), (np.zeros(len(item_ids), dtype=np.int64), item_ids)),
         shape=(1, n_items),
     )
+
+
+RRF_OFFSET = 10.0  # reciprocal rank fusion: 1 / (RRF_OFFSET + rank)
+
+
+def reciprocal_rank_fusion(ranks: np.ndarray) -> np.ndarray:
+    """Per row of ``ranks`` ([n, models], NaN where a model did not list the item), the sum of 1 / (RRF_OFFSET + rank)."""
+    return np.nansum(1.0 / (RRF_OFFSET + np.asarray(ranks, dtype=np.float64)), axis=1)

@@ -35,7 +35,16 @@ import numpy as np
 import pandas as pd
 
 from recforge import registry
-from recforge.artifacts import atomic_dir, atomic_path, checksums, write_json, write_parquet, write_text
+from recforge.artifacts import (
+    atomic_dir,
+    atomic_path,
+    load_model_dir,
+    read_meta,
+    write_json,
+    write_meta,
+    write_parquet,
+    write_text,
+)
 from recforge.errors import RecforgeError
 from recforge.features import (
     LLM_PREFIXES,
@@ -52,6 +61,9 @@ from recforge.features import (
 )
 from recforge.metrics import evaluate
 from recforge.params import Params
+from recforge.ranking import reciprocal_rank_fusion
+from recforge.reports import markdown_table
+from recforge.text import item_titles
 from recforge.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -228,15 +240,6 @@ class CandidateRecall:
         return table
 
 
-def _markdown(table: pd.DataFrame, floatfmt: str = ".4f") -> str:
-    columns = list(table.columns)
-    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
-    for _, row in table.iterrows():
-        cells = [format(v, floatfmt) if isinstance(v, (float, np.floating)) else str(v) for v in row.tolist()]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
 def _fit_and_score(params, val_frame, labels, groups, test_frame, features):
     reranker = make_reranker(params, features)
     reranker.fit(val_frame, labels, groups)
@@ -303,7 +306,7 @@ def _recount(frame: pd.DataFrame, dropped: str) -> pd.DataFrame:
     frame = frame.copy()
     ranks = frame[[c for c in frame.columns if c.endswith("_rank") and c != f"{safe_name(dropped)}_rank"]].to_numpy(np.float64)
     frame["n_models"] = np.isfinite(ranks).sum(axis=1).astype(np.float64)
-    frame["rrf"] = np.nansum(1.0 / (10.0 + ranks), axis=1)
+    frame["rrf"] = reciprocal_rank_fusion(ranks)
     return frame
 
 
@@ -311,7 +314,7 @@ def write_importance(table: pd.DataFrame, params: Params) -> None:
     reports, plots = Path(params.paths.reports_dir), Path(params.paths.plots_dir)
     with atomic_path(reports / "feature_importance.csv") as tmp:
         table.to_csv(tmp, index=False)
-    write_text("# Re-ranker feature importance (gain, mean over folds)\n\n" + _markdown(table), reports / "feature_importance.md")
+    write_text("# Re-ranker feature importance (gain, mean over folds)\n\n" + markdown_table(table), reports / "feature_importance.md")
     import matplotlib
 
     matplotlib.use("Agg")
@@ -377,7 +380,7 @@ def run(params: Params) -> dict[str, Any]:
     reports = Path(params.paths.reports_dir)
     with atomic_path(reports / "candidate_recall.csv") as tmp:
         recall.to_csv(tmp, index=False)
-    write_text(f"# Candidate recall@{cfg.candidates_per_model}\n\n" + _markdown(recall), reports / "candidate_recall.md")
+    write_text(f"# Candidate recall@{cfg.candidates_per_model}\n\n" + markdown_table(recall), reports / "candidate_recall.md")
     if reranker is not None:
         write_importance(reranker.feature_importance(), params)
 
@@ -389,7 +392,7 @@ def run(params: Params) -> dict[str, Any]:
         table = ablations(params, val_frame, labels, pd.concat(kept, ignore_index=True), models, truths, full)
         with atomic_path(reports / "rerank_ablation.csv") as tmp:
             table.to_csv(tmp, index=False)
-        write_text("# Re-ranker ablations (val = out-of-fold)\n\n" + _markdown(table), reports / "rerank_ablation.md")
+        write_text("# Re-ranker ablations (val = out-of-fold)\n\n" + markdown_table(table), reports / "rerank_ablation.md")
 
     meta = {
         "name": NAME,
@@ -408,8 +411,7 @@ def run(params: Params) -> dict[str, Any]:
     with atomic_dir(Path(params.paths.models_dir) / NAME) as staging:
         if reranker is not None:
             reranker.save(staging)
-        meta["checksums"] = checksums(staging)
-        (staging / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
+        meta = write_meta(staging, meta)
     log.info("rerank: val ndcg@%d %.4f (out-of-fold), test ndcg@%d %.4f in %.1fs",
              k, full[f"val_ndcg@{k}"], k, full[f"test_ndcg@{k}"], meta["seconds"])
     return {**meta, "metrics": full, "candidate_recall": recall.to_dict("records")}
@@ -417,17 +419,11 @@ def run(params: Params) -> dict[str, Any]:
 
 def load_reranker(params: Params):
     """The trained re-ranker (checksums verified) and its meta.json."""
-    from recforge.artifacts import verify_checksums
-
     directory = Path(params.paths.models_dir) / NAME
-    meta_path = directory / "meta.json"
-    if not meta_path.exists():
-        raise RecforgeError(f"{directory}: no trained re-ranker; run `recforge stage rerank`")
-    meta = json.loads(meta_path.read_text())
-    verify_checksums(directory, meta["checksums"])
+    meta = read_meta(directory, missing="no trained re-ranker; run `recforge stage rerank`")
     if meta.get("fallback"):
         raise RecforgeError(f"{directory}: no re-ranker was trained (too little validation data; lists use {meta['fallback']})")
-    return registry.rerankers.get(meta["plugin"]).load(directory), meta
+    return load_model_dir(directory, registry.rerankers, meta=meta)
 
 
 class LLMScorer:
@@ -452,7 +448,7 @@ class LLMScorer:
         self.cache: dict[str, float] = json.loads(self.cache_path.read_text()) if self.cache_path.exists() else {}
 
     def prompts(self, frame: pd.DataFrame, data: PartData) -> tuple[np.ndarray, list[str]]:
-        titles = data.items["title"].astype(str).to_numpy() if "title" in data.items else data.items["item_id"].astype(str).to_numpy()
+        titles = item_titles(data.items)
         order = frame.assign(_r=-frame["rrf"]).sort_values(["user", "_r"], kind="stable")
         chosen = order.groupby("user").head(self.top).index.to_numpy()
         sequences = data.history.sequences

@@ -87,6 +87,11 @@ def preprocess(text: object, *, stop_words: bool | Iterable[str] = False) -> str
     return " ".join(tokenize(text, stop_words=stop_words))
 
 
+def item_titles(items: pd.DataFrame) -> list[str]:
+    """Per item, its title (the item id where the table has no title column)."""
+    return [str(t) for t in (items["title"] if "title" in items.columns else items["item_id"]).tolist()]
+
+
 def item_texts(items: pd.DataFrame, fields: Sequence[str]) -> list[str]:
     """One document per item from ``fields`` (missing columns skipped; '|' lists become words).
 

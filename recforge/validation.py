@@ -21,6 +21,7 @@ from recforge.artifacts import write_json, write_text
 from recforge.data.loaders import Tables
 from recforge.errors import ValidationFailed
 from recforge.params import Params
+from recforge.reports import markdown_table
 
 log = logging.getLogger(__name__)
 
@@ -65,14 +66,18 @@ class Report:
     def to_markdown(self) -> str:
         status = "PASSED" if self.success else "FAILED"
         lines = [f"# Data validation: {status}", "", f"{len(self.checks)} expectations, {len(self.failed)} failed.", ""]
-        lines += ["| table | expectation | arguments | result | unexpected | examples |", "|---|---|---|---|---|---|"]
-        for c in self.checks:
-            args = ", ".join(f"{k}={v}" for k, v in c.kwargs.items() if k not in ("batch_id", "value_set"))
-            lines.append(
-                f"| {c.table} | {c.expectation} | {args} | {'ok' if c.success else '**FAILED**'} "
-                f"| {c.unexpected_count or ''} | {', '.join(map(str, c.examples))} |"
-            )
-        return "\n".join(lines) + "\n"
+        rows = [
+            {
+                "table": c.table,
+                "expectation": c.expectation,
+                "arguments": ", ".join(f"{k}={v}" for k, v in c.kwargs.items() if k not in ("batch_id", "value_set")),
+                "result": "ok" if c.success else "**FAILED**",
+                "unexpected": c.unexpected_count or "",
+                "examples": ", ".join(map(str, c.examples)),
+            }
+            for c in self.checks
+        ]
+        return "\n".join(lines) + "\n" + markdown_table(rows, floatfmt=None)
 
 
 def _seconds(date: str) -> int:

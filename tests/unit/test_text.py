@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from recforge.text import clean, item_texts, normalize, preprocess, strip_markup, tokenize, top_terms
+from recforge.text import clean, item_texts, item_titles, normalize, preprocess, strip_markup, tokenize, top_terms
 
 
 def test_strip_markup_removes_tags_scripts_entities_links_and_urls():
@@ -74,3 +74,8 @@ def test_top_terms_counts_documents_with_weights_and_ignores_stop_words_and_numb
     assert top_terms(texts, k=3) == ["cake", "rocket", "space"]  # ties break alphabetically
     assert top_terms(texts, k=1, weights=[5, 5, 0, 0]) == ["space"]
     assert "the" not in top_terms(texts, k=10) and "1999" not in top_terms(texts, k=10)
+
+
+def test_item_titles_fall_back_to_ids():
+    assert item_titles(pd.DataFrame({"item_id": [1, 2], "title": ["A", "B"]})) == ["A", "B"]
+    assert item_titles(pd.DataFrame({"item_id": [1, 2]})) == ["1", "2"]
