@@ -33,6 +33,7 @@ from prefect.states import get_state_exception
 from flows.cache import stage_key, stamp_valid, write_stamp
 from flows.runners import task_runner
 from recforge.errors import RecforgeError, ValidationFailed
+from recforge.locking import workspace_lock
 from recforge.params import DEFAULT_PARAMS_FILE, Params, load_params
 from recforge.stages import STAGE_ORDER, get_stage
 
@@ -203,7 +204,7 @@ def training(
         else:
             future.result()  # raises the task's error: the flow run fails
 
-    with task_runner(params) as runner:
+    with workspace_lock(params.paths.cache_dir), task_runner(params) as runner:
         for stage in STAGE_ORDER + (["package"] if package else []):
             _run_stage(runner, params, stage, force=force, record=record)
             if stage == "validate":

@@ -108,10 +108,13 @@ def stage(
     """Run one pipeline stage, or one variant of it (what dvc.yaml calls: `recforge stage train NAME`)."""
 
     def body() -> None:
+        from recforge.locking import workspace_lock
         from recforge.stages import get_stage
 
         params = load_params(params_file, set_ or [])
-        get_stage(name).run(params, variant)
+        stage = get_stage(name)
+        with workspace_lock(params.paths.cache_dir):
+            stage.run(params, variant)
         if name == "evaluate":
             _print_metrics(params)
 
