@@ -8,7 +8,7 @@ the original ids, which are what users see on disk and over HTTP.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
@@ -70,7 +70,6 @@ class Interactions:
     ratings: np.ndarray | None
     n_users: int
     n_items: int
-    weights: np.ndarray | None = field(default=None)
 
     @classmethod
     def from_frame(cls, frame: pd.DataFrame, maps: IdMaps) -> Interactions:

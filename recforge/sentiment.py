@@ -4,22 +4,17 @@ The amazon-reviews loader keeps each review's text in a ``review`` column of
 the interactions table. :func:`score_texts` gives each text a compound
 sentiment in [-1, 1] with the VADER lexicon model (vaderSentiment; no
 download, fast on CPU). The re-ranker uses the mean sentiment of an item's and
-of a user's history reviews as features (:func:`history_sentiment`), and
-:func:`sentiment_weights` turns sentiments into interaction weights for
-recommenders that accept ``Interactions.weights``.
+of a user's history reviews as features (:func:`history_sentiment`).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import replace
 from typing import Any
 
 import numpy as np
 import pandas as pd
-
-from recforge.interactions import Interactions
 
 log = logging.getLogger(__name__)
 
@@ -41,29 +36,6 @@ def score_texts(texts: Sequence[object]) -> np.ndarray:
     return out
 
 
-def frame_sentiment(frame: pd.DataFrame, interactions: Interactions | None = None) -> np.ndarray | None:
-    """Sentiment per row of an interactions frame, in the dense event order of ``Interactions.from_frame``.
-
-    None when the frame has no review text. With ``interactions`` omitted the
-    rows keep the frame's order.
-    """
-    if REVIEW_COLUMN not in frame.columns or frame[REVIEW_COLUMN].isna().all():
-        return None
-    scores = score_texts(frame[REVIEW_COLUMN].tolist())
-    if interactions is None:
-        return scores
-    return scores[_event_order(frame, interactions)]
-
-
-def _event_order(frame: pd.DataFrame, interactions: Interactions) -> np.ndarray:
-    """Row order of ``frame`` that matches Interactions' (user, time, item) sort."""
-    users = pd.Index(np.sort(frame["user_id"].unique())).get_indexer(frame["user_id"])
-    items = pd.Index(frame["item_id"].unique()).get_indexer(frame["item_id"])
-    if interactions is not None and len(interactions) != len(frame):
-        raise ValueError(f"{len(frame)} rows for {len(interactions)} events")
-    return np.lexsort((items, frame["timestamp"].to_numpy(), users))
-
-
 def history_sentiment(workspace: Any, part: str) -> np.ndarray | None:
     """Sentiment of each event of ``workspace.events(part)`` ('train' or 'train+val'), aligned with it."""
     parts = part.split("+")
@@ -80,16 +52,3 @@ def history_sentiment(workspace: Any, part: str) -> np.ndarray | None:
         log.warning("review sentiment not aligned with %s events; sentiment features skipped", part)
         return None
     return scores
-
-
-def sentiment_weights(sentiment: np.ndarray, strength: float = 0.5, floor: float = 0.1) -> np.ndarray:
-    """Interaction weights ``max(floor, 1 + strength * sentiment)`` (missing sentiment: weight 1)."""
-    sentiment = np.nan_to_num(np.asarray(sentiment, dtype=np.float64), nan=0.0)
-    return np.maximum(floor, 1.0 + strength * sentiment)
-
-
-def weighted(events: Interactions, sentiment: np.ndarray | None, strength: float = 0.5) -> Interactions:
-    """``events`` with sentiment weights attached (unchanged when there is no sentiment)."""
-    if sentiment is None:
-        return events
-    return replace(events, weights=sentiment_weights(sentiment, strength))

@@ -82,11 +82,6 @@ def _is_cjk(token: str) -> bool:
     return len(token) == 1 and re.match(rf"[{_CJK}]", token) is not None
 
 
-def preprocess(text: object, *, stop_words: bool | Iterable[str] = False) -> str:
-    """Tokens of ``text`` joined by single spaces (what bag-of-words encoders see)."""
-    return " ".join(tokenize(text, stop_words=stop_words))
-
-
 def item_titles(items: pd.DataFrame) -> list[str]:
     """Per item, its title (the item id where the table has no title column)."""
     return [str(t) for t in (items["title"] if "title" in items.columns else items["item_id"]).tolist()]
@@ -109,16 +104,3 @@ def item_texts(items: pd.DataFrame, fields: Sequence[str]) -> list[str]:
         pieces = [clean(v, lower=False) for v in values]
         documents.append(". ".join(p for p in pieces if p))
     return documents
-
-
-def top_terms(texts: Iterable[str], *, k: int = 10, weights: Iterable[float] | None = None) -> list[str]:
-    """The ``k`` most frequent (optionally weighted) non-stop-word tokens of ``texts``."""
-    counts: dict[str, float] = {}
-    weight_list = list(weights) if weights is not None else None
-    for index, text in enumerate(texts):
-        weight = 1.0 if weight_list is None else float(weight_list[index])
-        for token in set(tokenize(text, stop_words=True, min_length=2)):
-            if token.isdigit():
-                continue
-            counts[token] = counts.get(token, 0.0) + weight
-    return [t for t, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:k]]

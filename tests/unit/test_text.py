@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from recforge.text import clean, item_texts, item_titles, normalize, preprocess, strip_markup, tokenize, top_terms
+from recforge.text import clean, item_texts, item_titles, normalize, strip_markup, tokenize
 
 
 def test_strip_markup_removes_tags_scripts_entities_links_and_urls():
@@ -50,10 +50,6 @@ def test_tokenize_min_length_keeps_cjk_characters():
     assert tokenize("a bb ccc 猫", min_length=2) == ["bb", "ccc", "猫"]
 
 
-def test_preprocess_joins_tokens():
-    assert preprocess("<i>The</i> Matrix!", stop_words=True) == "matrix"
-
-
 def test_item_texts_uses_chosen_fields_in_order_and_skips_missing():
     items = pd.DataFrame(
         {
@@ -67,13 +63,6 @@ def test_item_texts_uses_chosen_fields_in_order_and_skips_missing():
     assert texts[0] == "Alien (1979). Horror, Sci-Fi. space monster"
     assert texts[1] == "Heat"
     assert item_texts(items, ["description"]) == ["Alien (1979)", "Heat"]  # falls back to the title
-
-
-def test_top_terms_counts_documents_with_weights_and_ignores_stop_words_and_numbers():
-    texts = ["space rocket 1999", "the space station", "rocket cake", "cake"]
-    assert top_terms(texts, k=3) == ["cake", "rocket", "space"]  # ties break alphabetically
-    assert top_terms(texts, k=1, weights=[5, 5, 0, 0]) == ["space"]
-    assert "the" not in top_terms(texts, k=10) and "1999" not in top_terms(texts, k=10)
 
 
 def test_item_titles_fall_back_to_ids():
