@@ -134,7 +134,6 @@ class RerankParams(_Section):
     llm_candidates: int = Field(20, ge=1)
     llm_history: int = Field(5, ge=1)
     llm_batch_size: int = Field(16, ge=1)
-    explainer: str = "template"
     options: dict[str, Any] = Field(default_factory=dict)
 
 
