@@ -7,12 +7,16 @@ Built-in plugins register exactly as a third party would, in pyproject.toml::
 
 A plugin whose module fails to import for an unrelated reason gives a warning
 and is skipped; one that lacks an optional dependency raises ``MissingExtra``
-naming the extra to install when someone asks for it by name.
+naming the extra to install when someone asks for it by name. When a plugin
+loads, its class is checked against the registry's protocol
+(recforge.protocols): every method and attribute the protocol lists must be
+there, or a ``RecforgeError`` names what is missing.
 """
 
 from __future__ import annotations
 
 import importlib
+import inspect
 import logging
 import warnings
 from collections.abc import Mapping
@@ -21,6 +25,7 @@ from types import MappingProxyType
 from typing import Any, Generic, TypeVar
 
 from recforge.errors import MissingExtra, RecforgeError
+from recforge.protocols import Encoder, Explainer, Recommender, Reranker
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -38,7 +43,7 @@ EXTRA_OF_MODULE = {
 
 
 class Registry(Generic[T]):
-    """Name -> plugin class for one entry-point group."""
+    """Name -> plugin class for one entry-point group, checked against ``protocol`` when loaded."""
 
     def __init__(self, group: str, protocol: type | None = None) -> None:
         self.group = group
@@ -50,10 +55,11 @@ class Registry(Generic[T]):
         return {ep.name: ep for ep in entry_points(group=self.group)}
 
     def register(self, name: str, target: str | Any) -> None:
-        """Register by dotted path ``module:attr`` (lazy) or by object, at run time."""
+        """Register by dotted path ``module:attr`` (lazy, checked when loaded) or by class (checked now)."""
         if isinstance(target, str):
             self._extra[name] = target
         else:
+            self._check(target, name)
             self._loaded[name] = target
 
     def names(self) -> list[str]:
@@ -78,8 +84,20 @@ class Registry(Generic[T]):
                 raise RecforgeError(f"unknown {self.group.split('.')[-1][:-1]} plugin '{name}' (registered: {known})")
             source = ep.value
         obj = _load(source, name)
+        self._check(obj, name)
         self._loaded[name] = obj
         return obj
+
+    def _check(self, cls: Any, name: str) -> None:
+        """Raise ``RecforgeError`` naming the protocol members ``cls`` lacks."""
+        if self.protocol is None:
+            return
+        missing = missing_members(cls, self.protocol)
+        if missing:
+            raise RecforgeError(
+                f"plugin '{name}' ({getattr(cls, '__module__', '?')}:{getattr(cls, '__qualname__', cls)}) does not "
+                f"implement {self.protocol.__name__}: missing {', '.join(missing)}"
+            )
 
     def available(self) -> dict[str, Any]:
         """Every plugin that loads; broken ones give a warning and are skipped."""
@@ -118,9 +136,43 @@ def _load(source: str, name: str) -> Any:
     return obj
 
 
-encoders: Registry = Registry("recforge.encoders")
-recommenders: Registry = Registry("recforge.recommenders")
-rerankers: Registry = Registry("recforge.rerankers")
-explainers: Registry = Registry("recforge.explainers")
+def protocol_members(protocol: type) -> dict[str, bool]:
+    """Name -> whether it is a method, for every member ``protocol`` (and its base protocols) lists."""
+    members: dict[str, bool] = {}
+    for base in reversed(protocol.__mro__):
+        if base in (object, Generic) or base.__name__ == "Protocol" or not getattr(base, "_is_protocol", False):
+            continue
+        for attr in base.__dict__.get("__annotations__", {}):
+            members.setdefault(attr, False)
+        for attr, value in base.__dict__.items():
+            if attr.startswith("_"):
+                continue
+            members[attr] = callable(value) or isinstance(value, (classmethod, staticmethod))
+    return members
+
+
+def missing_members(cls: Any, protocol: type) -> list[str]:
+    """The members of ``protocol`` that class ``cls`` lacks: a method as ``name()``, an attribute as ``name``.
+
+    An attribute counts when the class defines it or declares it with an
+    annotation (it may be set in ``__init__``); a method must be callable.
+    """
+    if not inspect.isclass(cls):
+        return [f"(a class; got {type(cls).__name__})"]
+    annotated = {attr for klass in cls.__mro__ for attr in klass.__dict__.get("__annotations__", {})}
+    missing = []
+    for attr, is_method in protocol_members(protocol).items():
+        if is_method:
+            if not callable(getattr(cls, attr, None)):
+                missing.append(f"{attr}()")
+        elif not hasattr(cls, attr) and attr not in annotated:
+            missing.append(attr)
+    return missing
+
+
+encoders: Registry = Registry("recforge.encoders", Encoder)
+recommenders: Registry = Registry("recforge.recommenders", Recommender)
+rerankers: Registry = Registry("recforge.rerankers", Reranker)
+explainers: Registry = Registry("recforge.explainers", Explainer)
 
 ALL = {"encoders": encoders, "recommenders": recommenders, "rerankers": rerankers, "explainers": explainers}
