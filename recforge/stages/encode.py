@@ -159,18 +159,26 @@ def write_profiles(params: Params, workspace: Workspace, vectors: dict[str, np.n
     log.info("profiles for %d users (%d with own text)", len(workspace.maps.user_ids), int(has_text.sum()))
 
 
-def run_encode(params: Params) -> None:
+def run_encode(params: Params, variant: str | None = None) -> None:
     """Write ``<embeddings_dir>/<encoder>.npy`` (+ the fitted encoder) for each name in
     encode.encoders, and the user profiles when encode.profiles is on.
 
     A cache under ``paths.cache_dir`` keyed by encoder, options and a hash of
-    the texts means a second run re-encodes nothing.
+    the texts means a second run re-encodes nothing. With ``variant`` (one
+    encoder) only that encoder's cache entry is filled: the part of the stage
+    that can run in parallel; the whole stage then writes the outputs.
     """
     workspace = Workspace(params)
     texts = item_texts(workspace.items, params.encode.fields)
     digest = _digest(texts)
+    if variant is not None:
+        _encode_items(params, variant, texts, digest)
+        return
     vectors: dict[str, np.ndarray] = {}
     encoders: dict[str, Any] = {}
+    # the stage's outputs exist even when empty (no encoders, no profiles): dvc.yaml tracks them
+    for directory in (params.paths.embeddings_dir, params.paths.profiles_dir):
+        Path(directory).mkdir(parents=True, exist_ok=True)
     for name in params.encode.encoders:
         item_vectors, state, encoder = _encode_items(params, name, texts, digest)
         write_npy(item_vectors, Path(params.paths.embeddings_dir) / f"{name}.npy")

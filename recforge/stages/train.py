@@ -29,13 +29,12 @@ from recforge.workspace import Workspace
 log = logging.getLogger(__name__)
 
 
-def run_train(params: Params, models: list[str] | None = None) -> None:
-    """Fit ``models`` (default: all configured) and write models and lists."""
-    unknown = sorted(set(models or []) - set(params.recommenders))
-    if unknown:
-        raise RecforgeError(f"--model {', '.join(unknown)}: not in recommenders ({', '.join(params.recommenders)})")
+def run_train(params: Params, variant: str | None = None) -> None:
+    """Fit recommender ``variant`` (default: every configured one) and write models and lists."""
+    if variant is not None and variant not in params.recommenders:
+        raise RecforgeError(f"train: '{variant}' is not in recommenders ({', '.join(params.recommenders)})")
     workspace = Workspace(params)
-    for name in models or list(params.recommenders):
+    for name in [variant] if variant is not None else list(params.recommenders):
         train_model(workspace, name)
 
 
