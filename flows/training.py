@@ -31,6 +31,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.states import get_state_exception
 
 from flows.cache import stage_key, stamp_valid, write_stamp
+from flows.inputs import check_batch, check_run
 from flows.runners import task_runner
 from recforge.errors import RecforgeError, ValidationFailed
 from recforge.locking import workspace_lock
@@ -190,7 +191,7 @@ def training(
     stage, whether it ran or was served from the cache.
     """
     logger = get_run_logger()
-    params = load_params(params_file, overrides or [])
+    params = load_params(params_file, check_run(params_file, overrides))
     logger.info("params %s, overrides %s, runner %s", params_file, overrides or [], params.orchestration.runner)
     states: dict[str, str] = {}
     seconds: dict[str, float] = {}
@@ -246,7 +247,8 @@ def batch_recommend(
 
     ``model`` defaults to ``serve.model`` or the first configured recommender.
     """
-    params = load_params(params_file, overrides or [])
+    params = load_params(params_file, check_run(params_file, overrides))
+    check_batch(k, batch_users, output, params.paths.recs_dir)
     from recforge.batch import batch_model, default_output
 
     name = batch_model(params, model)
