@@ -80,9 +80,8 @@ def write_text(text: str, target: str | Path) -> None:
 
 
 def write_npy(array: np.ndarray, target: str | Path) -> None:
-    with atomic_path(target) as tmp:
-        with open(tmp, "wb") as handle:
-            np.save(handle, array, allow_pickle=False)
+    with atomic_path(target) as tmp, open(tmp, "wb") as handle:
+        np.save(handle, array, allow_pickle=False)
 
 
 def read_json(path: str | Path) -> Any:

@@ -202,10 +202,7 @@ def top_keywords_and_genres(
     from sklearn.feature_extraction.text import CountVectorizer
 
     present = [f for f in keyword_fields(fields) if f in items.columns]
-    if present:
-        texts = items[present].astype("string").fillna("").agg(" ".join, axis=1).tolist()
-    else:
-        texts = [""] * len(items)
+    texts = items[present].astype("string").fillna("").agg(" ".join, axis=1).tolist() if present else [""] * len(items)
 
     def analyzer(text: str) -> list[str]:
         return [t for t in set(tokenize(text, stop_words=True, min_length=2)) if not t.isdigit()]

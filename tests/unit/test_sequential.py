@@ -11,6 +11,7 @@ from recforge.data.synthetic import generate
 from recforge.interactions import IdMaps, Interactions
 from recforge.params import SyntheticParams
 from recforge.protocols import FitContext
+
 from recforge_plugins.recommenders.sequential import Sequential
 
 SMALL = {"dim": 32, "layers": 1, "heads": 1, "max_len": 20, "batch_size": 32, "dropout": 0.1, "lr": 1e-2,
