@@ -210,6 +210,8 @@ STAGES: tuple[Stage, ...] = (
         deps=(
             "recforge/stages/rerank.py",
             "recforge/rerank.py",
+            "recforge/rerank_reports.py",
+            "recforge/llm_scorer.py",
             "recforge/features.py",
             "plugins/rerankers",
             CANONICAL,

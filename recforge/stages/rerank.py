@@ -1,24 +1,152 @@
 """rerank: the second stage (LightGBM LambdaRank over candidate features).
 
-With ``rerank.enabled: false`` (the default until a re-ranker is configured)
-the stage has nothing to do and writes nothing.
+Leakage-free protocol (no stage ever trains on a test target):
+
+1. The train stage fits every candidate model on **train** and writes its
+   lists for the validation users (``lists/<model>/val.parquet``); it refits
+   on **train + val** and writes lists for the test users (``test.parquet``).
+2. Re-ranker training rows = the union of the ``val`` lists; features use the
+   train events only; label 1 = the user's validation event. The test split
+   is not read while training.
+3. The re-ranker is a set of LambdaRank models over user-disjoint folds of the
+   validation users (each early-stops on its own held-out fold); validation
+   lists for ``rerank`` use each user's out-of-fold score.
+4. Test rows = the union of the ``test`` lists with features from train + val
+   events, scored by the average of the fold models. Test targets are read
+   only to report metrics (candidate recall, ablations, evaluate stage).
+
+Outputs: ``lists/rerank/{val,test}.parquet`` (the evaluate stage reports
+``rerank`` like any model), ``models/rerank/`` (the re-ranker's files +
+``meta.json``), ``reports/candidate_recall.*``, ``reports/feature_importance.*``,
+``plots/feature_importance.png`` and ``reports/rerank_ablation.*``.
+
+With ``rerank.enabled: false`` the stage writes an empty ``models/rerank/``.
+The candidate tables live in ``recforge.rerank``, the reports in
+``recforge.rerank_reports``, the LLM feature in ``recforge.llm_scorer``.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
+from typing import Any
 
+import numpy as np
+import pandas as pd
+
+from recforge.artifacts import atomic_dir, write_meta, write_parquet
+from recforge.features import feature_columns
+from recforge.metrics import evaluate
 from recforge.params import Params
+from recforge.rerank import HISTORY, NAME, candidate_models, feature_encoders, iter_part, make_reranker, ranked_lists
+from recforge.rerank import training_table
+from recforge.rerank_reports import CandidateRecall, ablations, write_importance, write_table
+from recforge.workspace import Workspace
 
 log = logging.getLogger(__name__)
 
 
-def run_rerank(params: Params, variant: str | None = None) -> None:
+def run_rerank(params: Params, variant: str | None = None) -> dict[str, Any] | None:
+    """Build candidates and features, train the re-ranker on val, write lists, model and reports."""
     if not params.rerank.enabled:
         log.info("rerank disabled (rerank.enabled: false)")
-        Path(params.paths.models_dir, "rerank").mkdir(parents=True, exist_ok=True)  # dvc.yaml's out, empty
-        return
-    from recforge.rerank import run as run_two_stage
+        Path(params.paths.models_dir, NAME).mkdir(parents=True, exist_ok=True)  # dvc.yaml's out, empty
+        return None
+    started = time.perf_counter()
+    workspace = Workspace(params)
+    models = candidate_models(params)
+    scorer = None
+    if params.rerank.llm_scorer:
+        from recforge.llm_scorer import LLMScorer
 
-    run_two_stage(params)
+        scorer = LLMScorer(params)
+
+    val_frame, labels, groups = training_table(workspace, models, scorer)
+    features = feature_columns(val_frame)
+    log.info("rerank: %d val rows (%d users, %d positives), %d features in %.1fs",
+             len(val_frame), len(groups), int(labels.sum()), len(features), time.perf_counter() - started)
+    reranker, val_scores = _fit(params, val_frame, labels, groups, features)
+    val_lists = ranked_lists(val_frame, val_scores, params.evaluate.list_length)
+
+    # everything below reads the test targets for reporting only
+    truths = {"val": workspace.frame("val"), "test": workspace.frame("test")}
+    recall = CandidateRecall(truths, models, params.rerank.candidates_per_model)
+    recall.add("val", val_frame)
+    keep_tables = params.rerank.ablations and reranker is not None  # the ablations retrain on the whole tables
+    if not keep_tables:
+        del val_frame  # the test part is scored block by block; nothing else needs the val table
+    test_lists, kept, test_rows = _score_test(workspace, models, scorer, reranker, recall, keep=keep_tables)
+    write_parquet(val_lists, Path(params.paths.lists_dir) / NAME / "val.parquet")
+    write_parquet(test_lists, Path(params.paths.lists_dir) / NAME / "test.parquet")
+
+    recall_table = recall.table()
+    reports = Path(params.paths.reports_dir)
+    write_table(recall_table, reports, "candidate_recall", f"Candidate recall@{params.rerank.candidates_per_model}")
+    if reranker is not None:
+        write_importance(reranker.feature_importance(), params)
+    full = _summary(params, val_lists, test_lists, truths, started)
+    if keep_tables:
+        table = ablations(params, val_frame, labels, pd.concat(kept, ignore_index=True), models, truths, full)
+        write_table(table, reports, "rerank_ablation", "Re-ranker ablations (val = out-of-fold)")
+
+    meta = _meta(params, models, features, labels, groups, test_rows, reranker, started)
+    with atomic_dir(Path(params.paths.models_dir) / NAME) as staging:
+        if reranker is not None:
+            reranker.save(staging)
+        meta = write_meta(staging, meta)
+    k = params.evaluate.k
+    log.info("rerank: val ndcg@%d %.4f (out-of-fold), test ndcg@%d %.4f in %.1fs",
+             k, full[f"val_ndcg@{k}"], k, full[f"test_ndcg@{k}"], meta["seconds"])
+    return {**meta, "metrics": full, "candidate_recall": recall_table.to_dict("records")}
+
+
+def _fit(params: Params, val_frame: pd.DataFrame, labels: np.ndarray, groups: np.ndarray, features: list[str]):
+    """(re-ranker, out-of-fold validation scores); (None, RRF) when validation has too little signal."""
+    try:
+        reranker = make_reranker(params, features)
+        reranker.fit(val_frame, labels, groups)
+        return reranker, reranker.oof_scores
+    except ValueError as exc:  # too little validation signal (tiny data): fall back to rank fusion
+        log.warning("rerank: %s; ranking by reciprocal-rank fusion instead", exc)
+        return None, val_frame["rrf"].to_numpy()
+
+
+def _score_test(workspace: Workspace, models, scorer, reranker, recall: CandidateRecall, *, keep: bool):
+    """Build, score and cut each block of test users to its top list; keep the blocks only for ablations."""
+    length = workspace.params.evaluate.list_length
+    lists, kept, rows = [], [], 0
+    for block in iter_part(workspace, "test", models, scorer):
+        scores = reranker.rerank(block) if reranker is not None else block["rrf"].to_numpy()
+        lists.append(ranked_lists(block, scores, length))
+        recall.add("test", block)
+        rows += len(block)
+        if keep:
+            kept.append(block)
+    return pd.concat(lists, ignore_index=True), kept, rows
+
+
+def _summary(params: Params, val_lists, test_lists, truths, started: float) -> dict[str, float]:
+    k = params.evaluate.k
+    val_metrics = evaluate(val_lists, truths["val"], [k], 0)
+    test_metrics = evaluate(test_lists, truths["test"], [k], 0)
+    return {f"val_ndcg@{k}": val_metrics[f"ndcg@{k}"], f"test_ndcg@{k}": test_metrics[f"ndcg@{k}"],
+            f"test_recall@{k}": test_metrics[f"recall@{k}"], "seconds": round(time.perf_counter() - started, 1)}
+
+
+def _meta(params, models, features, labels, groups, test_rows, reranker, started: float) -> dict[str, Any]:
+    cfg = params.rerank
+    return {
+        "name": NAME,
+        "plugin": cfg.plugin,
+        "models": models,
+        "encoders": feature_encoders(params),
+        "features": features,
+        "candidates_per_model": cfg.candidates_per_model,
+        "training": {"part": "val", "history": HISTORY["val"], "rows": int(len(labels)), "users": int(len(groups)),
+                     "positives": int(labels.sum())},
+        "scoring": {"part": "test", "history": HISTORY["test"], "rows": test_rows},
+        "llm_scorer": bool(cfg.llm_scorer),
+        "fallback": None if reranker is not None else "rrf",
+        "seconds": round(time.perf_counter() - started, 1),
+    }

@@ -10,7 +10,6 @@ from recforge.features import (
     PartData,
     build_features,
     candidate_frame,
-    explanation_evidence,
     feature_columns,
     group_sizes,
     labels_for,
@@ -131,21 +130,9 @@ def test_labels_mark_only_truth_pairs(tiny):
     assert labels_for(frame, truth).tolist() == [0, 1, 0, 0]
 
 
-def test_explanation_evidence_picks_most_similar_history(tiny):
-    vectors = np.array([[1, 0], [0, 1], [0.8, 0.6], [1, 0], [0.6, 0.8]], dtype=np.float32)
-    user = tiny.maps.lookup_user(10)
-    evidence = explanation_evidence(tiny.history, tiny.items, user, 4, vectors=vectors, text_fields=["text"], k=2)
-    assert [h["title"] for h in evidence["history"]] == ["Gamma", "Beta"]  # 0.96 > 0.8
-    assert evidence["shared_genres"] == ["Comedy", "Drama"]
-    assert evidence["shared_keywords"] == ["family", "jokes"]
-    # without vectors: shared genres/keywords decide
-    plain = explanation_evidence(tiny.history, tiny.items, user, 4, vectors=None, text_fields=["text"], k=1)
-    assert plain["history"][0]["title"] in {"Beta", "Gamma"}
-
-
 def test_llm_scorer_prompts_top_candidates_and_caches(tiny, tmp_path):
     from recforge.params import load_params
-    from recforge.rerank import LLMScorer
+    from recforge.llm_scorer import LLMScorer
     from tests.conftest import tmp_overrides
 
     params = load_params(None, tmp_overrides(tmp_path) + ["rerank.llm_candidates=1", "rerank.llm_history=2"])

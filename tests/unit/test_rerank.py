@@ -16,7 +16,6 @@ from recforge.pipeline import run_pipeline
 from recforge.rerank import (
     build_part,
     candidate_models,
-    explain_recommendation,
     iter_part,
     load_reranker,
     ranked_lists,
@@ -166,12 +165,3 @@ def test_ranked_lists_orders_by_score_and_truncates():
     frame = pd.DataFrame({"user": [0, 0, 0, 1], "item": [5, 6, 7, 5], "user_id": ["a", "a", "a", "b"], "item_id": [50, 60, 70, 50]})
     lists = ranked_lists(frame, np.array([0.1, 0.9, 0.5, 0.0]), k=2)
     assert lists["item_id"].tolist() == [60, 70, 50] and lists["rank"].tolist() == [1, 2, 1]
-
-
-def test_explain_recommendation_names_history_items(pipeline):
-    params, _ = pipeline
-    recs = pd.read_parquet(Path(params.paths.lists_dir) / "rerank" / "test.parquet")
-    user_id, item_id = recs.iloc[0]["user_id"], recs.iloc[0]["item_id"]
-    result = explain_recommendation(params, user_id, item_id, ["template"])
-    titles = [h["title"] for h in result["evidence"]["history"]]
-    assert titles and all(title in result["explanations"]["template"] for title in titles)
