@@ -3,7 +3,11 @@
 # start: a Prefect server on 127.0.0.1:4200 (analytics off) and `python -m flows.serve`, which
 #        registers the deployments (training, retrain with its schedule off, batch-recommend)
 #        and runs what is triggered from the UI or with `prefect deployment run`.
-# stop:  stops both process groups by the pids recorded at start.
+# stop:  stops both process groups by the pids recorded at start (checked against the
+#        process's command line, so a PID reused after a reboot is never signalled).
+# The server requires HTTP basic auth (a random secret made once in $RUN/auth, mode 600;
+# the UI asks for it, `prefect` clients started here read it from PREFECT_API_AUTH_STRING),
+# keeps CSRF protection on and allows cross-origin requests only from its own UI.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
@@ -14,12 +18,34 @@ export PREFECT_API_URL="http://$HOST:$PORT/api"
 export PREFECT_SERVER_ANALYTICS_ENABLED=false DO_NOT_TRACK=1 GX_ANALYTICS_ENABLED=False DVC_NO_ANALYTICS=1
 export PREFECT_UI_API_URL="$PREFECT_API_URL"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+export PREFECT_SERVER_API_CSRF_PROTECTION_ENABLED=true
+export PREFECT_SERVER_API_CORS_ALLOWED_ORIGINS="http://$HOST:$PORT"
 
-alive() { [[ -f "$RUN/$1.pid" ]] && kill -0 "$(cat "$RUN/$1.pid")" 2>/dev/null; }
+auth() {
+  mkdir -p "$RUN"
+  if [[ ! -s "$RUN/auth" ]]; then
+    (umask 077; "$VENV/bin/python" -c "import secrets; print('recforge:' + secrets.token_urlsafe(24))" >"$RUN/auth")
+  fi
+  export PREFECT_SERVER_API_AUTH_STRING PREFECT_API_AUTH_STRING
+  PREFECT_SERVER_API_AUTH_STRING=$(cat "$RUN/auth")
+  PREFECT_API_AUTH_STRING=$PREFECT_SERVER_API_AUTH_STRING
+}
+
+# the pid file's process is alive AND is the program we started (its command line names it)
+alive() {
+  local pid pattern=$2
+  [[ -f "$RUN/$1.pid" ]] || return 1
+  pid=$(cat "$RUN/$1.pid")
+  [[ "$pid" =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null || return 1
+  tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q -- "$pattern"
+}
+SERVER_CMD="server start"
+SERVE_CMD="flows.serve"
 
 start() {
   mkdir -p "$RUN"
-  if alive server; then
+  auth
+  if alive server "$SERVER_CMD"; then
     echo "prefect server already running (pid $(cat "$RUN/server.pid"))"
   else
     setsid "$VENV/bin/prefect" server start --host "$HOST" --port "$PORT" >"$RUN/server.log" 2>&1 &
@@ -27,10 +53,10 @@ start() {
   fi
   for _ in $(seq 1 120); do
     "$VENV/bin/python" -c "import httpx,sys; sys.exit(httpx.get('$PREFECT_API_URL/health', timeout=2).status_code != 200)" 2>/dev/null && break
-    alive server || { echo "prefect server exited; see $RUN/server.log"; tail -20 "$RUN/server.log"; exit 1; }
+    alive server "$SERVER_CMD" || { echo "prefect server exited; see $RUN/server.log"; tail -20 "$RUN/server.log"; exit 1; }
     sleep 1
   done
-  if alive serve; then
+  if alive serve "$SERVE_CMD"; then
     echo "deployments already served (pid $(cat "$RUN/serve.pid"))"
   else
     setsid "$VENV/bin/python" -m flows.serve >"$RUN/serve.log" 2>&1 &
@@ -38,21 +64,21 @@ start() {
   fi
   for _ in $(seq 1 90); do
     "$VENV/bin/prefect" deployment ls 2>/dev/null | grep -q "training/retrain" && break
-    alive serve || { echo "flows.serve exited; see $RUN/serve.log"; tail -20 "$RUN/serve.log"; exit 1; }
+    alive serve "$SERVE_CMD" || { echo "flows.serve exited; see $RUN/serve.log"; tail -20 "$RUN/serve.log"; exit 1; }
     sleep 1
   done
   "$VENV/bin/prefect" deployment ls 2>/dev/null || true
   echo
-  echo "Prefect UI:  http://$HOST:$PORT"
+  echo "Prefect UI:  http://$HOST:$PORT   (user and password: the two parts of $RUN/auth, 'recforge:<secret>')"
   echo "run:         PREFECT_API_URL=$PREFECT_API_URL $VENV/bin/prefect deployment run training/training --watch"
   echo "stop:        make prefect-stop    (logs in $RUN/)"
 }
 
 stop_one() {
-  local name=$1 pid
+  local name=$1 pattern=$2 pid
   [[ -f "$RUN/$name.pid" ]] || return 0
   pid=$(cat "$RUN/$name.pid")
-  if kill -0 "$pid" 2>/dev/null; then
+  if alive "$name" "$pattern"; then
     kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
     for _ in $(seq 1 30); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
     if kill -0 "$pid" 2>/dev/null; then kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true; fi
@@ -63,7 +89,7 @@ stop_one() {
 
 case "${1:-}" in
   start) start ;;
-  stop) stop_one serve; stop_one server ;;
-  status) for n in server serve; do if alive $n; then echo "$n: running (pid $(cat "$RUN/$n.pid"))"; else echo "$n: stopped"; fi; done ;;
+  stop) stop_one serve "$SERVE_CMD"; stop_one server "$SERVER_CMD" ;;
+  status) for n in server serve; do p=$SERVER_CMD; [[ $n == serve ]] && p=$SERVE_CMD; if alive $n "$p"; then echo "$n: running (pid $(cat "$RUN/$n.pid"))"; else echo "$n: stopped"; fi; done ;;
   *) echo "usage: $0 start|stop|status" >&2; exit 2 ;;
 esac
