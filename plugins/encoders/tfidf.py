@@ -90,8 +90,12 @@ class TfidfEncoder:
         from sklearn.feature_extraction.text import CountVectorizer
 
         counts = CountVectorizer(
-            tokenizer=self._tokens, lowercase=False, token_pattern=None,
-            vocabulary=self.vocabulary, ngram_range=(1, self.ngrams), dtype=np.float64,
+            tokenizer=self._tokens,
+            lowercase=False,
+            token_pattern=None,
+            vocabulary=self.vocabulary,
+            ngram_range=(1, self.ngrams),
+            dtype=np.float64,
         ).transform(list(texts))
         counts.data = 1.0 + np.log(counts.data)  # sublinear tf, as at fit
         matrix = counts @ sp.diags(self.idf)
@@ -108,8 +112,13 @@ class TfidfEncoder:
 
     def config(self) -> dict:
         return {
-            "dim": self.requested_dim, "stop_words": self.stop_words, "min_df": self.min_df, "max_df": self.max_df,
-            "max_features": self.max_features, "ngrams": self.ngrams, "seed": self.seed,
+            "dim": self.requested_dim,
+            "stop_words": self.stop_words,
+            "min_df": self.min_df,
+            "max_df": self.max_df,
+            "max_features": self.max_features,
+            "ngrams": self.ngrams,
+            "seed": self.seed,
         }
 
     def save(self, directory: Path) -> None:

@@ -68,7 +68,9 @@ class TransformerEncoder:
 
     name = "transformer"
 
-    def __init__(self, model: str | None = None, device: str = "auto", max_length: int = 128, dtype: str = "float32") -> None:
+    def __init__(
+        self, model: str | None = None, device: str = "auto", max_length: int = 128, dtype: str = "float32"
+    ) -> None:
         if dtype not in DTYPES:
             raise RecforgeError(f"transformer encoder: dtype {dtype!r} is not one of {', '.join(DTYPES)}")
         self.model_path = model

@@ -103,8 +103,14 @@ class Word2VecEncoder:
 
     def config(self) -> dict:
         return {
-            "dim": self._dim, "window": self.window, "min_count": self.min_count, "epochs": self.epochs,
-            "sg": self.sg, "negative": self.negative, "stop_words": self.stop_words, "seed": self.seed,
+            "dim": self._dim,
+            "window": self.window,
+            "min_count": self.min_count,
+            "epochs": self.epochs,
+            "sg": self.sg,
+            "negative": self.negative,
+            "stop_words": self.stop_words,
+            "seed": self.seed,
         }
 
     def save(self, directory: Path) -> None:

@@ -35,9 +35,10 @@ def dask_client(address: str | None = None, workers: int = 2) -> Iterator[Any]:
         with Client(address) as client:
             yield client
         return
-    with LocalCluster(
-        n_workers=int(workers), threads_per_worker=1, processes=True, dashboard_address=None
-    ) as cluster, Client(cluster) as client:
+    with (
+        LocalCluster(n_workers=int(workers), threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
+        Client(cluster) as client,
+    ):
         yield client
 
 
@@ -45,7 +46,9 @@ def group_partitions(group: np.ndarray, parts: int) -> list[tuple[int, int, int,
     """Split groups into ``parts`` contiguous blocks: (first group, last group, first row, last row)."""
     bounds = np.concatenate([[0], np.cumsum(group)])
     edges = np.unique(np.linspace(0, len(group), parts + 1).round().astype(int))
-    return [(int(a), int(b), int(bounds[a]), int(bounds[b])) for a, b in zip(edges[:-1], edges[1:], strict=True) if b > a]
+    return [
+        (int(a), int(b), int(bounds[a]), int(bounds[b])) for a, b in zip(edges[:-1], edges[1:], strict=True) if b > a
+    ]
 
 
 def train_dask_ranker(

@@ -141,7 +141,14 @@ class LambdaRankReranker:
             """(X, y, group sizes) to train on, then to early-stop on; copies, made only while the fold is set up."""
             train_groups = useful if n_folds == 1 else np.flatnonzero((fold_of_group >= 0) & (fold_of_group != fold))
             train_rows, held = np.isin(row_group, train_groups), held_rows[fold]
-            return X[train_rows], labels[train_rows], groups[train_groups], X[held], labels[held], groups[held_groups[fold]]
+            return (
+                X[train_rows],
+                labels[train_rows],
+                groups[train_groups],
+                X[held],
+                labels[held],
+                groups[held_groups[fold]],
+            )
 
         if self.config["distributed"]:
             for fold in range(n_folds):
@@ -211,9 +218,16 @@ class LambdaRankReranker:
 
         cfg = self.config
         model = train_dask_ranker(
-            X, y, group, address=self.dask_address, workers=self.dask_workers,
-            num_leaves=cfg["num_leaves"], learning_rate=cfg["learning_rate"],
-            n_estimators=cfg["num_boost_round"], seed=cfg["seed"], min_child_samples=cfg["min_data_in_leaf"],
+            X,
+            y,
+            group,
+            address=self.dask_address,
+            workers=self.dask_workers,
+            num_leaves=cfg["num_leaves"],
+            learning_rate=cfg["learning_rate"],
+            n_estimators=cfg["num_boost_round"],
+            seed=cfg["seed"],
+            min_child_samples=cfg["min_data_in_leaf"],
         )
         booster = model.booster_
         return booster, int(booster.current_iteration())
@@ -233,8 +247,20 @@ class LambdaRankReranker:
 
     def feature_importance(self) -> pd.DataFrame:
         """Gain and split importance per feature, averaged over the fold models."""
-        gains = np.mean([b.feature_importance("gain", iteration=i) for b, i in zip(self.boosters, self.best_iterations, strict=True)], axis=0)
-        splits = np.mean([b.feature_importance("split", iteration=i) for b, i in zip(self.boosters, self.best_iterations, strict=True)], axis=0)
+        gains = np.mean(
+            [
+                b.feature_importance("gain", iteration=i)
+                for b, i in zip(self.boosters, self.best_iterations, strict=True)
+            ],
+            axis=0,
+        )
+        splits = np.mean(
+            [
+                b.feature_importance("split", iteration=i)
+                for b, i in zip(self.boosters, self.best_iterations, strict=True)
+            ],
+            axis=0,
+        )
         table = pd.DataFrame({"feature": self.features, "gain": gains, "splits": splits})
         table["gain_share"] = table["gain"] / max(table["gain"].sum(), 1e-12)
         return table.sort_values("gain", ascending=False, ignore_index=True)
@@ -257,7 +283,9 @@ class LambdaRankReranker:
 
         directory = Path(directory)
         meta = json.loads((directory / "reranker.json").read_text())
-        model = cls(**{k: v for k, v in meta["config"].items()}, features=meta["features"])
-        model.boosters = [lgb.Booster(model_file=str(directory / f"fold_{i}.txt")) for i in range(len(meta["best_iterations"]))]
+        model = cls(**meta["config"], features=meta["features"])
+        model.boosters = [
+            lgb.Booster(model_file=str(directory / f"fold_{i}.txt")) for i in range(len(meta["best_iterations"]))
+        ]
         model.best_iterations = [int(b.current_iteration()) for b in model.boosters]
         return model

@@ -170,12 +170,15 @@ def test_transformer_runs_in_the_dtype_asked_for(tmp_path) -> None:
     from safetensors.torch import load_file, save_file
 
     from recforge.errors import RecforgeError
+
     from recforge_plugins.encoders.transformer import TransformerEncoder, default_model_path
 
     half = tmp_path / "minilm-fp16"
     shutil.copytree(default_model_path(), half)
     weights = half / "model.safetensors"
-    save_file({k: v.half().contiguous() for k, v in load_file(str(weights)).items()}, str(weights), metadata={"format": "pt"})
+    save_file(
+        {k: v.half().contiguous() for k, v in load_file(str(weights)).items()}, str(weights), metadata={"format": "pt"}
+    )
 
     def dtype_of(encoder) -> str:
         encoder.encode(["a film about robots"])
