@@ -4,7 +4,7 @@
     python bench/gpu.py --out <dir>                      # encoder throughput only (synthetic item texts)
 
 Needs only a package directory (``recforge package`` writes one into the model
-store; ``recforge.serving.build_package`` writes one anywhere), so it runs on a
+store; ``recforge.packaging.build_package`` writes one anywhere), so it runs on a
 machine that has the GPU but not the training data. Three measurements, each on
 ``cuda`` and ``cpu`` of the same machine at the same moment:
 
@@ -14,9 +14,10 @@ machine that has the GPU but not the training data. Three measurements, each on
 2. Engine calls in process (no HTTP): load seconds, then p50/p99 of
    ``recommend`` (the served model: a sequential model or the re-ranker),
    ``recommend_text``, ``recommend_history``;
-3. ``bentoml serve`` of ``service/`` with ``RECFORGE_PACKAGE_DIR`` and
-   ``RECFORGE_DEVICE=cuda``: ``/metadata`` must say ``"device": "cuda"``; then
-   the load test of bench/serve.py per endpoint at concurrency 1 and 16.
+3. ``bentoml serve`` of ``service/`` with ``--arg package_dir=<package>`` and
+   ``--arg device=cuda``: ``/metadata`` must say ``"device": "cuda"``; then
+   the load test of bench/serve.py per endpoint at concurrency 1 and 16, with
+   ``/trivial`` from bench/trivial_service.py (the machine's ceiling).
 
 Writes ``<out>/gpu.json`` and ``<out>/gpu.md``. Exits 1 when CUDA is absent or
 the served device is not ``cuda``.
@@ -40,12 +41,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from serve import TEXTS, bodies_for, free_port, markdown, run_cell, wait_ready  # noqa: E402
+from serve import TEXTS, bodies_for, free_port, markdown, run_cell, start_trivial, stop, wait_ready  # noqa: E402
 
 
 def percentiles(times: list[float]) -> dict:
     ms = np.array(times) * 1000.0
-    return {"calls": len(ms), "p50_ms": round(float(np.percentile(ms, 50)), 3), "p99_ms": round(float(np.percentile(ms, 99)), 3)}
+    return {
+        "calls": len(ms),
+        "p50_ms": round(float(np.percentile(ms, 50)), 3),
+        "p99_ms": round(float(np.percentile(ms, 99)), 3),
+    }
 
 
 def encoder_throughput(texts: list[str], device: str, batch: int, model: str | None, dtype: str = "float32") -> dict:
@@ -60,12 +65,19 @@ def encoder_throughput(texts: list[str], device: str, batch: int, model: str | N
     started = time.perf_counter()
     vectors = encoder.encode(texts, batch_size=batch)
     seconds = time.perf_counter() - started
-    return {"device": device, "dtype": dtype, "texts": len(texts), "batch": batch, "seconds": round(seconds, 3),
-            "texts_per_s": round(len(texts) / seconds, 1), "dim": int(vectors.shape[1])}
+    return {
+        "device": device,
+        "dtype": dtype,
+        "texts": len(texts),
+        "batch": batch,
+        "seconds": round(seconds, 3),
+        "texts_per_s": round(len(texts) / seconds, 1),
+        "dim": int(vectors.shape[1]),
+    }
 
 
 def engine_calls(package: Path, device: str, users: list, items: list, n: int, model: str | None = None) -> dict:
-    from recforge.serving import Engine, limit_threads
+    from recforge.engine import Engine, limit_threads
 
     started = time.perf_counter()
     engine = Engine.load(package, device=device, model=model)
@@ -77,8 +89,13 @@ def engine_calls(package: Path, device: str, users: list, items: list, n: int, m
         "recommend_text": lambda i: engine.recommend_text(TEXTS[i % len(TEXTS)], 10),
         "recommend_history": lambda i: engine.recommend_history(rng.sample(items, 5), 10),
     }
-    out = {"device": engine.device, "model": engine.primary, "load_s": round(load_s, 2),
-           "rerank_note": engine.rerank_note, "text_path": engine.metadata()["text_path"]}
+    out = {
+        "device": engine.device,
+        "model": engine.primary,
+        "load_s": round(load_s, 2),
+        "rerank_note": engine.rerank_note,
+        "text_path": engine.metadata()["text_path"],
+    }
     for name, call in calls.items():
         times = []
         for i in range(n):
@@ -92,44 +109,62 @@ def engine_calls(package: Path, device: str, users: list, items: list, n: int, m
 def http_check(package: Path, users: list, items: list, seconds: float, log_path: Path, device: str = "cuda") -> dict:
     import httpx
 
-    port = free_port()
-    env = {**os.environ, "RECFORGE_PACKAGE_DIR": str(package), "RECFORGE_DEVICE": device, "RECFORGE_ACCESS_LOG": "0",
-           "BENTOML_DO_NOT_TRACK": "True"}
+    port, trivial_port = free_port(), free_port()
+    env = {**os.environ, "BENTOML_DO_NOT_TRACK": "True"}
     env.pop("RECFORGE_API_TOKEN", None)
     bentoml_cli = Path(sys.executable).with_name("bentoml")
-    command = [str(bentoml_cli) if bentoml_cli.exists() else "bentoml", "serve", "service:Recforge",
-               "--working-dir", str(ROOT / "service"), "--host", "127.0.0.1", "--port", str(port)]
+    command = [
+        str(bentoml_cli) if bentoml_cli.exists() else "bentoml",
+        "serve",
+        "service:Recforge",
+        "--working-dir",
+        str(ROOT / "service"),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--arg",
+        f"package_dir={package}",
+        "--arg",
+        f"device={device}",
+        "--arg",
+        "access_log=false",
+    ]
     with open(log_path, "w") as log:
         process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    trivial = start_trivial(trivial_port, log_path.with_suffix(".trivial.log"))
     base = f"http://127.0.0.1:{port}"
     try:
         wait_ready(base, process, timeout=90)
+        wait_ready(f"http://127.0.0.1:{trivial_port}", trivial, timeout=90)
         meta = httpx.get(f"{base}/metadata", timeout=10).json()
         rng = random.Random(0)
         rows = []
         for path in ["/trivial", "/recommend", "/recommend/text", "/recommend/history"]:
+            target = trivial_port if path == "/trivial" else port
             bodies = bodies_for(path, users, items, 10, rng)
-            asyncio.run(run_cell("127.0.0.1", port, None, path, bodies, 4, 40, 20))
+            asyncio.run(run_cell("127.0.0.1", target, None, path, bodies, 4, 40, 20))
             for concurrency in (1, 16):
-                row = asyncio.run(run_cell("127.0.0.1", port, None, path, bodies, concurrency, 3000, seconds))
+                row = asyncio.run(run_cell("127.0.0.1", target, None, path, bodies, concurrency, 3000, seconds))
                 rows.append(row)
                 print(json.dumps(row), flush=True)
         return {"metadata": meta, "rows": rows}
     finally:
-        os.killpg(process.pid, 15)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, 9)
+        stop(process)
+        stop(trivial)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--package", type=Path, help="a package directory (needed for the Engine and HTTP checks)")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "gpu"))
-    parser.add_argument("--texts", type=int, default=20_000, help="texts encoded on the GPU (a tenth of them on the CPU)")
+    parser.add_argument(
+        "--texts", type=int, default=20_000, help="texts encoded on the GPU (a tenth of them on the CPU)"
+    )
     parser.add_argument("--batch", type=int, default=256)
-    parser.add_argument("--encoder-model", default=None, help="a local sentence-transformers directory (default: the packaged MiniLM)")
+    parser.add_argument(
+        "--encoder-model", default=None, help="a local sentence-transformers directory (default: the packaged MiniLM)"
+    )
     parser.add_argument("--calls", type=int, default=300)
     parser.add_argument("--seconds", type=float, default=5.0, help="per load-test cell")
     parser.add_argument("--no-http", action="store_true")
@@ -157,23 +192,34 @@ def main() -> int:
         items_table = generate(SyntheticParams(num_users=100, num_items=5000, num_interactions=1000, seed=0))[1]
     text_column = "text" if "text" in items_table else "title" if "title" in items_table else "item_id"
     base_texts = items_table[text_column].astype(str).tolist()
-    texts = [base_texts[i % len(base_texts)] + ("" if i < len(base_texts) else f" ({i // len(base_texts)})") for i in range(args.texts)]
+    texts = [
+        base_texts[i % len(base_texts)] + ("" if i < len(base_texts) else f" ({i // len(base_texts)})")
+        for i in range(args.texts)
+    ]
     if not args.no_encoder:
         cpu_texts = texts[: max(args.batch, args.texts // 10)]
-        result["encoder"] = [encoder_throughput(texts, "cuda", args.batch, args.encoder_model),
-                             encoder_throughput(texts, "cuda", args.batch, args.encoder_model, "float16"),
-                             encoder_throughput(cpu_texts, "cpu", args.batch, args.encoder_model)]
+        result["encoder"] = [
+            encoder_throughput(texts, "cuda", args.batch, args.encoder_model),
+            encoder_throughput(texts, "cuda", args.batch, args.encoder_model, "float16"),
+            encoder_throughput(cpu_texts, "cpu", args.batch, args.encoder_model),
+        ]
         print(json.dumps(result["encoder"]), flush=True)
 
     if args.package:
         args.package = args.package.resolve()  # the server runs in service/
-        users = [u.item() if hasattr(u, "item") else u for u in pd.read_parquet(args.package / "users.parquet")["user_id"]]
+        users = [
+            u.item() if hasattr(u, "item") else u for u in pd.read_parquet(args.package / "users.parquet")["user_id"]
+        ]
         items = [i.item() if hasattr(i, "item") else i for i in items_table["item_id"]]
     if args.package and not args.no_engine:
-        result["engine"] = [engine_calls(args.package, "cuda", users, items, args.calls),
-                            engine_calls(args.package, "cpu", users, items, args.calls)]
+        result["engine"] = [
+            engine_calls(args.package, "cuda", users, items, args.calls),
+            engine_calls(args.package, "cpu", users, items, args.calls),
+        ]
         if args.rerank:
-            result["engine"] += [engine_calls(args.package, device, users, items, args.calls, "rerank") for device in ("cuda", "cpu")]
+            result["engine"] += [
+                engine_calls(args.package, device, users, items, args.calls, "rerank") for device in ("cuda", "cpu")
+            ]
         print(json.dumps(result["engine"]), flush=True)
     if args.package and not args.no_http:
         result["http"] = http_check(args.package, users, items, args.seconds, out / "server.log")
@@ -182,12 +228,20 @@ def main() -> int:
     lines = [f"# GPU check: {result['gpu']}, torch {result['torch']}, {result['cpus']} CPUs", ""]
     if "encoder" in result:
         lines += ["| encoder (MiniLM) | dtype | texts | batch | texts/s |", "|---|---|---:|---:|---:|"]
-        lines += [f"| {r['device']} | {r['dtype']} | {r['texts']} | {r['batch']} | {r['texts_per_s']} |" for r in result["encoder"]]
+        lines += [
+            f"| {r['device']} | {r['dtype']} | {r['texts']} | {r['batch']} | {r['texts_per_s']} |"
+            for r in result["encoder"]
+        ]
     if "engine" in result:
-        lines += ["", "| Engine (in process) | model | load s | recommend p50 / p99 ms | text p50 / p99 ms | history p50 / p99 ms |",
-                  "|---|---|---:|---:|---:|---:|"]
+        lines += [
+            "",
+            "| Engine (in process) | model | load s | recommend p50 / p99 ms | text p50 / p99 ms | history p50 / p99 ms |",
+            "|---|---|---:|---:|---:|---:|",
+        ]
     for r in result.get("engine", []):
-        cells = " | ".join(f"{r[c]['p50_ms']} / {r[c]['p99_ms']}" for c in ("recommend", "recommend_text", "recommend_history"))
+        cells = " | ".join(
+            f"{r[c]['p50_ms']} / {r[c]['p99_ms']}" for c in ("recommend", "recommend_text", "recommend_history")
+        )
         lines.append(f"| {r['device']} | {r['model']} | {r['load_s']} | {cells} |")
     text = "\n".join(lines) + "\n"
     if "http" in result:

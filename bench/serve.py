@@ -5,8 +5,9 @@ free 127.0.0.1 port with `recforge serve` (or targets ``--url``), then for each
 endpoint and each concurrency (default 1, 16, 64) sends requests from one
 asyncio loop over keep-alive HTTP/1.1 connections, bounded by ``--requests``
 and ``--seconds`` per cell. Reports p50/p95/p99 latency, throughput and errors
-per endpoint, beside ``/trivial`` (a constant list from the same service, the
-machine's ceiling). Writes bench/results/serve.{json,md}.
+per endpoint, beside ``/trivial``: a constant list from a trivial BentoML
+service with the same workers (bench/trivial_service.py, started on its own
+port), the machine's ceiling. Writes bench/results/serve.{json,md}.
 
     .venv/bin/python bench/serve.py -S paths.reports_dir=/tmp/x/reports ...
 """
@@ -157,13 +158,60 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(params_file: str, overrides: list[str], port: int, log_path: Path, access_log: bool) -> subprocess.Popen:
-    flags = ["-p", params_file] + [x for o in overrides for x in ("-S", o)]
-    log = open(log_path, "w")
+def start_server(
+    params_file: str, overrides: list[str], port: int, log_path: Path, access_log: bool
+) -> subprocess.Popen:
+    flags = (
+        ["-p", params_file]
+        + [x for o in overrides for x in ("-S", o)]
+        + ["-S", f"serve.access_log={str(access_log).lower()}"]
+    )
     recforge = str(Path(sys.executable).with_name("recforge"))
-    env = {**os.environ, "RECFORGE_ACCESS_LOG": "1" if access_log else "0"}
-    return subprocess.Popen([recforge, "serve", "--port", str(port), *flags], stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True, env=env)
+    with open(log_path, "w") as log:  # the server keeps its own copy of the descriptor
+        return subprocess.Popen(
+            [recforge, "serve", "--port", str(port), *flags],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def start_trivial(port: int, log_path: Path, *, workers: int = 1, access_log: bool = False) -> subprocess.Popen:
+    """The ceiling service (bench/trivial_service.py) on 127.0.0.1:``port``."""
+    bentoml_cli = Path(sys.executable).with_name("bentoml")
+    command = [
+        str(bentoml_cli) if bentoml_cli.exists() else "bentoml",
+        "serve",
+        "trivial_service:Trivial",
+        "--working-dir",
+        str(ROOT / "bench"),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--arg",
+        f"workers={workers}",
+        "--arg",
+        f"access_log={str(access_log).lower()}",
+    ]
+    with open(log_path, "w") as log:
+        return subprocess.Popen(
+            command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={**os.environ, "BENTOML_DO_NOT_TRACK": "True"},
+        )
+
+
+def stop(process: subprocess.Popen | None) -> None:
+    if process is None:
+        return
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
 
 
 def wait_ready(base: str, process: subprocess.Popen | None, timeout: float = 180) -> None:
@@ -206,7 +254,7 @@ def in_process(params, users: list, items: list, k: int, repeats: int) -> list[d
     """Latency of the Engine calls alone (no HTTP): what the server computes per request."""
     import bentoml
 
-    from recforge.serving import Engine, limit_threads
+    from recforge.engine import Engine, limit_threads
 
     packaged = json.loads((Path(params.paths.reports_dir) / "package.json").read_text())
     engine = Engine.load(bentoml.models.get(packaged["model_tag"]).path, device=params.serve.device)
@@ -228,8 +276,14 @@ def in_process(params, users: list, items: list, k: int, repeats: int) -> list[d
             call(i)
             times.append((time.perf_counter() - started) * 1000.0)
         ms = np.array(times)
-        rows.append({"endpoint": path, "calls": n, "p50_ms": round(float(np.percentile(ms, 50)), 3),
-                     "p99_ms": round(float(np.percentile(ms, 99)), 3)})
+        rows.append(
+            {
+                "endpoint": path,
+                "calls": n,
+                "p50_ms": round(float(np.percentile(ms, 50)), 3),
+                "p99_ms": round(float(np.percentile(ms, 99)), 3),
+            }
+        )
         print(json.dumps(rows[-1]), flush=True)
     return rows
 
@@ -246,9 +300,16 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=15.0, help="at most this long per cell")
     parser.add_argument("--warmup", type=int, default=50)
     parser.add_argument("-k", type=int, default=10)
-    parser.add_argument("--in-process", type=int, default=0, metavar="N",
-                        help="also time N Engine calls per endpoint without HTTP (the server's own work)")
-    parser.add_argument("--access-log", action="store_true", help="keep the per-request access log (off by default, as in a load test)")
+    parser.add_argument(
+        "--in-process",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also time N Engine calls per endpoint without HTTP (the server's own work)",
+    )
+    parser.add_argument(
+        "--access-log", action="store_true", help="keep the per-request access log (off by default, as in a load test)"
+    )
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "serve"))
     args = parser.parse_args()
 
@@ -256,15 +317,25 @@ def main() -> None:
     from recforge.workspace import Workspace
 
     params = load_params(args.params, args.overrides)
-    process = None
-    if args.url:
-        base = args.url.rstrip("/")
-    else:
-        port = free_port()
-        base = f"http://127.0.0.1:{port}"
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        process = start_server(args.params, args.overrides, port, Path(args.out + ".server.log"), args.access_log)
+    process = trivial = None
+    endpoints = args.endpoints.split(",")
     try:
+        if args.url:
+            base = args.url.rstrip("/")
+        else:
+            port = free_port()
+            base = f"http://127.0.0.1:{port}"
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            process = start_server(args.params, args.overrides, port, Path(args.out + ".server.log"), args.access_log)
+        ceiling_base = None
+        if "/trivial" in endpoints:
+            trivial_port = free_port()
+            ceiling_base = f"http://127.0.0.1:{trivial_port}"
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            trivial = start_trivial(
+                trivial_port, Path(args.out + ".trivial.log"), workers=params.serve.workers, access_log=args.access_log
+            )
+            wait_ready(ceiling_base, trivial)
         wait_ready(base, process)
         import httpx
 
@@ -274,9 +345,9 @@ def main() -> None:
         users = [u.item() if hasattr(u, "item") else u for u in workspace.maps.user_ids[:5000]]
         items = [i.item() if hasattr(i, "item") else i for i in workspace.maps.item_ids]
         rng = random.Random(0)
-        url = urlparse(base)
         rows = []
-        for path in args.endpoints.split(","):
+        for path in endpoints:
+            url = urlparse(ceiling_base if path == "/trivial" else base)
             bodies = bodies_for(path, users, items, args.k, rng)
             asyncio.run(run_cell(url.hostname, url.port, args.token, path, bodies, 4, args.warmup, 30))
             for concurrency in [int(c) for c in args.concurrency.split(",")]:
@@ -287,23 +358,27 @@ def main() -> None:
                 print(json.dumps(row), flush=True)
         ceiling = {r["concurrency"]: r["throughput_rps"] for r in rows if r["endpoint"] == "/trivial"}
         engine_rows = in_process(params, users, items, args.k, args.in_process) if args.in_process else []
-        result = {"metadata": meta, "rows": rows, "in_process": engine_rows, "cpus": os.cpu_count(),
-                  "load_average_end": os.getloadavg()[0], "args": vars(args) | {"token": bool(args.token)}}
+        result = {
+            "metadata": meta,
+            "rows": rows,
+            "in_process": engine_rows,
+            "cpus": os.cpu_count(),
+            "load_average_end": os.getloadavg()[0],
+            "args": vars(args) | {"token": bool(args.token)},
+        }
         Path(args.out + ".json").write_text(json.dumps(result, indent=2))
         text = markdown(rows, meta, ceiling)
         if engine_rows:
             text += "\nIn-process Engine calls (no HTTP, same machine, same moment):\n\n| call | calls | p50 ms | p99 ms |\n|---|---:|---:|---:|\n"
-            text += "".join(f"| {r['endpoint']} | {r['calls']} | {r['p50_ms']} | {r['p99_ms']} |\n" for r in engine_rows)
+            text += "".join(
+                f"| {r['endpoint']} | {r['calls']} | {r['p50_ms']} | {r['p99_ms']} |\n" for r in engine_rows
+            )
         text += f"\nLoad average at the end: {os.getloadavg()[0]:.1f}\n"
         Path(args.out + ".md").write_text(text)
         print(text)
     finally:
-        if process is not None:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
+        stop(process)
+        stop(trivial)
 
 
 if __name__ == "__main__":

@@ -161,7 +161,7 @@ def explain(
     """Explain why ITEM suits USER (template and LLM explainers)."""
 
     def body() -> None:
-        from recforge.rerank import explain_recommendation
+        from recforge.explain import explain_recommendation
 
         params = load_params(params_file, set_ or [])
         result = explain_recommendation(params, user, item, explainer or ["template", "llm"])
@@ -313,7 +313,7 @@ def serve(
     """Serve the last packaged Bento on serve.host:serve.port (127.0.0.1:3000 by default)."""
 
     def body() -> None:
-        from recforge.stages.package import serve_command
+        from recforge.packaging import serve_command
 
         params = load_params(params_file, set_ or [])
         command, env = serve_command(params, port=port)

@@ -151,15 +151,17 @@ class EvaluateParams(_Section):
 
 
 class ServeParams(_Section):
-    """The online service (recforge.serving, service/).
+    """The online service (recforge.engine, service/).
 
     ``model``: the served recommender (default: best validation NDCG@k);
     ``api_token``: bearer token required on every non-health endpoint (the env
     variable RECFORGE_API_TOKEN wins; never packaged); ``explainer``: a
     registered explainer plugin, falling back to the built-in grounded one;
     ``workers``: server processes; ``threads``: BLAS/torch threads per worker
-    (1 is fastest for single requests); ``build``: `recforge package` also
-    runs `bentoml build`.
+    (1 is fastest for single requests); ``access_log``: BentoML's per-request
+    access log; ``build``: `recforge package` also runs `bentoml build`.
+    ``device``, ``model``, ``workers``, ``threads`` and ``access_log`` reach
+    the service as its typed arguments (recforge.schemas.ServeArgs).
     """
 
     host: str = "127.0.0.1"
@@ -171,6 +173,7 @@ class ServeParams(_Section):
     explainer_options: dict[str, Any] = Field(default_factory=dict)
     workers: int = Field(1, ge=1)
     threads: int = Field(1, ge=1)
+    access_log: bool = True
     build: bool = True
 
 

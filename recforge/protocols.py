@@ -206,3 +206,43 @@ class Explainer(Protocol):
     (history items that drove the score, shared keywords)."""
 
     def explain(self, user: Any, item: Any, *, evidence: dict[str, Any]) -> str: ...
+
+
+@runtime_checkable
+class TextQuery(Protocol):
+    """Optional: cold start from free text (a description of someone's taste).
+
+    ``recommend_text`` returns the top-``k`` item indices and scores (both
+    ``[k]``, best first; -1 / ``-inf`` padded) for ``text``; ``encoder`` is the
+    fitted :class:`Encoder` that embeds the text (the service's ``/encode``
+    serves it). The service answers ``/recommend/text`` with the first
+    packaged model that has this ability.
+    """
+
+    encoder: Encoder
+
+    def recommend_text(self, text: str, k: int) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+@runtime_checkable
+class UserStates(Protocol):
+    """Optional: a model whose scores for a fitted user depend on one fixed vector, its state.
+
+    ``user_states`` returns the state of every fitted user (``[n_users, dim]``
+    float32), computed so that a user's state never depends on the batch it was
+    computed in. ``recommend_states`` then answers ``recommend`` for
+    ``user_ids`` from their ``states`` (the matching rows of ``user_states()``)
+    without recomputing them: same arguments and results as ``recommend``.
+    A server computes the states once at load and scores each request with
+    one small product (a sequential model's state is its recurrent pass over
+    the user's history). A model whose state summarises a time-ordered
+    history is also the one the service prefers to fold in an anonymous
+    session (``FoldIn``), since it scores that session the way it scores a
+    fitted user.
+    """
+
+    def user_states(self) -> np.ndarray: ...
+
+    def recommend_states(
+        self, user_ids: np.ndarray, states: np.ndarray, *, k: int, exclude_seen: bool = True
+    ) -> tuple[np.ndarray, np.ndarray]: ...

@@ -1,32 +1,32 @@
 """recforge's BentoML service: one class, everything loaded once in ``__init__``.
 
-All logic lives in :mod:`recforge.serving` (the ``Engine``); this file only maps
-HTTP to it. What it serves, in order of precedence:
+All logic lives in :mod:`recforge.engine` (the ``Engine``); this file only maps
+HTTP to it. What it serves and how come from its typed arguments
+(:class:`recforge.schemas.ServeArgs`, read with ``bentoml.use_arguments``):
 
-- ``RECFORGE_PACKAGE_DIR``: a package directory written by ``build_package``
+- ``model_tag``: an exact BentoML model-store tag (``name:version``);
+  ``recforge package`` builds the Bento with it, so a built Bento pins the
+  exact model it was built with (never ``:latest``);
+- ``package_dir``: a package directory written by ``build_package``
   (development and tests; no model store needed);
-- ``RECFORGE_MODEL_TAG``: an exact BentoML model-store tag (``name:version``);
-- ``recforge_model.json`` beside this file: written by ``recforge package``
-  into the Bento's build context, so a built Bento pins the exact model tag it
-  was built with (never ``:latest``).
+- ``device``, ``model``, ``workers``, ``threads``, ``access_log``.
+
+``bentoml serve service:Recforge --arg package_dir=/path --arg device=cpu``;
+``recforge serve`` passes them from ``serve:`` in params.yaml.
 
 Security: every route but the health checks (/livez, /readyz, /healthz)
-requires ``Authorization: Bearer <RECFORGE_API_TOKEN>`` when that variable is
-set. Bind to 127.0.0.1 (the default of ``make serve`` and ``recforge serve``).
+requires ``Authorization: Bearer <RECFORGE_API_TOKEN>`` when that environment
+variable is set (the only setting read from the environment). Bind to
+127.0.0.1 (the default of ``make serve`` and ``recforge serve``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import hmac
-import json
 import logging
 import os
-
-# one BLAS/OpenMP thread per worker unless told otherwise: set before numpy and torch load (see limit_threads)
-for _name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(_name, os.environ.get("RECFORGE_THREADS", "1"))
-from pathlib import Path  # noqa: E402
+from pathlib import Path
 from typing import Annotated, Any
 
 import bentoml
@@ -36,26 +36,12 @@ from pydantic import Field
 from starlette.responses import JSONResponse
 
 from recforge.errors import RecforgeError
-from recforge.serving import MAX_K, BadRequestError, Explanation, NotFoundError, Recommendations
+from recforge.schemas import MAX_K, BadRequestError, Explanation, NotFoundError, Recommendations, ServeArgs
 
 log = logging.getLogger("recforge.service")
-HERE = Path(__file__).resolve().parent
 PUBLIC_PATHS = frozenset({"/livez", "/readyz", "/healthz"})
-TRIVIAL = [{"item_id": i, "title": f"item {i}", "score": 1.0} for i in range(10)]
 
-
-def pinned_tag() -> str | None:
-    """The exact model tag this service serves (env first, then the file ``recforge package`` wrote)."""
-    tag = os.environ.get("RECFORGE_MODEL_TAG")
-    if not tag and (HERE / "recforge_model.json").exists():
-        tag = json.loads((HERE / "recforge_model.json").read_text())["tag"]
-    if tag and (":" not in tag or tag.endswith(":latest")):
-        raise RuntimeError(f"RECFORGE_MODEL_TAG must be an exact name:version, got {tag!r}")
-    return tag or None
-
-
-def _device() -> str:
-    return os.environ.get("RECFORGE_DEVICE", "auto")
+ARGS = bentoml.use_arguments(ServeArgs)
 
 
 K = Annotated[int, Field(ge=1, le=MAX_K, description=f"number of items, 1..{MAX_K}")]
@@ -91,7 +77,11 @@ class GetMetadata:
         self.app = app
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and scope.get("method") == "GET" and scope.get("path", "").rstrip("/") == "/metadata":
+        if (
+            scope["type"] == "http"
+            and scope.get("method") == "GET"
+            and scope.get("path", "").rstrip("/") == "/metadata"
+        ):
             response = JSONResponse(bentoml.get_current_service().engine.metadata())
             await response(scope, receive, send)
             return
@@ -108,16 +98,13 @@ def _errors(call):
         raise InvalidArgument(str(exc)) from None
 
 
-_TAG = pinned_tag()
-
-
 @bentoml.service(
     name="recforge",
-    resources={"gpu": 1} if _device() == "cuda" else {"cpu": "1"},
-    workers=int(os.environ.get("RECFORGE_WORKERS", "1")),
+    resources={"gpu": 1} if ARGS.device == "cuda" else {"cpu": "1"},
+    workers=ARGS.workers,
     traffic={"timeout": 30},
     http={"host": "127.0.0.1"},
-    logging={"access": {"enabled": os.environ.get("RECFORGE_ACCESS_LOG", "1") != "0", "skip_paths": ["/livez", "/readyz", "/metrics"]}},
+    logging={"access": {"enabled": ARGS.access_log, "skip_paths": ["/livez", "/readyz", "/metrics"]}},
 )
 class Recforge:
     """Online recommendations from the model that ``recforge package`` pinned.
@@ -127,36 +114,43 @@ class Recforge:
     torch, so ``/recommend/text`` and ``/encode`` run in BentoML's threadpool.
     """
 
-    if _TAG is not None:
-        model_ref = bentoml.models.BentoModel(_TAG)
+    if ARGS.model_tag is not None:
+        model_ref = bentoml.models.BentoModel(ARGS.model_tag)
 
     def __init__(self) -> None:
-        from recforge.serving import Engine, limit_threads
+        from recforge.engine import Engine, limit_threads
 
-        package_dir = os.environ.get("RECFORGE_PACKAGE_DIR")
-        if package_dir:
-            directory = Path(package_dir)
-        elif _TAG is not None:
+        if ARGS.package_dir:
+            directory = Path(ARGS.package_dir)
+        elif ARGS.model_tag is not None:
             directory = Path(self.model_ref.path)
         else:
-            raise RuntimeError("nothing to serve: run `recforge package`, or set RECFORGE_MODEL_TAG or RECFORGE_PACKAGE_DIR")
-        self.engine = Engine.load(directory, device=_device(), model=os.environ.get("RECFORGE_MODEL") or None)
-        limit_threads(int(os.environ.get("RECFORGE_THREADS", "1")))
+            raise RuntimeError(
+                "nothing to serve: run `recforge package`, or pass --arg model_tag=... or --arg package_dir=..."
+            )
+        self.engine = Engine.load(directory, device=ARGS.device, model=ARGS.model)
+        limit_threads(ARGS.threads)  # after loading: plugins may set their own thread counts while they load
 
     @bentoml.api(route="/recommend")
-    async def recommend(self, user_id: Id, k: K = 10, exclude_seen: bool = True, explain: bool = False) -> Recommendations:
+    async def recommend(
+        self, user_id: Id, k: K = 10, exclude_seen: bool = True, explain: bool = False
+    ) -> Recommendations:
         """Top-k for a user (original id); unknown users get the popular list with fallback='popular'."""
         call = lambda: _errors(lambda: self.engine.recommend(user_id, k, exclude_seen=exclude_seen, explain=explain))  # noqa: E731
         # explanations may run a generative model: keep them off the event loop
         return await asyncio.to_thread(call) if explain else call()
 
     @bentoml.api(route="/recommend/text")
-    def recommend_text(self, text: Annotated[str, Field(min_length=1, max_length=10_000)], k: K = 10) -> Recommendations:
+    def recommend_text(
+        self, text: Annotated[str, Field(min_length=1, max_length=10_000)], k: K = 10
+    ) -> Recommendations:
         """Cold start from a free-text description of someone's taste."""
         return _errors(lambda: self.engine.recommend_text(text, k))
 
     @bentoml.api(route="/recommend/history")
-    async def recommend_history(self, item_ids: Annotated[list[Id], Field(max_length=1000)], k: K = 10) -> Recommendations:
+    async def recommend_history(
+        self, item_ids: Annotated[list[Id], Field(max_length=1000)], k: K = 10
+    ) -> Recommendations:
         """An anonymous session: fold in an item history (oldest first); unknown items are listed."""
         return _errors(lambda: self.engine.recommend_history(item_ids, k))
 
@@ -179,11 +173,6 @@ class Recforge:
     async def metadata(self) -> dict:
         """Model tag, data hash, metrics, counts and an example user id (also served on GET)."""
         return self.engine.metadata()
-
-    @bentoml.api(route="/trivial")
-    async def trivial(self) -> list[dict]:
-        """A constant answer: the ceiling of this machine for the benchmark."""
-        return TRIVIAL
 
 
 Recforge.add_asgi_middleware(BearerToken)  # outermost: checked before anything else answers

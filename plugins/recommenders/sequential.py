@@ -152,6 +152,7 @@ class Sequential:
         self.best_epoch: int | None = None
         self.history: list[dict[str, float]] = []
         self._device = "cpu"
+        self._output: tuple[np.ndarray, np.ndarray] | None = None  # numpy output layer for recommend_states
 
     # -- training -----------------------------------------------------------
 
@@ -180,6 +181,7 @@ class Sequential:
         self._device = cfg["device"] or context.device or "cpu"
         self.n_items = train.n_items
         self.seen = train.csr
+        self._output = None
         self.sequences = [np.asarray(s, dtype=np.int32) for s in train.sequences]
         self.net = _build_network(
             cfg["cell"], self.n_items, cfg["dim"], cfg["layers"], cfg["heads"], cfg["dropout"], cfg["max_len"]
@@ -286,6 +288,29 @@ class Sequential:
         if exclude_seen and len(item_ids):
             seen = history_row(item_ids, self.n_items)
         return top_k(scores, k, seen=seen)
+
+    def user_states(self) -> np.ndarray:
+        """UserStates: the final hidden state of every fitted user's history ([n_users, dim] float32).
+
+        Computed in batches; a state never depends on its batch (see ``_user_vectors``)."""
+        torch = _torch()
+        states = np.zeros((len(self.sequences), self.config["dim"]), dtype=np.float32)
+        with torch.no_grad():
+            for part in batched(len(self.sequences), 1024):
+                states[part] = self._user_vectors(self.sequences[part]).float().cpu().numpy()
+        return states
+
+    def recommend_states(self, user_ids, states, *, k, exclude_seen=True):
+        """UserStates: ``recommend`` for ``user_ids`` from their ``states`` (rows of ``user_states()``),
+        through the output layer only (numpy, no recurrent pass)."""
+        if self._output is None:
+            weights = np.ascontiguousarray(self.net.items.weight[1:].detach().float().cpu().numpy())
+            bias = np.broadcast_to(self.net.bias.detach().float().cpu().numpy(), (len(weights),)).astype(np.float32)
+            self._output = (weights, bias)
+        weights, bias = self._output
+        user_ids = np.asarray(user_ids)
+        scores = np.atleast_2d(states) @ weights.T + bias
+        return top_k(scores, k, seen=self.seen[user_ids] if exclude_seen else None)
 
     def item_embeddings(self) -> np.ndarray:
         return self.net.items.weight[1:].detach().float().cpu().numpy()

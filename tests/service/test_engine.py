@@ -1,4 +1,4 @@
-"""recforge.serving without HTTP: packaging and the fallback paths of a popularity-only package."""
+"""recforge.engine and recforge.packaging without HTTP: packaging and the fallback paths of a popularity-only package."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ import pytest
 from recforge.errors import RecforgeError
 from recforge.params import load_params
 from recforge.pipeline import run_pipeline
-from recforge.serving import BadRequestError, Engine, NotFoundError, build_package, model_version, params_hash
+from recforge.engine import Engine
+from recforge.packaging import build_package, model_version, params_hash
+from recforge.schemas import BadRequestError, NotFoundError
 from tests.conftest import TINY, tmp_overrides
 
 
@@ -52,7 +54,7 @@ def test_popularity_only_package_falls_back(package):
     similar = engine.similar_items(first, 3)
     assert first not in [i.item_id for i in similar.items]
     explanation = engine.explain(user, first)
-    assert explanation.explanation.startswith("Recommended") or "popular" in explanation.explanation
+    assert explanation.explanation.startswith(f'"{explanation.title}" is recommended')
     assert engine.metadata()["explainer"] == "builtin"
 
 
@@ -84,7 +86,7 @@ def test_a_tampered_manifest_entry_is_caught(package, tmp_path):
 
 
 def test_sequential_user_states_match_the_model(tmp_path):
-    """The cached user states score exactly like Sequential.recommend for every user."""
+    """The cached user states (the UserStates ability) score exactly like Sequential.recommend for every user."""
     import numpy as np
 
     models = "recommenders={gru: {plugin: sequential, cell: gru, dim: 16, max_len: 10, epochs: 2, min_epochs: 1, batch_size: 64}}"
@@ -96,7 +98,7 @@ def test_sequential_user_states_match_the_model(tmp_path):
     model = engine.models["gru"]
     for user in range(len(model.sequences)):
         expected, _ = model.recommend(np.array([user]), k=10)
-        got, _ = engine._score_state(engine.user_states, model, user, 10, True)
+        got, _ = model.recommend_states(np.array([user]), engine.user_states[[user]], k=10)
         assert np.array_equal(expected, got)
     answer = engine.recommend(engine.maps.user_ids[0], 5)
     assert answer.model == "gru" and len(answer.items) == 5
@@ -160,3 +162,25 @@ def test_reranker_without_candidates_in_the_package_is_refused_with_the_reason(t
     assert "serve.model: rerank" in engine.metadata()["rerank_note"]
     with pytest.raises(RecforgeError, match="itemknn"):
         Engine.load(tmp_path / "package", device="cpu", model="rerank")
+
+
+def test_offline_and_online_evidence_agree(tmp_path):
+    """recforge explain (the workspace) and the Engine (the package) give the same evidence."""
+    from recforge.explain import workspace_evidence
+
+    models = "recommenders={popularity: {}, itemknn: {neighbors: 20}}"
+    params = load_params(None, tmp_overrides(tmp_path) + TINY + [models, "encode.encoders=[tfidf]", "rerank.enabled=false"])
+    run_pipeline(params, stages=["ingest", "validate", "split", "encode", "train", "evaluate"])
+    build_package(params, tmp_path / "package")
+    engine = Engine.load(tmp_path / "package", device="cpu")
+    assert engine.item_table.vectors is not None, "evidence similarity from the tfidf embeddings"
+    users, items = engine.maps.user_ids[:8], engine.maps.item_ids[::7]
+    genre_word_pairs = 0
+    for user_id in users:
+        for item_id in items:
+            offline = workspace_evidence(params, user_id, item_id)
+            online = engine.explain(user_id, item_id).evidence
+            assert offline == online, (user_id, item_id)
+            genre_word_pairs += bool(online["shared_genres"])
+            assert not {g.lower() for g in online["shared_genres"]} & set(online["shared_keywords"])
+    assert genre_word_pairs, "some pairs share genres, so the genre-word rule was exercised"

@@ -46,8 +46,6 @@ def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("serve")
     env = {**os.environ, "BENTOML_HOME": str(root / "bentoml"), "BENTOML_DO_NOT_TRACK": "True"}
     env.pop("RECFORGE_API_TOKEN", None)
-    env.pop("RECFORGE_PACKAGE_DIR", None)
-    env.pop("RECFORGE_MODEL_TAG", None)
     flags = _flags(root, [f"serve.api_token={TOKEN}", "serve.device=cpu"])
     for command in (["run"], ["package"]):
         done = subprocess.run([RECFORGE, *command, *flags], cwd=root, env=env, capture_output=True, text=True, timeout=300)
@@ -100,8 +98,10 @@ def test_every_other_endpoint_needs_the_token(server):
     assert httpx.post(f"{base}/recommend", json={"user_id": 1}, headers=wrong, timeout=5).status_code == 401
     assert httpx.get(f"{base}/metadata", timeout=5).status_code == 401
     assert httpx.get(f"{base}/metrics", timeout=5).status_code == 401
-    response = httpx.post(f"{base}/trivial", json={}, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=5)
-    assert response.status_code == 200 and len(response.json()) == 10
+
+
+def test_the_benchmark_ceiling_is_not_a_production_route(server):
+    assert server["client"].post("/trivial", json={}).status_code == 404
 
 
 def test_metadata_pins_the_packaged_model(server):
@@ -204,21 +204,40 @@ def test_malformed_json_and_the_worker_survives(server):
 
 
 def test_bento_pins_the_exact_model_tag(server):
-    store = Path(server["env"]["BENTOML_HOME"]) / "bentos"
-    name, version = server["packaged"]["bento_tag"].split(":")
-    pinned = json.loads((store / name / version / "src" / "recforge_model.json").read_text())
-    assert pinned["tag"] == server["packaged"]["model_tag"]
+    """The Bento keeps the arguments it was built with: the exact model tag and the serve settings."""
     import yaml
 
+    store = Path(server["env"]["BENTOML_HOME"]) / "bentos"
+    name, version = server["packaged"]["bento_tag"].split(":")
     bento = yaml.safe_load((store / name / version / "bento.yaml").read_text())
     assert [m["tag"] for m in bento["services"][0]["models"]] == [server["packaged"]["model_tag"]]
+    assert bento["args"]["model_tag"] == server["packaged"]["model_tag"]
+    assert bento["args"]["device"] == "cpu"
+    assert server["packaged"]["serve_args"]["model_tag"] == server["packaged"]["model_tag"]
+
+
+def test_serve_command_passes_typed_arguments(server, tmp_path):
+    """`recforge serve` serves the Bento when params ask for what it was built with, else service/ with --arg."""
+    from recforge.packaging import serve_command
+    from recforge.params import load_params
+
+    root = server["root"]
+    overrides = tmp_overrides(root) + TINY + ["encode.encoders=[tfidf]", MODELS, "serve.device=cpu"]
+    command, env = serve_command(load_params(None, overrides))
+    assert server["packaged"]["bento_tag"] in command and "--arg" not in command
+    assert "RECFORGE_MODEL_TAG" not in env and "RECFORGE_DEVICE" not in env
+    command, _ = serve_command(load_params(None, [*overrides, "serve.workers=2", "serve.model=popularity"]))
+    assert "service:Recforge" in command
+    args = [command[i + 1] for i, part in enumerate(command) if part == "--arg"]
+    assert f"model_tag={server['packaged']['model_tag']}" in args
+    assert {"workers=2", "model=popularity", "device=cpu", "access_log=true"} <= set(args)
 
 
 def test_checksum_mismatch_refuses_to_load(server, tmp_path):
     import shutil
 
     from recforge.errors import RecforgeError
-    from recforge.serving import Engine
+    from recforge.engine import Engine
 
     store = Path(server["env"]["BENTOML_HOME"]) / "models"
     name, version = server["packaged"]["model_tag"].split(":")
@@ -232,6 +251,8 @@ def test_checksum_mismatch_refuses_to_load(server, tmp_path):
 
 
 def test_service_source_has_no_pickle():
-    for path in [PROJECT_ROOT / "service" / "service.py", PROJECT_ROOT / "recforge" / "serving.py"]:
+    for name in ("engine.py", "packaging.py", "online_rerank.py", "schemas.py", "explain.py"):
+        assert "import pickle" not in (PROJECT_ROOT / "recforge" / name).read_text()
+    for path in [PROJECT_ROOT / "service" / "service.py", PROJECT_ROOT / "recforge" / "packaging.py"]:
         text = path.read_text()
         assert "import pickle" not in text and "allow_pickle=True" not in text

@@ -1,0 +1,422 @@
+"""Online recommendations: the framework-free core behind the BentoML service.
+
+``Engine.load`` opens a package (:class:`recforge.packaging.Package`: every
+checksum verified), loads every model once through the plugin registry and
+caches what requests reuse (normalised item embeddings, popularity, histories,
+the item table explanations read, user states of models with the
+:class:`recforge.protocols.UserStates` ability). Every request is then
+computed online from the loaded models; nothing is precomputed per user.
+
+Which model answers what is chosen by ability (the optional protocols of
+:mod:`recforge.protocols`), never by plugin name. The service in ``service/``
+is a thin HTTP layer over :class:`Engine`; its answers are the pydantic models
+of :mod:`recforge.schemas`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from recforge import explain
+from recforge.artifacts import plain
+from recforge.errors import RecforgeError
+from recforge.interactions import IdMaps
+from recforge.online_rerank import RERANK, OnlineReranker
+from recforge.packaging import Package
+from recforge.params import Params
+from recforge.protocols import FitContext, FoldIn, SimilarItems, TextQuery, UserStates
+from recforge.ranking import history_row, top_k
+from recforge.schemas import MAX_K, BadRequestError, Explanation, NotFoundError, Recommendations, RecommendedItem
+from recforge.text import item_titles
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Engine:
+    """Everything a request needs, loaded once from a package directory."""
+
+    directory: Path
+    manifest: dict[str, Any]
+    params: Params
+    metrics: dict[str, Any]
+    items: pd.DataFrame
+    maps: IdMaps
+    models: dict[str, Any]
+    primary: str
+    history_indptr: np.ndarray
+    history_items: np.ndarray
+    popularity: np.ndarray
+    device: str = "cpu"
+    titles: list[str] = field(default_factory=list)
+    item_table: explain.ItemTable | None = None  # what explanations read
+    item_vectors: np.ndarray | None = None
+    text_model: str | None = None
+    text_encoder: Any = None
+    fold_in_model: str | None = None
+    similar_model: str | None = None
+    explainer: Any = None
+    explainer_name: str = "builtin"
+    # models with cached user states (UserStates): name -> states [n_users, dim]
+    states: dict[str, np.ndarray] = field(default_factory=dict)
+    reranker: OnlineReranker | None = None
+    rerank_note: str | None = None  # why the packaged re-ranker is not served, if it is not
+
+    @property
+    def user_states(self) -> np.ndarray | None:
+        """The served model's cached user states (None when it has none)."""
+        return self.states.get(self.primary)
+
+    # ---- loading -------------------------------------------------------------------------------------------
+
+    @classmethod
+    def load(
+        cls, directory: str | Path, *, device: str = "auto", model: str | None = None, verify: bool = True
+    ) -> Engine:
+        """Load a package; ``model`` overrides the served model (default: serve.model, then best validation NDCG)."""
+        from recforge.workspace import resolve_device
+
+        package = Package.open(directory, verify=verify)
+        params, manifest = package.params, package.manifest
+        device = resolve_device(device)
+        indptr, history = package.history()
+        context = FitContext(
+            items=package.items, maps=package.maps, embeddings=package.embeddings, seed=params.seed, device=device
+        )
+        models = package.load_models(context)
+        if not models:
+            raise RecforgeError(f"{package.directory}: the package holds no models")
+        metrics = package.metrics
+        # the re-ranker answers /recommend only when asked for by name (serve.model: rerank): it calls every
+        # candidate model per request, so the automatic choice stays with the single models, and its
+        # feature state is built only then
+        primary = model or params.serve.model or _best_model(models, metrics, params.evaluate.k)
+        reranker, rerank_note = (
+            None,
+            "served when asked for: serve.model: rerank" if manifest.get("rerank") else "no re-ranker in the package",
+        )
+        if primary == RERANK:
+            reranker, rerank_note = OnlineReranker.load(package, models)
+        servable = {**models, **({RERANK: reranker} if reranker is not None else {})}
+        if primary not in servable:
+            why = f"; the re-ranker is not served: {rerank_note}" if primary == RERANK and rerank_note else ""
+            raise RecforgeError(f"serve.model '{primary}' is not in the package (models: {', '.join(servable)}){why}")
+
+        engine = cls(
+            directory=package.directory,
+            manifest=manifest,
+            params=params,
+            metrics=metrics,
+            items=package.items,
+            maps=package.maps,
+            models=models,
+            primary=primary,
+            history_indptr=indptr,
+            history_items=history,
+            popularity=np.bincount(history, minlength=len(package.items)).astype(np.float64),
+            device=device,
+            reranker=reranker,
+            rerank_note=rerank_note,
+        )
+        engine._prepare(package)
+        log.info("loaded %s:%s (serving %s on %s)", manifest["name"], manifest["version"], primary, device)
+        return engine
+
+    def _prepare(self, package: Package) -> None:
+        """Choose a model per path by ability, cache what requests reuse, warm every path up."""
+        self.titles = item_titles(self.items)
+        # popular list once: ties by index, like top_k
+        self._popular_order = np.lexsort((np.arange(len(self.popularity)), -self.popularity))
+        encoders = package.encoders
+        if encoders:
+            self.item_vectors = np.ascontiguousarray(package.embeddings(encoders[0]), dtype=np.float32)
+        evidence_encoder = next((name for name in explain.explanation_encoders(self.params) if name in encoders), None)
+        vectors = package.embeddings(evidence_encoder) if evidence_encoder is not None else None
+        self.item_table = explain.ItemTable.build(self.items, self.params.encode.fields, vectors)
+        lead = (
+            self.primary
+            if self.primary in self.models
+            else _best_model(self.models, self.metrics, self.params.evaluate.k)
+        )
+        ordered = [lead] + [n for n in self.models if n != lead]
+        self.text_model = next((n for n in ordered if isinstance(self.models[n], TextQuery)), None)
+        if self.text_model is None and encoders:
+            self.text_encoder = package.load_encoder(encoders[0])
+        # a model that scores from a state of the ordered history folds a session in the same way: first choice
+        stateful = [n for n in ordered if isinstance(self.models[n], UserStates)]
+        self.fold_in_model = next((n for n in stateful + ordered if isinstance(self.models[n], FoldIn)), None)
+        self.similar_model = next((n for n in ordered if isinstance(self.models[n], SimilarItems)), None)
+        self.explainer, self.explainer_name = explain.load_explainer(
+            self.params.serve.explainer, self.params.serve.explainer_options
+        )
+        candidates = self.reranker.models if self.primary == RERANK else [self.primary]
+        for name in candidates:
+            states = self._cache_user_states(name)
+            if states is not None:
+                self.states[name] = states
+        self._warm_up(candidates)
+
+    def _warm_up(self, candidates: list[str]) -> None:
+        """Run every path once so the first request is not the slow one."""
+        for name in {*candidates, self.fold_in_model} - {None}:
+            try:
+                if name in candidates:
+                    self._top(name, 0, 10, True)
+                else:
+                    self.models[name].recommend_history(np.array([0]), k=10)
+            except Exception as exc:  # a warm-up failure shows up on the real request with its message
+                log.warning("warm-up of %s failed: %s", name, exc)
+        if self.primary == RERANK and self.maps.user_ids.size:
+            try:
+                self.recommend(plain(self.maps.user_ids[0]), 10)
+            except Exception as exc:
+                log.warning("warm-up of the re-ranker failed: %s", exc)
+        if self.text_model or self.text_encoder is not None:
+            try:
+                self.recommend_text("warm up", 10)
+            except Exception as exc:
+                log.warning("warm-up of the text path failed: %s", exc)
+
+    def _cache_user_states(self, name: str) -> np.ndarray | None:
+        """The user states of a model with the UserStates ability, computed once here.
+
+        Each request then scores with ``recommend_states``: one small product
+        instead of, for a sequential model, a recurrent pass over its history.
+        Checked against the model's own ``recommend`` on a few users; any
+        mismatch disables it.
+        """
+        model = self.models[name]
+        if not isinstance(model, UserStates):
+            return None
+        try:
+            states = np.ascontiguousarray(model.user_states(), dtype=np.float32)
+            probe = np.linspace(0, len(states) - 1, num=min(5, len(states))).astype(int)
+            for user in probe:
+                expected, _ = model.recommend(np.array([user]), k=10)
+                got, _ = model.recommend_states(np.array([user]), states[[user]], k=10)
+                if not np.array_equal(expected, got):
+                    log.warning("%s: cached user states disagree with recommend(); scoring online", name)
+                    return None
+            log.info("%s: cached %d user states", name, len(states))
+            return states
+        except Exception as exc:  # any surprise: the model's own recommend() still works
+            log.warning("%s: no cached user states (%s)", name, exc)
+            return None
+
+    # ---- helpers -------------------------------------------------------------------------------------------
+
+    def _top(self, name: str, user: int, k: int, exclude_seen: bool) -> tuple[np.ndarray, np.ndarray]:
+        """Model ``name``'s top-``k`` for one known user (cached states when the model has them)."""
+        model = self.models[name]
+        users = np.array([user])
+        if name in self.states:
+            return model.recommend_states(users, self.states[name][users], k=k, exclude_seen=exclude_seen)
+        return model.recommend(users, k=k, exclude_seen=exclude_seen)
+
+    def _history(self, user: int) -> np.ndarray:
+        return self.history_items[self.history_indptr[user] : self.history_indptr[user + 1]]
+
+    def _item_id(self, index: int) -> Any:
+        return plain(self.maps.item_ids[index])
+
+    def _rows(self, items: np.ndarray, scores: np.ndarray) -> list[tuple[int, float]]:
+        return [(int(i), float(s)) for i, s in zip(np.ravel(items), np.ravel(scores)) if i >= 0 and np.isfinite(s)]
+
+    def _popular(self, k: int, exclude: np.ndarray | None = None) -> list[tuple[int, float]]:
+        order = self._popular_order
+        if exclude is not None and len(exclude):
+            order = order[~np.isin(order, exclude)]
+        order = order[:k]
+        return [(int(i), float(self.popularity[i])) for i in order]
+
+    def _answer(
+        self,
+        rows,
+        model: str,
+        *,
+        fallback: str | None = None,
+        user: int | None = None,
+        user_id: Any = None,
+        explain: bool = False,
+        unknown=(),
+    ) -> Recommendations:
+        items = []
+        for index, score in rows:
+            explanation = self._explain(user, index)["explanation"] if explain and user is not None else None
+            items.append(
+                RecommendedItem(
+                    item_id=self._item_id(index), title=self.titles[index], score=score, explanation=explanation
+                )
+            )
+        return Recommendations(
+            items=items, model=model, fallback=fallback, user_id=user_id, unknown_item_ids=list(unknown)
+        )
+
+    @staticmethod
+    def _check_k(k: int) -> int:
+        if not 1 <= int(k) <= MAX_K:
+            raise BadRequestError(f"k must be between 1 and {MAX_K}, got {k}")
+        return int(k)
+
+    # ---- requests ------------------------------------------------------------------------------------------
+
+    def recommend(
+        self, user_id: Any, k: int = 10, *, exclude_seen: bool = True, explain: bool = False
+    ) -> Recommendations:
+        """Top-k for a known user (original id, str or int); unknown users get the popular list."""
+        k = self._check_k(k)
+        user = self.maps.lookup_user(user_id)
+        if user < 0:
+            return self._answer(self._popular(k), "popularity", fallback="popular", user_id=user_id)
+        if self.primary == RERANK:
+            lists = {
+                name: self._top(name, user, self.reranker.per_model, exclude_seen) for name in self.reranker.models
+            }
+            items, scores = self.reranker.rank(user, lists, k)
+        else:
+            items, scores = self._top(self.primary, user, k, exclude_seen)
+        return self._answer(
+            self._rows(items, scores), self.primary, user=user, user_id=plain(self.maps.user_ids[user]), explain=explain
+        )
+
+    def recommend_text(self, text: str, k: int = 10) -> Recommendations:
+        """Cold start from a free-text description of a user's taste."""
+        k = self._check_k(k)
+        if not text or not text.strip():
+            raise BadRequestError("text must not be empty")
+        if self.text_model is not None:
+            items, scores = self.models[self.text_model].recommend_text(text, k)
+            return self._answer(self._rows(items, scores), self.text_model)
+        if self.text_encoder is not None and self.item_vectors is not None:
+            vector = np.asarray(self.text_encoder.encode([text]), dtype=np.float32)
+            if np.any(vector):
+                items, scores = top_k(vector @ self.item_vectors.T, k)
+                return self._answer(self._rows(items, scores), f"text:{self.manifest['encoders'][0]}")
+        return self._answer(self._popular(k), "popularity", fallback="popular")
+
+    def encode_texts(self, texts: list[str]) -> np.ndarray:
+        """Embeddings of ``texts`` with the served text encoder ([n, dim] float32)."""
+        encoder = self.text_encoder
+        if encoder is None and self.text_model is not None:
+            encoder = self.models[self.text_model].encoder
+        if encoder is None:
+            raise BadRequestError("this package has no text encoder (add one to encode.encoders and a content model)")
+        return np.asarray(encoder.encode(list(texts)), dtype=np.float32)
+
+    def recommend_history(self, item_ids: list[Any], k: int = 10) -> Recommendations:
+        """An anonymous session: fold in an item history (time order); unknown items are ignored and listed."""
+        k = self._check_k(k)
+        indices = [self.maps.lookup_item(i) for i in item_ids]
+        unknown = [i for i, index in zip(item_ids, indices) if index < 0]
+        known = np.array([i for i in indices if i >= 0], dtype=np.int64)
+        if not len(known) or self.fold_in_model is None:
+            return self._answer(self._popular(k, exclude=known), "popularity", fallback="popular", unknown=unknown)
+        items, scores = self.models[self.fold_in_model].recommend_history(known, k=k, exclude_seen=True)
+        return self._answer(self._rows(items, scores), self.fold_in_model, unknown=unknown)
+
+    def similar_items(self, item_id: Any, k: int = 10) -> Recommendations:
+        k = self._check_k(k)
+        index = self.maps.lookup_item(item_id)
+        if index < 0:
+            raise NotFoundError(f"unknown item_id {item_id!r}")
+        if self.similar_model is not None:
+            items, scores = self.models[self.similar_model].similar_items(index, k=k)
+            return self._answer(self._rows(items, scores), self.similar_model)
+        if self.item_vectors is not None:
+            scores = self.item_vectors @ self.item_vectors[index]
+            seen = history_row([index], len(scores))
+            items, top = top_k(scores[None, :], k, seen=seen)
+            return self._answer(self._rows(items, top), f"embeddings:{self.manifest['encoders'][0]}")
+        return self._answer(self._popular(k, exclude=np.array([index])), "popularity", fallback="popular")
+
+    def explain(self, user_id: Any, item_id: Any) -> Explanation:
+        user = self.maps.lookup_user(user_id)
+        if user < 0:
+            raise NotFoundError(f"unknown user_id {user_id!r}")
+        index = self.maps.lookup_item(item_id)
+        if index < 0:
+            raise NotFoundError(f"unknown item_id {item_id!r}")
+        result = self._explain(user, index)
+        return Explanation(
+            user_id=plain(self.maps.user_ids[user]),
+            item_id=self._item_id(index),
+            title=self.titles[index],
+            explanation=result["explanation"],
+            evidence=result["evidence"],
+        )
+
+    def evidence(self, user: int, index: int) -> dict[str, Any]:
+        """:func:`recforge.explain.evidence` for dense ``user`` and item ``index`` over the packaged history."""
+        return explain.evidence(self.item_table, self._history(user), index)
+
+    def _explain(self, user: int, index: int) -> dict[str, Any]:
+        found = self.evidence(user, index)
+        text = explain.explain_text(
+            self.explainer, plain(self.maps.user_ids[user]), self._item_id(index), found, name=self.explainer_name
+        )
+        return {"explanation": text, "evidence": found}
+
+    def metadata(self) -> dict[str, Any]:
+        k = self.params.evaluate.k
+        return {
+            "model_tag": f"{self.manifest['name']}:{self.manifest['version']}",
+            "data_hash": self.manifest["data_hash"],
+            "params_hash": self.manifest["params_hash"],
+            "created": self.manifest["created"],
+            "model": self.primary,
+            "models": self.manifest["models"],
+            "text_path": self.text_model
+            or (f"text:{self.manifest['encoders'][0]}" if self.text_encoder is not None else "popularity"),
+            "history_path": self.fold_in_model or "popularity",
+            "similar_items_path": self.similar_model
+            or ("embeddings" if self.item_vectors is not None else "popularity"),
+            "explainer": self.explainer_name,
+            "rerank_packaged": bool(self.manifest.get("rerank")),
+            "rerank_served": self.primary == RERANK,
+            "rerank_note": self.rerank_note,
+            "device": self.device,
+            "cached_user_states": self.user_states is not None,
+            "metrics": {
+                name: {key: value for key, value in m.items() if key.endswith(f"@{k}")}
+                for name, m in self.metrics.items()
+            },
+            "counts": self.manifest["counts"],
+            "example_user_id": self.manifest["example_user_id"],
+        }
+
+
+def limit_threads(threads: int) -> None:
+    """Cap BLAS/OpenMP/torch threads per worker process.
+
+    Requests multiply one row by small matrices: one thread is fastest, and
+    idle BLAS/OpenMP threads spinning beside torch's made a 0.05 ms product
+    take 20 ms under load. Throughput comes from workers and concurrency.
+    """
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(limits=threads)
+    except ImportError:
+        pass
+    try:
+        import torch
+
+        torch.set_num_threads(threads)
+    except ImportError:
+        pass
+
+
+def _best_model(models: dict[str, Any], metrics: dict[str, Any], k: int) -> str:
+    """The packaged model with the best validation NDCG@k (test NDCG@k when no validation figure)."""
+
+    def score(name: str) -> float:
+        m = metrics.get(name, {})
+        return float(m.get("val", {}).get(f"ndcg@{k}", m.get(f"ndcg@{k}", float("-inf"))))
+
+    return max(models, key=score)

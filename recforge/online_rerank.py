@@ -1,0 +1,101 @@
+"""The second stage online: the packaged re-ranker, one user at a time."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from recforge import registry
+from recforge.artifacts import load_model_dir, read_meta
+from recforge.interactions import IdMaps
+from recforge.packaging import Package
+
+RERANK = "rerank"  # the served name of the second stage, and its folder in a package
+
+
+@dataclass
+class OnlineReranker:
+    """The packaged re-ranker, one user at a time.
+
+    Exactly the offline test-part protocol: the candidate models' top
+    ``per_model`` lists for the user (the packaged models are the train+val
+    refits), the features of :class:`recforge.features.FeatureContext` over
+    the packaged train+val history (built once at load: O(users + items +
+    events)), then the mean LambdaRank score of the fold models; ties go to the
+    lower item index, as in ``recforge.rerank.ranked_lists``.
+    """
+
+    model: Any
+    context: Any
+    models: list[str]
+    per_model: int
+    maps: IdMaps
+
+    @classmethod
+    def load(cls, package: Package, models: dict[str, Any]) -> tuple[OnlineReranker | None, str | None]:
+        """(the re-ranker, None), or (None, why it cannot be served) when the package's re-ranker cannot run online."""
+        from recforge.features import FeatureContext, PartData
+        from recforge.profiles import settings_from_params
+
+        folder = package.directory / RERANK
+        if not package.manifest.get("rerank") or not (folder / "meta.json").exists():
+            return None, "no re-ranker in the package"
+        meta = read_meta(folder)
+        if meta.get("fallback"):
+            return None, f"no re-ranker was trained (the lists used {meta['fallback']})"
+        missing = [m for m in meta["models"] if m not in models]
+        offline_only = [f for f in meta["features"] if f.startswith(("llm_", "sent_"))]
+        if missing:
+            return None, f"candidate models {missing} are not in the package"
+        if offline_only:
+            return None, f"features {offline_only} are computed offline only (LLM scorer, review sentiment)"
+        history = package.events()
+        if not history.timestamps.any() and len(history):
+            return None, "the package's history has no timestamps (packaged by an older recforge)"
+        params = package.params
+        data = PartData(
+            part="full",
+            history=history,
+            maps=package.maps,
+            items=package.items,
+            lists={},
+            embeddings={name: package.embeddings(name) for name in meta["encoders"]},
+            text_fields=params.encode.fields,
+            profile_settings=settings_from_params(params),
+        )
+        model, _ = load_model_dir(folder, registry.rerankers, meta=meta)
+        return cls(
+            model=model,
+            context=FeatureContext(data),
+            models=list(meta["models"]),
+            per_model=int(meta["candidates_per_model"]),
+            maps=package.maps,
+        ), None
+
+    def rank(self, user: int, lists: dict[str, tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` (dense items, scores) from each candidate model's (items, scores) for dense ``user``."""
+        from recforge.features import candidate_frame
+
+        frames = {}
+        for name, (items, scores) in lists.items():
+            items, scores = np.ravel(items), np.ravel(scores)
+            keep = (items >= 0) & np.isfinite(scores)
+            items, scores = items[keep], scores[keep]
+            frames[name] = pd.DataFrame(
+                {
+                    "user_id": self.maps.user_ids[np.full(len(items), user)],
+                    "item_id": self.maps.item_ids[items],
+                    "rank": np.arange(1, len(items) + 1),
+                    "score": scores,
+                }
+            )
+        if not any(len(f) for f in frames.values()):
+            return np.zeros(0, np.int64), np.zeros(0)
+        frame = self.context.add(candidate_frame(frames, self.maps, self.per_model))
+        scores = np.asarray(self.model.rerank(frame), dtype=np.float64)
+        items = frame["item"].to_numpy()
+        order = np.lexsort((items, -scores))[:k]
+        return items[order], scores[order]
