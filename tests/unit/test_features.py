@@ -131,8 +131,8 @@ def test_labels_mark_only_truth_pairs(tiny):
 
 
 def test_llm_scorer_prompts_top_candidates_and_caches(tiny, tmp_path):
-    from recforge.params import load_params
     from recforge.llm_scorer import LLMScorer
+    from recforge.params import load_params
     from tests.conftest import tmp_overrides
 
     params = load_params(None, tmp_overrides(tmp_path) + ["rerank.llm_candidates=1", "rerank.llm_history=2"])

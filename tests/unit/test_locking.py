@@ -35,12 +35,10 @@ def _holder(cache: Path) -> subprocess.Popen:
 def test_a_second_process_is_refused_then_gets_the_lock_after_a_kill_9(tmp_path: Path) -> None:
     child = _holder(tmp_path)
     try:
-        with pytest.raises(RecforgeError, match=f"pid {child.pid}"):
-            with workspace_lock(tmp_path, wait=False):
-                pass
-        with pytest.raises(RecforgeError, match="still holds"):
-            with workspace_lock(tmp_path, timeout=0.5):
-                pass
+        with pytest.raises(RecforgeError, match=f"pid {child.pid}"), workspace_lock(tmp_path, wait=False):
+            pass
+        with pytest.raises(RecforgeError, match="still holds"), workspace_lock(tmp_path, timeout=0.5):
+            pass
     finally:
         os.kill(child.pid, signal.SIGKILL)
         child.wait()
