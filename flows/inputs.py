@@ -17,8 +17,8 @@ MAX_OVERRIDES = 50
 MAX_OVERRIDE_CHARS = 500
 MAX_K = 1000
 MAX_BATCH_USERS = 100_000
-# sections a run may not change from the UI: where outputs go, where work runs
-LOCKED_PREFIXES = ("paths", "orchestration", "serve.api_token")
+# keys a run may not change from the UI: where outputs go, which scheduler runs the work, the token
+LOCKED_PREFIXES = ("paths", "orchestration.dask_address", "serve.api_token")
 # params whose values are files the run reads: they must lie inside the project
 INPUT_FILE_KEYS = ("data.path", "data.metadata_path", "data.items_path")
 

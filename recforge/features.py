@@ -67,6 +67,9 @@ class PartData:
     sentiment: np.ndarray | None = None
     text_fields: Sequence[str] = ("text",)
     profile_settings: Any = None
+    # user profile vectors per encoder, as the encode stage wrote them (recforge.profiles);
+    # an encoder missing here gets its profiles computed from ``history`` with ``profile_settings``
+    profiles: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def candidate_frame(lists: Mapping[str, pd.DataFrame], maps: IdMaps, per_model: int) -> pd.DataFrame:
@@ -216,7 +219,10 @@ class FeatureContext:
         self.embeddings = {}
         for name, vectors in data.embeddings.items():
             vectors = np.asarray(vectors, dtype=np.float32)
-            self.embeddings[safe_name(name)] = (vectors, np.asarray(_profiles(history, vectors, data.profile_settings), dtype=np.float32))
+            profiles = data.profiles.get(name)
+            if profiles is None:
+                profiles = _profiles(history, vectors, data.profile_settings)
+            self.embeddings[safe_name(name)] = (vectors, np.asarray(profiles, dtype=np.float32))
 
         self.seen = history.csr
         lengths = np.asarray(self.seen.sum(axis=1)).ravel()

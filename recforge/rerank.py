@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 NAME = "rerank"
 HISTORY = {"val": "train", "test": "train+val"}
+PROFILE_PART = {"val": "val", "test": "full"}  # profiles built from the same history (recforge.profiles.PARTS)
 
 
 def candidate_models(params: Params) -> list[str]:
@@ -85,7 +86,19 @@ def part_data(workspace: Workspace, part: str, models: Sequence[str]) -> PartDat
         sentiment=sentiment,
         text_fields=params.encode.fields,
         profile_settings=settings_from_params(params),
+        profiles=written_profiles(params, PROFILE_PART[part], list(embeddings)),
     )
+
+
+def written_profiles(params: Params, part: str, encoders: Sequence[str]) -> dict[str, np.ndarray]:
+    """The encode stage's user profile vectors of ``part`` for those of ``encoders`` it wrote."""
+    from recforge.profiles import UserProfiles
+
+    directory = Path(params.paths.profiles_dir) / part
+    if not (directory / "users.json").exists():
+        return {}
+    available = [name for name in encoders if (directory / f"{name}.npz").exists()]
+    return dict(UserProfiles.load(directory, available).vectors) if available else {}
 
 
 def iter_part(

@@ -162,6 +162,14 @@ CANONICAL, SPLIT = "${paths.canonical_dir}", "${paths.split_dir}"
 EMBEDDINGS, PROFILES = "${paths.embeddings_dir}", "${paths.profiles_dir}"
 MODELS, LISTS = "${paths.models_dir}", "${paths.lists_dir}"
 
+FIT_CONTEXT_KEYS = (
+    "encode.fields",
+    "encode.user_fields",
+    "encode.profile_half_life_events",
+    "encode.profile_half_life_days",
+    "encode.profile_rating_weight",
+)
+
 STAGES: tuple[Stage, ...] = (
     Stage(
         "ingest",
@@ -198,8 +206,9 @@ STAGES: tuple[Stage, ...] = (
     ),
     Stage(
         "train",
-        params=("recommenders.${key}", "evaluate.list_length", "seed"),
-        deps=("recforge/stages/train.py", "plugins/recommenders", CANONICAL, SPLIT, EMBEDDINGS, PROFILES),
+        # the FitContext a model gets: item text fields, user text fields and the profile weighting
+        params=("recommenders.${key}", *FIT_CONTEXT_KEYS, "evaluate.list_length", "seed"),
+        deps=("recforge/stages/train.py", "plugins/recommenders", CANONICAL, SPLIT, EMBEDDINGS),
         outs=("${paths.models_dir}/${key}", "${paths.lists_dir}/${key}"),
         variants="recommenders",
         foreach=True,

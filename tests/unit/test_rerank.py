@@ -165,3 +165,39 @@ def test_ranked_lists_orders_by_score_and_truncates():
     frame = pd.DataFrame({"user": [0, 0, 0, 1], "item": [5, 6, 7, 5], "user_id": ["a", "a", "a", "b"], "item_id": [50, 60, 70, 50]})
     lists = ranked_lists(frame, np.array([0.1, 0.9, 0.5, 0.0]), k=2)
     assert lists["item_id"].tolist() == [60, 70, 50] and lists["rank"].tolist() == [1, 2, 1]
+
+
+def test_profile_features_read_the_written_profiles(pipeline, tmp_path):
+    """The user-profiles artifact is an input of the re-ranker: its vectors are the sim_*_profile features."""
+    import shutil
+
+    import numpy as np
+
+    from recforge.features import FeatureContext
+    from recforge.profiles import settings_from_params
+    from recforge.rerank import part_data, written_profiles
+
+    params, _ = pipeline
+    workspace = Workspace(params)
+    for part, profile_part, history in (("val", "val", "train"), ("test", "full", "train+val")):
+        data = part_data(workspace, part, list(INPUTS))
+        written = data.profiles["tfidf"]
+        from recforge.profiles import profile_vectors
+
+        computed = profile_vectors(workspace.events(history), workspace.embeddings("tfidf"), settings_from_params(params))
+        np.testing.assert_allclose(written, computed, atol=1e-6)  # the same computation, read from the artifact
+        assert FeatureContext(data).embeddings["tfidf"][1] is not None
+    # change the artifact: the feature follows it
+    copy = tmp_path / "profiles"
+    shutil.copytree(params.paths.profiles_dir, copy)
+    for part in ("val", "full"):
+        path = copy / part / "tfidf.npz"
+        with np.load(path) as stored:
+            arrays = dict(stored)
+        arrays["vectors"] = np.zeros_like(arrays["vectors"])
+        np.savez(path, **arrays)
+    moved = params.model_copy(update={"paths": params.paths.model_copy(update={"profiles_dir": str(copy)})})
+    assert not written_profiles(moved, "val", ["tfidf"])["tfidf"].any()
+    frame = build_part(Workspace(moved), "val", list(INPUTS))
+    assert (frame["sim_tfidf_profile"] == 0).all()
+    assert not (build_part(workspace, "val", list(INPUTS))["sim_tfidf_profile"] == 0).all()
