@@ -8,7 +8,7 @@ the stages translate to and from original ids.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -62,8 +62,6 @@ class FitContext:
     seed: int = 0
     device: str = "cpu"
     progress: Callable[[str, float], None] | None = None
-    # Deprecated, read by nothing: kept only while recforge/serving.py still passes it; delete with that argument.
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @runtime_checkable
