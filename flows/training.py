@@ -36,6 +36,7 @@ from flows.runners import task_runner
 from recforge.errors import RecforgeError, ValidationFailed
 from recforge.locking import workspace_lock
 from recforge.params import DEFAULT_PARAMS_FILE, Params, load_params
+from recforge.reports import markdown_table
 from recforge.stages import STAGE_ORDER, get_stage
 
 # ---------------------------------------------------------------- helpers
@@ -167,15 +168,6 @@ def metrics_rows(metrics: dict[str, dict], k: int) -> list[dict[str, Any]]:
     return rows
 
 
-def _markdown_table(rows: list[dict[str, Any]]) -> str:
-    if not rows:
-        return "(no rows)"
-    columns = list(rows[0])
-    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
-    lines += ["| " + " | ".join("" if row[c] is None else str(row[c]) for c in columns) + " |" for row in rows]
-    return "\n".join(lines)
-
-
 @flow(name="training", description="ingest -> validate -> split -> encode -> fit -> rerank -> evaluate [-> package]")
 def training(
     params_file: str = DEFAULT_PARAMS_FILE,
@@ -217,8 +209,8 @@ def training(
     create_table_artifact(rows, key="metrics", description=f"test metrics at K={k} (validation NDCG in the last column)")
     stage_rows = [{"stage": label, "state": states[label], "seconds": seconds.get(label)} for label in states]
     create_markdown_artifact(
-        f"# recforge training\n\n## Test metrics (K={k})\n\n{_markdown_table(rows)}\n\n"
-        f"## Stages\n\n{_markdown_table(stage_rows)}\n",
+        f"# recforge training\n\n## Test metrics (K={k})\n\n{markdown_table(rows, floatfmt=None)}\n\n"
+        f"## Stages\n\n{markdown_table(stage_rows, floatfmt=None)}\n",
         key="training-summary",
         description="metrics table and which stages ran or came from the cache",
     )
@@ -255,7 +247,7 @@ def batch_recommend(
     target = output or default_output(params, name)
     summary = recommend_all(params.to_dict(), name, k, target, batch_users)
     create_markdown_artifact(
-        f"# batch recommendations\n\n{_markdown_table([summary])}\n",
+        f"# batch recommendations\n\n{markdown_table([summary], floatfmt=None)}\n",
         key="batch-recommend",
         description=f"top-{k} for all users from {name}",
     )

@@ -73,7 +73,7 @@ class LLMScorer:
         from recforge.llm import load_causal_lm
         from recforge.workspace import resolve_device
 
-        tokenizer, model = load_causal_lm(self.model, device=resolve_device(self.params.serve.device))
+        tokenizer, model = load_causal_lm(self.model, device=resolve_device(self.params.device))
         tokenizer.padding_side = "left"
         yes = tokenizer.encode("Yes", add_special_tokens=False)[0]
         no = tokenizer.encode("No", add_special_tokens=False)[0]

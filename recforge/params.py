@@ -7,11 +7,12 @@ take it plus overrides. Overrides use the syntax of ``dvc exp run -S``:
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from recforge.errors import RecforgeError
 
@@ -43,7 +44,7 @@ class SyntheticParams(_Section):
     num_topics: int = Field(8, ge=1)
     drift: float = Field(0.3, ge=0.0, le=1.0)
     popularity_skew: float = Field(1.0, ge=0.0)
-    seed: int = 0
+    seed: int | None = None  # None: the top-level seed
 
 
 class DataParams(_Section):
@@ -75,7 +76,7 @@ class SplitParams(_Section):
     method: Literal["leave-last-out", "temporal", "random"] = "leave-last-out"
     test_fraction: float = Field(0.1, gt=0.0, lt=1.0)
     val_fraction: float = Field(0.1, gt=0.0, lt=1.0)
-    seed: int = 0
+    seed: int | None = None  # None: the top-level seed
 
 
 class EncodeParams(_Section):
@@ -183,6 +184,21 @@ class OrchestrationParams(_Section):
     dask_workers: int = Field(2, ge=1)
 
 
+MODEL_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,63}")
+RESERVED_NAMES = frozenset({"rerank", "batch", "encoders"})  # directories the stages write beside the models
+
+
+def check_model_name(name: str) -> str:
+    """A recommender name becomes a directory and a dvc.yaml stage name: letters, digits, ``_`` and ``-``."""
+    if not isinstance(name, str) or not MODEL_NAME.fullmatch(name):
+        raise ValueError(
+            f"recommender name {name!r}: use 1-64 letters, digits, '_' or '-', starting with a letter"
+        )
+    if name in RESERVED_NAMES:
+        raise ValueError(f"recommender name {name!r} is reserved (outputs of that name exist already)")
+    return name
+
+
 class Params(_Section):
     paths: PathsParams = Field(default_factory=PathsParams)
     data: DataParams = Field(default_factory=DataParams)
@@ -195,6 +211,8 @@ class Params(_Section):
     serve: ServeParams = Field(default_factory=ServeParams)
     orchestration: OrchestrationParams = Field(default_factory=OrchestrationParams)
     seed: int = 0
+    # where training, the encoders and the LLM features run (serve.device is the service's)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
@@ -203,7 +221,18 @@ class Params(_Section):
     def _non_empty(cls, models: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
         if not models:
             raise ValueError("at least one recommender must be configured")
+        for name in models:
+            check_model_name(name)
         return {name: dict(options or {}) for name, options in models.items()}
+
+    @model_validator(mode="after")
+    def _one_seed(self) -> Params:
+        """Section seeds left unset follow the top-level ``seed``."""
+        if self.split.seed is None:
+            self.split.seed = self.seed
+        if self.data.synthetic.seed is None:
+            self.data.synthetic.seed = self.seed
+        return self
 
     def plugin_of(self, model_name: str) -> str:
         """The registered plugin behind a configured model name (``plugin:`` or the name)."""

@@ -91,7 +91,7 @@ class Workspace:
             profile_settings=settings_from_params(self.params),
             validation=validation,
             seed=self.params.seed,
-            device=resolve_device(self.params.serve.device),
+            device=resolve_device(self.params.device),
         )
 
 

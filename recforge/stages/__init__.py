@@ -80,8 +80,9 @@ class Stage:
         return list(node) if node else []
 
     def cmd(self) -> str:
-        """The dvc.yaml command."""
-        return f"recforge stage {self.name}" + (" ${key}" if self.foreach else "")
+        """The dvc.yaml command (DVC runs it through a shell: the variant is quoted, and
+        recforge.params.check_model_name refuses names that are not plain words)."""
+        return f"recforge stage {self.name}" + (" '${key}'" if self.foreach else "")
 
     # -- resolved against params (Prefect cache keys and stamps) --
 
@@ -173,7 +174,7 @@ FIT_CONTEXT_KEYS = (
 STAGES: tuple[Stage, ...] = (
     Stage(
         "ingest",
-        params=("data", "validate"),
+        params=("data", "validate", "seed"),
         deps=("recforge/stages/ingest.py", "recforge/data", "recforge/validation.py"),
         outs=(CANONICAL,),
         input_params=("data.path", "data.metadata_path", "data.items_path"),
@@ -186,7 +187,7 @@ STAGES: tuple[Stage, ...] = (
     ),
     Stage(
         "split",
-        params=("split",),
+        params=("split", "seed"),
         deps=("recforge/stages/split.py", "recforge/split.py", CANONICAL, "${paths.reports_dir}/validation.json"),
         outs=(SPLIT,),
     ),
@@ -239,7 +240,12 @@ STAGES: tuple[Stage, ...] = (
         metrics=("${paths.metrics_file}",),
         plots=("${paths.plots_dir}/ndcg_at_k.csv",),
     ),
-    Stage("package", params=("",), deps=("recforge/stages/package.py", MODELS, LISTS), dvc=False),
+    Stage(
+        "package",
+        params=("",),
+        deps=("recforge/stages/package.py", "recforge/packaging.py", MODELS, LISTS),
+        dvc=False,
+    ),
 )
 
 BY_NAME = {stage.name: stage for stage in STAGES}

@@ -9,7 +9,6 @@ Protocol (no stage ever trains on a test target):
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
@@ -18,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from recforge import registry
-from recforge.artifacts import atomic_dir, checksums, write_parquet
+from recforge.artifacts import atomic_dir, load_model_dir, write_meta, write_parquet
 from recforge.errors import RecforgeError
 from recforge.interactions import IdMaps
 from recforge.params import Params
@@ -85,9 +84,7 @@ def train_model(workspace: Workspace, name: str) -> dict:
         for part, fitted in (("val", model), ("full", full)):
             (staging / part).mkdir()
             fitted.save(staging / part)
-            (staging / part / "meta.json").write_text(
-                json.dumps({**meta, "part": part, "checksums": checksums(staging / part)}, indent=2, default=str)
-            )
+            write_meta(staging / part, {**meta, "part": part})
     write_parquet(val_lists, lists_dir / "val.parquet")
     write_parquet(test_lists, lists_dir / "test.parquet")
     log.info("trained %s (%s) in %.1fs + %.1fs", name, plugin, val_fit_s, full_fit_s)
@@ -123,16 +120,8 @@ def recommend_frame(model, user_ids, maps: IdMaps, k: int, batch_size: int = 102
 
 def load_model(params: Params, name: str, part: str = "full", context: FitContext | None = None):
     """Load a trained model, verifying its files against the recorded checksums."""
-    from recforge.artifacts import verify_checksums
-
     directory = Path(params.paths.models_dir) / name / part
-    meta_path = directory / "meta.json"
-    if not meta_path.exists():
-        raise RecforgeError(f"{directory}: no trained model; run `recforge stage train`")
-    meta = json.loads(meta_path.read_text())
-    verify_checksums(directory, meta["checksums"])
-    cls = registry.recommenders.get(meta["plugin"])
     if context is None:
         context = Workspace(params).context()
-    return cls.load(directory, context=context)
-
+    model, _ = load_model_dir(directory, registry.recommenders, context, missing="no trained model; run `recforge stage train`")
+    return model
