@@ -29,7 +29,10 @@ models:
 run: setup
 	$(VENV)/bin/recforge run
 
+# test: lint and format check over the whole tree (ruff), then the suite
 test: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest -q
 
 # serve: train on the embedded default if nothing is trained yet, package, serve on 127.0.0.1:$(PORT).

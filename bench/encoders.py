@@ -28,7 +28,9 @@ def load_texts(fmt: str, path: str | None, n: int) -> list[str]:
     from recforge.text import item_texts
 
     if fmt == "synthetic":
-        params = DataParams(format="synthetic", synthetic=SyntheticParams(num_items=max(n, 2), num_users=50, num_interactions=500))
+        params = DataParams(
+            format="synthetic", synthetic=SyntheticParams(num_items=max(n, 2), num_users=50, num_interactions=500)
+        )
     else:
         params = DataParams(format=fmt, path=path)
     items = load(params).items
@@ -97,8 +99,15 @@ def main(argv: list[str] | None = None) -> int:
     for column in ("encoder", "dim", "fit/load s", "encode s", "texts/s", "encode CPU s", "texts/CPU-s"):
         table.add_column(column, justify="left" if column == "encoder" else "right")
     for row in rows:
-        table.add_row(row["encoder"], str(row["dim"]), f"{row['fit_load_s']:.2f}", f"{row['encode_s']:.2f}", f"{row['texts_per_s']:.1f}",
-                      f"{row['cpu_s']:.2f}", f"{row['texts_per_cpu_s']:.1f}")
+        table.add_row(
+            row["encoder"],
+            str(row["dim"]),
+            f"{row['fit_load_s']:.2f}",
+            f"{row['encode_s']:.2f}",
+            f"{row['texts_per_s']:.1f}",
+            f"{row['cpu_s']:.2f}",
+            f"{row['texts_per_cpu_s']:.1f}",
+        )
     Console(width=140).print(table)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")

@@ -32,6 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+
 def synthetic_overrides(n: int) -> list[str]:
     """A synthetic dataset of about ``n`` interactions (users and items scale with it)."""
     users = max(200, n // 30)
@@ -48,7 +49,6 @@ def synthetic_overrides(n: int) -> list[str]:
 def _train_one(params_file: str | None, overrides: list[str], name: str, queue) -> None:
     """Child process: the train stage for one model, then throughput of the full model."""
     import logging
-
 
     from recforge.params import load_params
     from recforge.stages.train import load_model, train_model
@@ -114,7 +114,11 @@ def run(params_file: str | None, overrides: list[str], models: list[str] | None,
         child.start()
         result = queue.get()
         child.join()
-        print(f"[{label}] {name}: {json.dumps({k: v for k, v in result.items() if k != 'tuning'}, default=str)}", file=sys.stderr, flush=True)
+        print(
+            f"[{label}] {name}: {json.dumps({k: v for k, v in result.items() if k != 'tuning'}, default=str)}",
+            file=sys.stderr,
+            flush=True,
+        )
         rows.append(result)
 
     trained = [row["name"] for row in rows if "error" not in row]
@@ -148,7 +152,8 @@ def markdown(rows: list[dict], title: str) -> str:
         v, t = row.get("val", {}), row.get("test", {})
         cells = [f"{d.get(m, float('nan')):.4f}" for d in (v, t) for m in ("ndcg", "recall", "mrr")]
         lines.append(
-            f"| {row['name']} | " + " | ".join(cells)
+            f"| {row['name']} | "
+            + " | ".join(cells)
             + f" | {row['fit_s']:.1f} | {row['users_per_s']:,.0f} | {row['peak_mb']:,.0f} |"
         )
     return "\n".join(lines)
@@ -160,7 +165,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", help="dataset path (e.g. ../shared/data/ml-latest-small)")
     parser.add_argument("--format", default="movielens-latest", help="data.format for --data")
-    parser.add_argument("--synthetic", type=int, action="append", default=[], help="synthetic interactions (repeatable)")
+    parser.add_argument(
+        "--synthetic", type=int, action="append", default=[], help="synthetic interactions (repeatable)"
+    )
     parser.add_argument("-p", "--params", default=str(ROOT / "params.yaml"), help="params file (models to bench)")
     parser.add_argument("--models", help="comma-separated subset of the configured models")
     parser.add_argument("--out", default="/tmp/recforge-bench/models", help="private output root")

@@ -23,6 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+
 def table(params, metrics: dict, out: Path) -> str:
     import pandas as pd
 
@@ -43,7 +44,9 @@ def table(params, metrics: dict, out: Path) -> str:
                 f"candidate recall@{params.rerank.candidates_per_model}": test_recall.get(name, float("nan")),
             }
         )
-    rows.append({"model": "union of candidates", f"candidate recall@{params.rerank.candidates_per_model}": test_recall["union"]})
+    rows.append(
+        {"model": "union of candidates", f"candidate recall@{params.rerank.candidates_per_model}": test_recall["union"]}
+    )
     main = pd.DataFrame(rows)
     singles = [m for m in metrics if m != "rerank"]
     best = max(singles, key=lambda m: metrics[m][f"ndcg@{k}"])
@@ -55,7 +58,9 @@ def table(params, metrics: dict, out: Path) -> str:
     )
     ablation_path = reports / "rerank_ablation.csv"
     if ablation_path.exists():
-        text += "\n## Ablations (val = out-of-fold NDCG on validation users)\n\n" + markdown_table(pd.read_csv(ablation_path))
+        text += "\n## Ablations (val = out-of-fold NDCG on validation users)\n\n" + markdown_table(
+            pd.read_csv(ablation_path)
+        )
     importance = pd.read_csv(reports / "feature_importance.csv").head(15)
     text += "\n## Top features (gain share)\n\n" + markdown_table(importance[["feature", "gain_share"]])
     main.to_csv(out / "rerank_table.csv", index=False)
@@ -98,7 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     results.mkdir(exist_ok=True)
     (results / f"rerank_{name}.md").write_text(
         f"<!-- {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: python bench/rerank.py "
-        + " ".join(argv if argv is not None else sys.argv[1:]) + " -->\n" + text
+        + " ".join(argv if argv is not None else sys.argv[1:])
+        + " -->\n"
+        + text
     )
     sys.stdout.write(text)
     return 0

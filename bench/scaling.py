@@ -53,18 +53,38 @@ def params_for(n: int) -> dict:
         "seed": 0,
         "data": {
             "format": "synthetic",
-            "synthetic": {"num_users": n // PER_USER, "num_items": NUM_ITEMS, "num_interactions": n, "num_topics": 16, "seed": 0},
+            "synthetic": {
+                "num_users": n // PER_USER,
+                "num_items": NUM_ITEMS,
+                "num_interactions": n,
+                "num_topics": 16,
+                "seed": 0,
+            },
         },
         "encode": {"encoders": ["tfidf"], "profiles": True},
         "recommenders": {
             "itemknn": {"neighbors": 100},
             "als": {"plugin": "mf", "algorithm": "als", "factors": 32, "iterations": 10},
-            "gru": {"plugin": "sequential", "cell": "gru", "dim": 32, "max_len": 20, "batch_size": 256,
-                    "epochs": 1, "min_epochs": 1, "patience": 1},
+            "gru": {
+                "plugin": "sequential",
+                "cell": "gru",
+                "dim": 32,
+                "max_len": 20,
+                "batch_size": 256,
+                "epochs": 1,
+                "min_epochs": 1,
+                "patience": 1,
+            },
         },
         "rerank": {
-            "enabled": True, "models": ["itemknn", "als", "gru"], "candidates_per_model": 10, "folds": 1,
-            "num_boost_round": 50, "early_stopping_rounds": 10, "ablations": False, "sentiment": False,
+            "enabled": True,
+            "models": ["itemknn", "als", "gru"],
+            "candidates_per_model": 10,
+            "folds": 1,
+            "num_boost_round": 50,
+            "early_stopping_rounds": 10,
+            "ablations": False,
+            "sentiment": False,
         },
         "evaluate": {"list_length": 20},
     }
@@ -108,8 +128,11 @@ def child(stage: str, workdir: Path) -> dict:
     after = resource.getrusage(resource.RUSAGE_SELF)
     cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
     return {
-        "stage": stage, "seconds": round(seconds, 3), "cpu_seconds": round(cpu, 3),
-        "peak_mib": round(after.ru_maxrss / 1024, 1), "baseline_mib": round(before.ru_maxrss / 1024, 1),
+        "stage": stage,
+        "seconds": round(seconds, 3),
+        "cpu_seconds": round(cpu, 3),
+        "peak_mib": round(after.ru_maxrss / 1024, 1),
+        "baseline_mib": round(before.ru_maxrss / 1024, 1),
     }
 
 
@@ -122,10 +145,15 @@ def run_size(label: str, n: int, stages: list[str], timeout: float) -> list[dict
         started = time.perf_counter()
         done = subprocess.run(
             [sys.executable, __file__, "--child", stage, "--workdir", str(workdir)],
-            capture_output=True, text=True, timeout=timeout,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
         )
         if done.returncode != 0:
-            row = {"stage": stage, "error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}"}
+            row = {
+                "stage": stage,
+                "error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}",
+            }
         else:
             row = json.loads(done.stdout.strip().splitlines()[-1])
         row.update(size=label, interactions=n, wall_seconds=round(time.perf_counter() - started, 1))
@@ -159,8 +187,11 @@ def report(rows: list[dict]) -> str:
         if "error" not in row:
             latest[(row["size"], row["stage"])] = row
     sizes = [s for s in SIZES if any(key[0] == s for key in latest)]
-    header = ("| stage | " + " | ".join(f"{s} wall / CPU s | {s} peak MiB" for s in sizes)
-              + " | exponent (CPU, all sizes) | slope (CPU, two largest) |")
+    header = (
+        "| stage | "
+        + " | ".join(f"{s} wall / CPU s | {s} peak MiB" for s in sizes)
+        + " | exponent (CPU, all sizes) | slope (CPU, two largest) |"
+    )
     lines = [header, "|" + "---|" * (2 * len(sizes) + 3)]
     fig, ax = plt.subplots(figsize=(7, 5))
     totals: dict[str, float] = {}
@@ -170,7 +201,10 @@ def report(rows: list[dict]) -> str:
         for size in sizes:
             row = latest.get((size, stage))
             if row:
-                cells += [f"{row['seconds']:.1f} / {row.get('cpu_seconds', float('nan')):.1f}", f"{row['peak_mib']:.0f}"]
+                cells += [
+                    f"{row['seconds']:.1f} / {row.get('cpu_seconds', float('nan')):.1f}",
+                    f"{row['peak_mib']:.0f}",
+                ]
                 ns.append(SIZES[size])
                 secs.append(row.get("cpu_seconds", row["seconds"]))
                 totals[size] = totals.get(size, 0.0) + row.get("cpu_seconds", row["seconds"])
@@ -179,23 +213,33 @@ def report(rows: list[dict]) -> str:
                 cells += ["-", "-"]
         exponent = fit_exponent(ns, secs)
         last = fit_exponent(ns[-2:], secs[-2:])
-        lines.append(f"| {stage} | " + " | ".join(cells) + f" | {'' if exponent is None else f'{exponent:.2f}'}"
-                     f" | {'' if last is None or len(ns) < 3 else f'{last:.2f}'} |")
+        lines.append(
+            f"| {stage} | " + " | ".join(cells) + f" | {'' if exponent is None else f'{exponent:.2f}'}"
+            f" | {'' if last is None or len(ns) < 3 else f'{last:.2f}'} |"
+        )
         if len(ns) >= 2:
             ax.loglog(ns, secs, marker="o", label=f"{stage} (b={exponent:.2f})")
     complete = [s for s in sizes if all((s, st) in latest for st in STAGES)]
     total_exp = fit_exponent([SIZES[s] for s in complete], [totals[s] for s in complete])
+
     def total_cell(size: str) -> str:
         peak = max((latest[(size, st)]["peak_mib"] for st in STAGES if (size, st) in latest), default=0)
         partial = "" if size in complete else " (partial)"
         return f"{walls.get(size, 0):.1f} / {totals.get(size, 0):.1f}{partial} | {peak:.0f}"
 
     lines.append(
-        "| **all stages** | " + " | ".join(total_cell(s) for s in sizes)
+        "| **all stages** | "
+        + " | ".join(total_cell(s) for s in sizes)
         + f" | {'' if total_exp is None else f'{total_exp:.2f}'} (complete sizes) | |"
     )
     if len(complete) >= 2:
-        ax.loglog([SIZES[s] for s in complete], [totals[s] for s in complete], "k--", marker="s", label=f"all stages (b={total_exp:.2f})")
+        ax.loglog(
+            [SIZES[s] for s in complete],
+            [totals[s] for s in complete],
+            "k--",
+            marker="s",
+            label=f"all stages (b={total_exp:.2f})",
+        )
     ax.set_xlabel("interactions")
     ax.set_ylabel("CPU seconds (user + sys)")
     ax.set_title("recforge stage time vs data size (log-log, b = fitted exponent)")
@@ -208,7 +252,8 @@ def report(rows: list[dict]) -> str:
     table = "\n".join(lines)
     (RESULTS / "scaling.md").write_text(
         "# recforge scaling: wall / CPU seconds and peak RSS per stage; exponent b of CPU seconds ~ n^b\n\n"
-        + table + "\n"
+        + table
+        + "\n"
     )
     return table
 

@@ -22,8 +22,10 @@ from recforge.stages import IGNORED_INPUTS, get_stage, select
 
 def _ignored(relative: str) -> bool:
     name = relative.rsplit("/", 1)[-1]
-    return any(fnmatch(relative, pattern) or fnmatch(f"x/{relative}", pattern) or fnmatch(name, pattern)
-               for pattern in IGNORED_INPUTS)
+    return any(
+        fnmatch(relative, pattern) or fnmatch(f"x/{relative}", pattern) or fnmatch(name, pattern)
+        for pattern in IGNORED_INPUTS
+    )
 
 
 def _files(path: Path) -> list[Path]:
@@ -31,8 +33,11 @@ def _files(path: Path) -> list[Path]:
         return [path]
     if path.is_dir():
         return sorted(
-            f for f in path.rglob("*")
-            if f.is_file() and not f.name.startswith(".") and "__pycache__" not in f.parts
+            f
+            for f in path.rglob("*")
+            if f.is_file()
+            and not f.name.startswith(".")
+            and "__pycache__" not in f.parts
             and not _ignored(f.relative_to(path).as_posix())
         )
     return []

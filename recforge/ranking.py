@@ -35,7 +35,11 @@ def top_k(
         scores[coo.row, coo.col] = -np.inf
     k_eff = min(k, n_items)
     # stable: sort by (-score, index) using lexsort on the partitioned block
-    part = np.argpartition(-scores, k_eff - 1, axis=1)[:, :k_eff] if k_eff < n_items else np.tile(np.arange(n_items), (n_rows, 1))
+    part = (
+        np.argpartition(-scores, k_eff - 1, axis=1)[:, :k_eff]
+        if k_eff < n_items
+        else np.tile(np.arange(n_items), (n_rows, 1))
+    )
     part_scores = np.take_along_axis(scores, part, axis=1)
     # include all items tied with the k-th score so tie-breaking is by index
     order = np.lexsort((part, -part_scores), axis=1)

@@ -138,7 +138,9 @@ def build_part(workspace: Workspace, part: str, models: Sequence[str], llm_score
     return pd.concat(list(iter_part(workspace, part, models, llm_scorer)), ignore_index=True)
 
 
-def training_table(workspace: Workspace, models: Sequence[str] | None = None, llm_scorer=None) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+def training_table(
+    workspace: Workspace, models: Sequence[str] | None = None, llm_scorer=None
+) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
     """(features, labels, groups) the re-ranker trains on: val candidates, val targets only."""
     models = list(models or candidate_models(workspace.params))
     frame = build_part(workspace, "val", models, llm_scorer)
@@ -158,8 +160,13 @@ def make_reranker(params: Params, features: list[str] | None = None):
     }
     if cfg.distributed:
         orchestration = params.orchestration
-        options.update({"distributed": True, "dask_address": orchestration.dask_address,
-                        "dask_workers": orchestration.dask_workers})
+        options.update(
+            {
+                "distributed": True,
+                "dask_address": orchestration.dask_address,
+                "dask_workers": orchestration.dask_workers,
+            }
+        )
     options.update(cfg.options)
     if features is not None:
         options["features"] = features
@@ -195,5 +202,7 @@ def load_reranker(params: Params):
     directory = Path(params.paths.models_dir) / NAME
     meta = read_meta(directory, missing="no trained re-ranker; run `recforge stage rerank`")
     if meta.get("fallback"):
-        raise RecforgeError(f"{directory}: no re-ranker was trained (too little validation data; lists use {meta['fallback']})")
+        raise RecforgeError(
+            f"{directory}: no re-ranker was trained (too little validation data; lists use {meta['fallback']})"
+        )
     return load_model_dir(directory, registry.rerankers, meta=meta)

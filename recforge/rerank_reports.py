@@ -56,7 +56,9 @@ class CandidateRecall:
     def add(self, part: str, frame: pd.DataFrame) -> None:
         labels = labels_for(frame, self.keys[part]).astype(bool)
         for name in [*self.models, "union"]:
-            proposed = np.ones(len(frame), bool) if name == "union" else frame[f"{safe_name(name)}_rank"].notna().to_numpy()
+            proposed = (
+                np.ones(len(frame), bool) if name == "union" else frame[f"{safe_name(name)}_rank"].notna().to_numpy()
+            )
             key = (part, name)
             self.hits[key] = self.hits.get(key, 0) + frame.loc[labels & proposed, "user_id"].nunique()
             self.rows[key] = self.rows.get(key, 0) + int(proposed.sum())
@@ -65,7 +67,14 @@ class CandidateRecall:
         rows = []
         for (part, name), hits in self.hits.items():
             n_users = max(self.truths[part]["user_id"].nunique(), 1)
-            rows.append({"part": part, "candidates": name, "recall": hits / n_users, "rows_per_user": self.rows[(part, name)] / n_users})
+            rows.append(
+                {
+                    "part": part,
+                    "candidates": name,
+                    "recall": hits / n_users,
+                    "rows_per_user": self.rows[(part, name)] / n_users,
+                }
+            )
         table = pd.DataFrame(rows, columns=["part", "candidates", "recall", "rows_per_user"])
         table["n"] = self.n
         return table
@@ -115,7 +124,9 @@ def ablations(
             # n_models / rrf must not count the dropped model either
             val_part, test_part = _recount(val_part, dropped), _recount(test_part, dropped)
         try:
-            _, val_scores, test_scores = _fit_and_score(params, val_part, val_labels, group_sizes(val_part), test_part, columns)
+            _, val_scores, test_scores = _fit_and_score(
+                params, val_part, val_labels, group_sizes(val_part), test_part, columns
+            )
         except ValueError as exc:
             log.warning("ablation %s skipped: %s", label, exc)
             continue
@@ -135,7 +146,9 @@ def ablations(
 
 def _recount(frame: pd.DataFrame, dropped: str) -> pd.DataFrame:
     frame = frame.copy()
-    ranks = frame[[c for c in frame.columns if c.endswith("_rank") and c != f"{safe_name(dropped)}_rank"]].to_numpy(np.float64)
+    ranks = frame[[c for c in frame.columns if c.endswith("_rank") and c != f"{safe_name(dropped)}_rank"]].to_numpy(
+        np.float64
+    )
     frame["n_models"] = np.isfinite(ranks).sum(axis=1).astype(np.float64)
     frame["rrf"] = reciprocal_rank_fusion(ranks)
     return frame

@@ -28,7 +28,11 @@ def _leave_last_out(ordered: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, 
     test = (from_end == 0) & (sizes >= 2)
     val = (from_end == 1) & (sizes >= 3)
     train = ~(test | val)
-    return ordered[train].reset_index(drop=True), ordered[val].reset_index(drop=True), ordered[test].reset_index(drop=True)
+    return (
+        ordered[train].reset_index(drop=True),
+        ordered[val].reset_index(drop=True),
+        ordered[test].reset_index(drop=True),
+    )
 
 
 def _temporal(ordered: pd.DataFrame, params: SplitParams):
@@ -56,4 +60,8 @@ def _random(ordered: pd.DataFrame, params: SplitParams):
     test = (draws < params.test_fraction) & ~first
     val = (draws >= params.test_fraction) & (draws < params.test_fraction + params.val_fraction) & ~first
     train = ~(test | val)
-    return ordered[train].reset_index(drop=True), ordered[val].reset_index(drop=True), ordered[test].reset_index(drop=True)
+    return (
+        ordered[train].reset_index(drop=True),
+        ordered[val].reset_index(drop=True),
+        ordered[test].reset_index(drop=True),
+    )

@@ -94,7 +94,11 @@ def tune_model(
         model = registry.recommenders.create(plugin, **trial_options).fit(train, context=context)
         seconds = time.perf_counter() - started
         scores = validation_metrics(model, train, validation, k=k)
-        record = {"options": point, **{key: round(value, 5) for key, value in scores.items()}, "fit_seconds": round(seconds, 2)}
+        record = {
+            "options": point,
+            **{key: round(value, 5) for key, value in scores.items()},
+            "fit_seconds": round(seconds, 2),
+        }
         if isinstance(model, Refittable):
             record["refit_options"] = model.refit_options()
         trials.append(record)

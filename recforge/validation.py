@@ -161,7 +161,9 @@ def run_suites(suites: dict[str, tuple[pd.DataFrame, list]], max_examples: int) 
         suite = gx.ExpectationSuite(name=f"recforge_{index}")
         for expectation in expectations:
             suite.add_expectation(expectation)
-        outcome = batch.validate(suite, result_format={"result_format": "SUMMARY", "partial_unexpected_count": max_examples})
+        outcome = batch.validate(
+            suite, result_format={"result_format": "SUMMARY", "partial_unexpected_count": max_examples}
+        )
         for item in outcome.results:
             result = item.result or {}
             examples = [_plain(x) for x in (result.get("partial_unexpected_list") or [])[:max_examples]]
@@ -213,6 +215,8 @@ def gate(checks: list[Check], params: Params) -> Report:
     path = write_report(report, params.paths.reports_dir)
     if not report.success:
         details = "; ".join(check.line() for check in report.failed)
-        raise ValidationFailed(f"data validation failed ({len(report.failed)} expectations): {details} [report: {path}]", str(path))
+        raise ValidationFailed(
+            f"data validation failed ({len(report.failed)} expectations): {details} [report: {path}]", str(path)
+        )
     log.info("validation passed: %d expectations", len(report.checks))
     return report

@@ -64,10 +64,14 @@ class Workspace:
         """Item embeddings of ``encoder`` (rows aligned with the items table)."""
         path = Path(self.paths.embeddings_dir) / f"{encoder}.npy"
         if not path.exists():
-            raise RecforgeError(f"{path}: not found; add '{encoder}' to encode.encoders and run `recforge stage encode`")
+            raise RecforgeError(
+                f"{path}: not found; add '{encoder}' to encode.encoders and run `recforge stage encode`"
+            )
         array = np.load(path, allow_pickle=False)
         if len(array) != len(self.items):
-            raise RecforgeError(f"{path}: {len(array)} rows for {len(self.items)} items; re-run `recforge stage encode`")
+            raise RecforgeError(
+                f"{path}: {len(array)} rows for {len(self.items)} items; re-run `recforge stage encode`"
+            )
         return array
 
     def encoder_and_embeddings(self, encoder: str) -> tuple[Encoder, np.ndarray]:

@@ -47,7 +47,9 @@ class LLMExplainer:
         return (
             "You explain movie recommendations in one or two short sentences.\n"
             f'Recommended: "{evidence.get("item_title")}".\n'
-            "The user liked:\n" + "\n".join(lines) + "\n"
+            "The user liked:\n"
+            + "\n".join(lines)
+            + "\n"
             + (f"Shared: {', '.join(shared[:6])}.\n" if shared else "")
             + "Explain why the user may like the recommended movie, mentioning the movies they liked."
         )
@@ -71,7 +73,7 @@ class LLMExplainer:
                 max_time=self.time_budget_s,
                 pad_token_id=tokenizer.pad_token_id,
             )
-        return tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+        return tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
 
     def clean(self, text: str) -> str:
         """At most two sentences, at most ``max_chars`` characters, cut at a word boundary."""
@@ -87,6 +89,7 @@ class LLMExplainer:
 
     def grounded(self, text: str, evidence: dict[str, Any]) -> bool:
         """True when the text names at least one evidence title (its first two words, any punctuation)."""
+
         def words(value: str) -> list[str]:
             value = re.sub(r"\(\d{4}\)", "", str(value)).lower()
             value = re.sub(r",\s*(the|a|an)\s*$", "", value.strip())  # "Terminator, The" -> "terminator"
@@ -114,7 +117,11 @@ class LLMExplainer:
             log.warning("llm explainer failed (%s: %s); using the template", type(exc).__name__, exc)
             return self.fallback.explain(user, item, evidence=evidence)
         elapsed = time.perf_counter() - started
-        if not text or elapsed > self.time_budget_s * 1.1 or (self.require_grounding and not self.grounded(text, evidence)):
+        if (
+            not text
+            or elapsed > self.time_budget_s * 1.1
+            or (self.require_grounding and not self.grounded(text, evidence))
+        ):
             log.info("llm explanation rejected (%.1fs): %r; using the template", elapsed, text[:120])
             return self.fallback.explain(user, item, evidence=evidence)
         self.last_source = "llm"

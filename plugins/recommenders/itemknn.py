@@ -12,6 +12,7 @@ import scipy.sparse as sp
 from recforge.interactions import Interactions, csr_from_arrays, csr_to_arrays
 from recforge.protocols import FitContext
 from recforge.ranking import history_row, top_k
+
 from recforge_plugins.recommenders._knn import cosine, prune_rows, weight_rows
 
 
@@ -25,9 +26,20 @@ class ItemKNN:
     """
 
     def __init__(
-        self, neighbors: int | None = 100, shrink: float = 0.0, weighting: str = "none", k1: float = 1.2, b: float = 0.75
+        self,
+        neighbors: int | None = 100,
+        shrink: float = 0.0,
+        weighting: str = "none",
+        k1: float = 1.2,
+        b: float = 0.75,
     ) -> None:
-        self.config = {"neighbors": neighbors, "shrink": float(shrink), "weighting": weighting, "k1": float(k1), "b": float(b)}
+        self.config = {
+            "neighbors": neighbors,
+            "shrink": float(shrink),
+            "weighting": weighting,
+            "k1": float(k1),
+            "b": float(b),
+        }
         weight_rows(sp.csr_matrix((1, 1)), weighting)  # validate the option early
         self.similarity: sp.csr_matrix | None = None
         self.seen: sp.csr_matrix | None = None
@@ -62,7 +74,11 @@ class ItemKNN:
 
     def save(self, directory: Path) -> None:
         directory = Path(directory)
-        np.savez(directory / "itemknn.npz", **csr_to_arrays(self.similarity, "similarity"), **csr_to_arrays(self.seen, "seen"))
+        np.savez(
+            directory / "itemknn.npz",
+            **csr_to_arrays(self.similarity, "similarity"),
+            **csr_to_arrays(self.seen, "seen"),
+        )
         (directory / "config.json").write_text(json.dumps(self.config))
 
     @classmethod

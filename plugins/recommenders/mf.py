@@ -47,9 +47,14 @@ class MatrixFactorization:
         if algorithm not in ALGORITHMS:
             raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
         self.config = {
-            "algorithm": algorithm, "factors": int(factors), "regularization": float(regularization),
-            "iterations": int(iterations), "alpha": float(alpha), "learning_rate": float(learning_rate),
-            "threads": threads, "seed": seed,
+            "algorithm": algorithm,
+            "factors": int(factors),
+            "regularization": float(regularization),
+            "iterations": int(iterations),
+            "alpha": float(alpha),
+            "learning_rate": float(learning_rate),
+            "threads": threads,
+            "seed": seed,
         }
         self.user_factors: np.ndarray | None = None
         self.item_factors: np.ndarray | None = None
@@ -69,13 +74,21 @@ class MatrixFactorization:
         with threadpoolctl.threadpool_limits(1, "blas"):
             if cfg["algorithm"] == "als":
                 model = AlternatingLeastSquares(
-                    factors=cfg["factors"], regularization=cfg["regularization"], alpha=cfg["alpha"],
-                    iterations=cfg["iterations"], num_threads=threads, random_state=seed,
+                    factors=cfg["factors"],
+                    regularization=cfg["regularization"],
+                    alpha=cfg["alpha"],
+                    iterations=cfg["iterations"],
+                    num_threads=threads,
+                    random_state=seed,
                 )
             else:
                 model = BayesianPersonalizedRanking(
-                    factors=cfg["factors"], learning_rate=cfg["learning_rate"], regularization=cfg["regularization"],
-                    iterations=cfg["iterations"], num_threads=threads, random_state=seed,
+                    factors=cfg["factors"],
+                    learning_rate=cfg["learning_rate"],
+                    regularization=cfg["regularization"],
+                    iterations=cfg["iterations"],
+                    num_threads=threads,
+                    random_state=seed,
                 )
             model.fit(self.seen, show_progress=False)
         self.user_factors = np.asarray(model.user_factors, dtype=np.float32)
@@ -96,7 +109,9 @@ class MatrixFactorization:
         reg = max(self.config["regularization"], 1e-3)
         # implicit's ALS weights an observed entry by alpha * value (1 for missing ones)
         confidence = self.config["alpha"] if self.config["algorithm"] == "als" else 1.0
-        gram = factors.T @ factors if self.config["algorithm"] == "als" else np.zeros((factors.shape[1],) * 2, np.float32)
+        gram = (
+            factors.T @ factors if self.config["algorithm"] == "als" else np.zeros((factors.shape[1],) * 2, np.float32)
+        )
         chosen = factors[items]
         lhs = gram + (confidence - 1.0 if self.config["algorithm"] == "als" else 1.0) * chosen.T @ chosen
         lhs += reg * np.eye(factors.shape[1], dtype=np.float32)

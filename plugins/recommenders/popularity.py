@@ -59,4 +59,3 @@ class Popularity:
             model.item_scores = data["item_scores"]
             model.seen = csr_from_arrays(data, "seen")
         return model
-

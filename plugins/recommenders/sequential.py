@@ -68,7 +68,12 @@ def _build_network(cell: str, n_items: int, dim: int, layers: int, heads: int, d
             if cell == "sasrec":
                 self.positions = nn.Embedding(max_len, dim)
                 layer = nn.TransformerEncoderLayer(
-                    dim, heads, dim_feedforward=dim * 2, dropout=dropout, batch_first=True, norm_first=True,
+                    dim,
+                    heads,
+                    dim_feedforward=dim * 2,
+                    dropout=dropout,
+                    batch_first=True,
+                    norm_first=True,
                     activation="gelu",
                 )
                 self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
@@ -141,10 +146,21 @@ class Sequential:
         if cell not in CELLS:
             raise ValueError(f"cell must be one of {CELLS}, got {cell!r}")
         self.config: dict[str, Any] = dict(
-            cell=cell, dim=int(dim), layers=int(layers), heads=int(heads), dropout=float(dropout),
-            max_len=int(max_len), lr=float(lr), weight_decay=float(weight_decay), batch_size=int(batch_size),
-            epochs=int(epochs), min_epochs=int(min_epochs), patience=int(patience), threads=threads,
-            device=device, seed=seed,
+            cell=cell,
+            dim=int(dim),
+            layers=int(layers),
+            heads=int(heads),
+            dropout=float(dropout),
+            max_len=int(max_len),
+            lr=float(lr),
+            weight_decay=float(weight_decay),
+            batch_size=int(batch_size),
+            epochs=int(epochs),
+            min_epochs=int(min_epochs),
+            patience=int(patience),
+            threads=threads,
+            device=device,
+            seed=seed,
         )
         self.net = None
         self.n_items = 0
@@ -240,7 +256,9 @@ class Sequential:
         for part in batched(len(users), 512):
             scores = self._scores([self.sequences[u] for u in users[part]])
             top[part] = top_k(scores, k, seen=self.seen[users[part]])[0]
-        return ranking_metrics(top, validation.item_ids[first], k, metrics=("ndcg",))[f"ndcg@{k}"] if len(users) else 0.0
+        return (
+            ranking_metrics(top, validation.item_ids[first], k, metrics=("ndcg",))[f"ndcg@{k}"] if len(users) else 0.0
+        )
 
     def refit_options(self) -> dict[str, Any]:
         """The best validation epoch count, for the train+val refit (no validation there)."""

@@ -12,6 +12,7 @@ import scipy.sparse as sp
 from recforge.interactions import Interactions, csr_from_arrays, csr_to_arrays
 from recforge.protocols import FitContext
 from recforge.ranking import history_row, top_k
+
 from recforge_plugins.recommenders._knn import prune_rows, weight_rows
 
 
@@ -27,7 +28,13 @@ class UserKNN:
     def __init__(
         self, neighbors: int | None = 50, shrink: float = 0.0, weighting: str = "none", k1: float = 1.2, b: float = 0.75
     ) -> None:
-        self.config = {"neighbors": neighbors, "shrink": float(shrink), "weighting": weighting, "k1": float(k1), "b": float(b)}
+        self.config = {
+            "neighbors": neighbors,
+            "shrink": float(shrink),
+            "weighting": weighting,
+            "k1": float(k1),
+            "b": float(b),
+        }
         weight_rows(sp.csr_matrix((1, 1)), weighting)
         self.vectors: sp.csr_matrix | None = None
         self.seen: sp.csr_matrix | None = None
@@ -60,12 +67,16 @@ class UserKNN:
     def recommend_history(self, item_ids, *, k, exclude_seen=True):
         row = history_row(item_ids, self.seen.shape[1])
         # weight the anonymous row like a training row (IDF of its items)
-        weighted = weight_rows(sp.vstack([self.seen, row]).tocsr(), self.config["weighting"], k1=self.config["k1"], b=self.config["b"])[-1]
+        weighted = weight_rows(
+            sp.vstack([self.seen, row]).tocsr(), self.config["weighting"], k1=self.config["k1"], b=self.config["b"]
+        )[-1]
         return top_k(self._score(weighted, None), k, seen=row if exclude_seen else None)
 
     def save(self, directory: Path) -> None:
         directory = Path(directory)
-        np.savez(directory / "userknn.npz", **csr_to_arrays(self.vectors, "vectors"), **csr_to_arrays(self.seen, "seen"))
+        np.savez(
+            directory / "userknn.npz", **csr_to_arrays(self.vectors, "vectors"), **csr_to_arrays(self.seen, "seen")
+        )
         (directory / "config.json").write_text(json.dumps(self.config))
 
     @classmethod

@@ -73,7 +73,9 @@ def _read_csv(path: Path, **kwargs) -> pd.DataFrame:
 def _require_columns(frame: pd.DataFrame, columns: list[str], source: Path | str) -> None:
     missing = [c for c in columns if c not in frame.columns]
     if missing:
-        raise RecforgeError(f"{source}: missing column(s) {', '.join(missing)} (found: {', '.join(map(str, frame.columns))})")
+        raise RecforgeError(
+            f"{source}: missing column(s) {', '.join(missing)} (found: {', '.join(map(str, frame.columns))})"
+        )
 
 
 def _movielens_100k(root: Path, params: DataParams) -> Tables:
@@ -111,9 +113,7 @@ def _movielens_latest(root: Path, params: DataParams) -> Tables:
         tags = _read_csv(root / "tags.csv")
         tags_text = tags.groupby("movieId")["tag"].agg(lambda t: " ".join(sorted(set(map(str, t)))))
     movies["text"] = (
-        movies["genres"].str.replace("|", " ", regex=False)
-        + " "
-        + movies["item_id"].map(tags_text).fillna("")
+        movies["genres"].str.replace("|", " ", regex=False) + " " + movies["item_id"].map(tags_text).fillna("")
     ).str.strip()
     return Tables(ratings[INTERACTION_COLUMNS], movies[ITEM_COLUMNS])
 
@@ -170,7 +170,9 @@ def _amazon(root: Path, params: DataParams) -> Tables:
     # users' own text: their reviews except the last two, which leave-last-out holds out
     # as validation and test targets (their text would leak the answer)
     ordered = interactions.sort_values(["user_id", "timestamp", "item_id"], kind="stable")
-    users = ordered.groupby("user_id")["review"].agg(lambda r: " ".join(r.iloc[:-2].tail(10))).rename("text").reset_index()
+    users = (
+        ordered.groupby("user_id")["review"].agg(lambda r: " ".join(r.iloc[:-2].tail(10))).rename("text").reset_index()
+    )
     return Tables(interactions, items[ITEM_COLUMNS], users)
 
 

@@ -16,8 +16,22 @@ import pandas as pd
 from recforge.params import SyntheticParams
 
 TOPIC_NAMES = [
-    "space", "romance", "horror", "comedy", "history", "sports", "cooking", "travel",
-    "music", "science", "fantasy", "crime", "nature", "finance", "poetry", "medicine",
+    "space",
+    "romance",
+    "horror",
+    "comedy",
+    "history",
+    "sports",
+    "cooking",
+    "travel",
+    "music",
+    "science",
+    "fantasy",
+    "crime",
+    "nature",
+    "finance",
+    "poetry",
+    "medicine",
 ]
 _SYLLABLES = ["ka", "lo", "mi", "ra", "su", "te", "vo", "ni", "pe", "zu", "da", "ri", "no", "ba", "xe", "fo"]
 START_TIMESTAMP = 1_600_000_000  # 2020-09-13
@@ -84,7 +98,9 @@ def _generate(params: SyntheticParams, num_interactions: int) -> tuple[pd.DataFr
     position = np.concatenate([np.arange(c) for c in counts]) if n_users < 50_000 else _positions(counts)
     progress = position / np.maximum(counts[user_of_event] - 1, 1)
 
-    mix = (1 - params.drift * progress)[:, None] * start[user_of_event] + (params.drift * progress)[:, None] * end[user_of_event]
+    mix = (1 - params.drift * progress)[:, None] * start[user_of_event] + (params.drift * progress)[:, None] * end[
+        user_of_event
+    ]
     topic_of_event = _sample_rows(mix, rng)
 
     # item inside the topic, proportional to popularity

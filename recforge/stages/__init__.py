@@ -144,6 +144,7 @@ def is_code(dep: str) -> bool:
 def code_path(dep: str) -> Path:
     """``recforge/x.py`` or ``plugins/x`` where the packages are installed."""
     import recforge
+
     import recforge_plugins
 
     top, _, rest = dep.partition("/")
@@ -235,7 +236,14 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         "evaluate",
         params=("evaluate", "rerank.enabled"),
-        deps=("recforge/stages/evaluate.py", "recforge/metrics.py", CANONICAL, SPLIT, LISTS, "${paths.models_dir}/rerank"),
+        deps=(
+            "recforge/stages/evaluate.py",
+            "recforge/metrics.py",
+            CANONICAL,
+            SPLIT,
+            LISTS,
+            "${paths.models_dir}/rerank",
+        ),
         outs=("${paths.recs_dir}", "${paths.plots_dir}/ndcg_at_k.png"),
         metrics=("${paths.metrics_file}",),
         plots=("${paths.plots_dir}/ndcg_at_k.csv",),

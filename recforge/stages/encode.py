@@ -27,7 +27,12 @@ from recforge.workspace import Workspace
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "item_texts", "run_encode", "fitted_encoder", "encoder_and_embeddings", "stage_encoder", "encoder_state_dir",
+    "item_texts",
+    "run_encode",
+    "fitted_encoder",
+    "encoder_and_embeddings",
+    "stage_encoder",
+    "encoder_state_dir",
     "write_profiles",
 ]
 
@@ -133,7 +138,9 @@ def _encode_user_texts(params: Params, name: str, encoder, texts: list[str], ite
     return vectors
 
 
-def write_profiles(params: Params, workspace: Workspace, vectors: dict[str, np.ndarray], encoders: dict[str, Any]) -> None:
+def write_profiles(
+    params: Params, workspace: Workspace, vectors: dict[str, np.ndarray], encoders: dict[str, Any]
+) -> None:
     """User profiles from train events (part 'val') and from train + val (part 'full')."""
     from recforge.profiles import PARTS, build_profiles, settings_from_params, user_texts
 

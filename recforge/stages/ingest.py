@@ -35,5 +35,7 @@ def run_ingest(params: Params, variant: str | None = None) -> None:
             tables.users.to_parquet(Path(staging) / "users.parquet", index=False)
     log.info(
         "ingested %d interactions, %d users, %d items",
-        len(tables.interactions), tables.interactions["user_id"].nunique(), len(tables.items),
+        len(tables.interactions),
+        tables.interactions["user_id"].nunique(),
+        len(tables.items),
     )

@@ -39,8 +39,16 @@ from recforge.artifacts import atomic_dir, write_meta, write_parquet
 from recforge.features import feature_columns
 from recforge.metrics import evaluate
 from recforge.params import Params
-from recforge.rerank import HISTORY, NAME, candidate_models, feature_encoders, iter_part, make_reranker, ranked_lists
-from recforge.rerank import training_table
+from recforge.rerank import (
+    HISTORY,
+    NAME,
+    candidate_models,
+    feature_encoders,
+    iter_part,
+    make_reranker,
+    ranked_lists,
+    training_table,
+)
 from recforge.rerank_reports import CandidateRecall, ablations, write_importance, write_table
 from recforge.workspace import Workspace
 
@@ -64,8 +72,14 @@ def run_rerank(params: Params, variant: str | None = None) -> dict[str, Any] | N
 
     val_frame, labels, groups = training_table(workspace, models, scorer)
     features = feature_columns(val_frame)
-    log.info("rerank: %d val rows (%d users, %d positives), %d features in %.1fs",
-             len(val_frame), len(groups), int(labels.sum()), len(features), time.perf_counter() - started)
+    log.info(
+        "rerank: %d val rows (%d users, %d positives), %d features in %.1fs",
+        len(val_frame),
+        len(groups),
+        int(labels.sum()),
+        len(features),
+        time.perf_counter() - started,
+    )
     reranker, val_scores = _fit(params, val_frame, labels, groups, features)
     val_lists = ranked_lists(val_frame, val_scores, params.evaluate.list_length)
 
@@ -96,8 +110,14 @@ def run_rerank(params: Params, variant: str | None = None) -> dict[str, Any] | N
             reranker.save(staging)
         meta = write_meta(staging, meta)
     k = params.evaluate.k
-    log.info("rerank: val ndcg@%d %.4f (out-of-fold), test ndcg@%d %.4f in %.1fs",
-             k, full[f"val_ndcg@{k}"], k, full[f"test_ndcg@{k}"], meta["seconds"])
+    log.info(
+        "rerank: val ndcg@%d %.4f (out-of-fold), test ndcg@%d %.4f in %.1fs",
+        k,
+        full[f"val_ndcg@{k}"],
+        k,
+        full[f"test_ndcg@{k}"],
+        meta["seconds"],
+    )
     return {**meta, "metrics": full, "candidate_recall": recall_table.to_dict("records")}
 
 
@@ -130,8 +150,12 @@ def _summary(params: Params, val_lists, test_lists, truths, started: float) -> d
     k = params.evaluate.k
     val_metrics = evaluate(val_lists, truths["val"], [k], 0)
     test_metrics = evaluate(test_lists, truths["test"], [k], 0)
-    return {f"val_ndcg@{k}": val_metrics[f"ndcg@{k}"], f"test_ndcg@{k}": test_metrics[f"ndcg@{k}"],
-            f"test_recall@{k}": test_metrics[f"recall@{k}"], "seconds": round(time.perf_counter() - started, 1)}
+    return {
+        f"val_ndcg@{k}": val_metrics[f"ndcg@{k}"],
+        f"test_ndcg@{k}": test_metrics[f"ndcg@{k}"],
+        f"test_recall@{k}": test_metrics[f"recall@{k}"],
+        "seconds": round(time.perf_counter() - started, 1),
+    }
 
 
 def _meta(params, models, features, labels, groups, test_rows, reranker, started: float) -> dict[str, Any]:
@@ -143,8 +167,13 @@ def _meta(params, models, features, labels, groups, test_rows, reranker, started
         "encoders": feature_encoders(params),
         "features": features,
         "candidates_per_model": cfg.candidates_per_model,
-        "training": {"part": "val", "history": HISTORY["val"], "rows": int(len(labels)), "users": int(len(groups)),
-                     "positives": int(labels.sum())},
+        "training": {
+            "part": "val",
+            "history": HISTORY["val"],
+            "rows": int(len(labels)),
+            "users": int(len(groups)),
+            "positives": int(labels.sum()),
+        },
         "scoring": {"part": "test", "history": HISTORY["test"], "rows": test_rows},
         "llm_scorer": bool(cfg.llm_scorer),
         "fallback": None if reranker is not None else "rrf",

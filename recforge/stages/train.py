@@ -123,5 +123,7 @@ def load_model(params: Params, name: str, part: str = "full", context: FitContex
     directory = Path(params.paths.models_dir) / name / part
     if context is None:
         context = Workspace(params).context()
-    model, _ = load_model_dir(directory, registry.recommenders, context, missing="no trained model; run `recforge stage train`")
+    model, _ = load_model_dir(
+        directory, registry.recommenders, context, missing="no trained model; run `recforge stage train`"
+    )
     return model

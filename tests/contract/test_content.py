@@ -25,14 +25,22 @@ def data():
     topic = items["genres"].iloc[0]
     own = items.index[items["genres"] == topic][:8]
     extra = pd.DataFrame(
-        {"user_id": 10_000, "item_id": items["item_id"].iloc[own].to_numpy(), "rating": 5.0,
-         "timestamp": 1_700_000_000 + np.arange(len(own))}
+        {
+            "user_id": 10_000,
+            "item_id": items["item_id"].iloc[own].to_numpy(),
+            "rating": 5.0,
+            "timestamp": 1_700_000_000 + np.arange(len(own)),
+        }
     )
     interactions = pd.concat([interactions, extra], ignore_index=True)
     # items nobody has seen (cold start): appended to the catalogue
     cold = pd.DataFrame(
-        {"item_id": [9001, 9002], "title": ["Unseen One", "Unseen Two"],
-         "text": [" ".join(items["text"].iloc[own[0]].split()[:8]), "nothing shared here"], "genres": [topic, "other"]}
+        {
+            "item_id": [9001, 9002],
+            "title": ["Unseen One", "Unseen Two"],
+            "text": [" ".join(items["text"].iloc[own[0]].split()[:8]), "nothing shared here"],
+            "genres": [topic, "other"],
+        }
     )
     items = pd.concat([items, cold], ignore_index=True)
     maps = IdMaps.build(interactions, items)

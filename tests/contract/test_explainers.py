@@ -19,8 +19,15 @@ EVIDENCE = {
     "shared_keywords": ["robots", "space"],
     "history_length": 12,
 }
-EMPTY = {"item_id": 7, "item_title": "Space Robots (1999)", "item_genres": [], "history": [], "shared_genres": [],
-         "shared_keywords": [], "history_length": 0}
+EMPTY = {
+    "item_id": 7,
+    "item_title": "Space Robots (1999)",
+    "item_genres": [],
+    "history": [],
+    "shared_genres": [],
+    "shared_keywords": [],
+    "history_length": 0,
+}
 
 # options that keep model-backed explainers cheap and offline in tests: a model path that does
 # not exist makes the llm explainer exercise its fallback without loading anything

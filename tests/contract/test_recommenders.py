@@ -31,8 +31,20 @@ OPTIONS: dict[str, dict] = {
     "itemknn[bm25]": {"weighting": "bm25", "shrink": 1.0},
     "userknn[bm25]": {"weighting": "bm25", "shrink": 1.0},
     **{
-        f"sequential[{cell}]": {"cell": cell, "dim": 16, "layers": 1, "heads": 1, "max_len": 12, "epochs": 20,
-                                "batch_size": 8, "dropout": 0.3, "lr": 1e-2, "threads": 1, "device": "cpu", "seed": 1}
+        f"sequential[{cell}]": {
+            "cell": cell,
+            "dim": 16,
+            "layers": 1,
+            "heads": 1,
+            "max_len": 12,
+            "epochs": 20,
+            "batch_size": 8,
+            "dropout": 0.3,
+            "lr": 1e-2,
+            "threads": 1,
+            "device": "cpu",
+            "seed": 1,
+        }
         for cell in ("gru", "lstm", "sasrec")
     },
 }
@@ -147,7 +159,7 @@ def test_k_larger_than_catalogue_pads(fitted, board) -> None:
         assert len(real) == N_ITEMS - SEEN_PER_USER
         assert len(set(real)) == len(real)
         assert not set(real) & set(train.csr[user].indices)
-        assert (row[len(real):] == -1).all() and np.isneginf(row_scores[len(real):]).all()
+        assert (row[len(real) :] == -1).all() and np.isneginf(row_scores[len(real) :]).all()
 
 
 def test_save_load_round_trip(fitted, board, tmp_path: Path) -> None:

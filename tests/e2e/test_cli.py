@@ -28,7 +28,11 @@ def _sets(root: Path, extra: list[str]) -> list[str]:
 
 
 def test_run_writes_metrics_recs_and_prints_table(tmp_path):
-    result = recforge("run", *_sets(tmp_path, ["recommenders={popularity: {}}", "encode.encoders=[]", "rerank.enabled=false"]), cwd=tmp_path)
+    result = recforge(
+        "run",
+        *_sets(tmp_path, ["recommenders={popularity: {}}", "encode.encoders=[]", "rerank.enabled=false"]),
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     assert "popularity" in result.stdout and "NDCG@10" in result.stdout
     metrics = json.loads((tmp_path / "metrics/metrics.json").read_text())
@@ -48,7 +52,10 @@ def test_run_writes_metrics_recs_and_prints_table(tmp_path):
     [
         (["run", "-S", "data.fromat=synthetic"], "unknown key 'data.fromat'"),
         (["run", "-S", "evaluate.k=ten"], "'evaluate.k'"),
-        (["run", "-S", "data.format=movielens-latest", "-S", "data.path=/does/not/exist"], "/does/not/exist: data path not found"),
+        (
+            ["run", "-S", "data.format=movielens-latest", "-S", "data.path=/does/not/exist"],
+            "/does/not/exist: data path not found",
+        ),
         (["stage", "evaluate"], "not found; run `recforge stage ingest` first"),
         (["stage", "nope"], "unknown stage 'nope'"),
         (["run", "-p", "missing.yaml"], "missing.yaml: params file not found"),
@@ -99,16 +106,33 @@ def test_data_describe_and_plugins_list(tmp_path):
 def test_third_party_plugin_works_like_a_builtin(tmp_path):
     target = tmp_path / "site"
     install = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--target", str(target),
-         str(PROJECT_ROOT / "examples/recforge-example-plugin")],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(target),
+            str(PROJECT_ROOT / "examples/recforge-example-plugin"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert install.returncode == 0, install.stderr
     env = {**os.environ, "PYTHONPATH": str(target)}
     listed = recforge("plugins", "list", cwd=tmp_path, env=env)
     assert "newest" in listed.stdout and "recforge_example_plugin" in listed.stdout
     assert "newest" not in recforge("plugins", "list", cwd=tmp_path).stdout
-    result = recforge("run", *_sets(tmp_path, ["recommenders={newest: {}, popularity: {}}", "encode.encoders=[]", "rerank.enabled=false"]), cwd=tmp_path, env=env)
+    result = recforge(
+        "run",
+        *_sets(tmp_path, ["recommenders={newest: {}, popularity: {}}", "encode.encoders=[]", "rerank.enabled=false"]),
+        cwd=tmp_path,
+        env=env,
+    )
     assert result.returncode == 0, result.stderr
     metrics = json.loads((tmp_path / "metrics/metrics.json").read_text())
     assert set(metrics) == {"newest", "popularity"}

@@ -15,7 +15,7 @@ def _ndcg_at(scores: np.ndarray, labels: np.ndarray, group: np.ndarray, k: int =
         start += size
         order = np.argsort(-s, kind="stable")[:k]
         gains = (2.0 ** y[order] - 1) / np.log2(np.arange(2, len(order) + 2))
-        ideal = np.sort(2.0 ** y - 1)[::-1][:k] / np.log2(np.arange(2, min(k, size) + 2))
+        ideal = np.sort(2.0**y - 1)[::-1][:k] / np.log2(np.arange(2, min(k, size) + 2))
         out.append(gains.sum() / ideal.sum() if ideal.sum() > 0 else 0.0)
     return float(np.mean(out))
 
@@ -43,13 +43,23 @@ def test_dask_ranker_matches_local_ranker() -> None:
     X, y, group = _queries(300, 20, seed=0)
     X_test, y_test, g_test = _queries(200, 20, seed=1)
 
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
-            Client(cluster) as client:
-        model = train_dask_ranker(X, y, group, client=client, num_leaves=15, n_estimators=60, learning_rate=0.1,
-                                  seed=0, min_child_samples=10)
+    with (
+        LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
+        Client(cluster) as client,
+    ):
+        model = train_dask_ranker(
+            X, y, group, client=client, num_leaves=15, n_estimators=60, learning_rate=0.1, seed=0, min_child_samples=10
+        )
     assert isinstance(model, LGBMRanker)
-    local = LGBMRanker(objective="lambdarank", num_leaves=15, n_estimators=60, learning_rate=0.1,
-                       min_child_samples=10, random_state=0, verbose=-1).fit(X, y, group=group)
+    local = LGBMRanker(
+        objective="lambdarank",
+        num_leaves=15,
+        n_estimators=60,
+        learning_rate=0.1,
+        min_child_samples=10,
+        random_state=0,
+        verbose=-1,
+    ).fit(X, y, group=group)
 
     dask_ndcg = _ndcg_at(model.predict(X_test), y_test, g_test)
     local_ndcg = _ndcg_at(local.predict(X_test), y_test, g_test)
@@ -81,10 +91,22 @@ def test_rerank_stage_trains_on_dask_when_distributed(tmp_path) -> None:
     from recforge.rerank import load_reranker
     from tests.conftest import tmp_overrides
 
-    synthetic = ["data.synthetic.num_users=600", "data.synthetic.num_items=150", "data.synthetic.num_interactions=9000",
-                 "data.synthetic.num_topics=6", "data.synthetic.drift=0.0"]
-    setup = ["recommenders={popularity: {}, content: {encoder: tfidf}}", "encode.encoders=[tfidf]", "rerank.enabled=true",
-             "rerank.folds=2", "rerank.candidates_per_model=30", "rerank.num_boost_round=60", "orchestration.dask_workers=2"]
+    synthetic = [
+        "data.synthetic.num_users=600",
+        "data.synthetic.num_items=150",
+        "data.synthetic.num_interactions=9000",
+        "data.synthetic.num_topics=6",
+        "data.synthetic.drift=0.0",
+    ]
+    setup = [
+        "recommenders={popularity: {}, content: {encoder: tfidf}}",
+        "encode.encoders=[tfidf]",
+        "rerank.enabled=true",
+        "rerank.folds=2",
+        "rerank.candidates_per_model=30",
+        "rerank.num_boost_round=60",
+        "orchestration.dask_workers=2",
+    ]
     local = load_params(None, tmp_overrides(tmp_path) + synthetic + setup)
     run_pipeline(local)
     metrics_file = Path(local.paths.metrics_file)

@@ -32,9 +32,13 @@ def test_served_deployment_runs_the_pipeline(prefect_server: str, project: Path)
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "DO_NOT_TRACK": "1",
     }
-    log = open(project / "serve.log", "w")
+    log = open(project / "serve.log", "w")  # noqa: SIM115 - the server writes to it until the fixture ends
     served = subprocess.Popen(
-        [sys.executable, "-m", "flows.serve"], cwd=project, env=env, stdout=log, stderr=subprocess.STDOUT,
+        [sys.executable, "-m", "flows.serve"],
+        cwd=project,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
         start_new_session=True,
     )
     try:
@@ -53,7 +57,11 @@ def test_served_deployment_runs_the_pipeline(prefect_server: str, project: Path)
 
         done = subprocess.run(
             [bin_path("prefect"), "deployment", "run", "training/training", "--watch", "--watch-timeout", "300"],
-            cwd=project, env=env, capture_output=True, text=True, timeout=360,
+            cwd=project,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=360,
         )
         output = done.stdout + done.stderr
         assert done.returncode == 0, output + (project / "serve.log").read_text()

@@ -42,8 +42,17 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]
     params["rerank"] = {**params.get("rerank", {}), "enabled": False, "num_leaves": 31}
     params["evaluate"].update(ks=[1, 5, 10], list_length=20)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "PATH": f"{Path(bin_path('dvc')).parent}{os.pathsep}{os.environ['PATH']}"}
-    env.update(GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@example.com", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@example.com")
+    env = {
+        **os.environ,
+        "DVC_NO_ANALYTICS": "1",
+        "PATH": f"{Path(bin_path('dvc')).parent}{os.pathsep}{os.environ['PATH']}",
+    }
+    env.update(
+        GIT_AUTHOR_NAME="t",
+        GIT_AUTHOR_EMAIL="t@example.com",
+        GIT_COMMITTER_NAME="t",
+        GIT_COMMITTER_EMAIL="t@example.com",
+    )
     _run(["git", "init", "-q"], root, env)
     _run([bin_path("dvc"), "init", "-q"], root, env)
     _run(["git", "add", "-A"], root, env)

@@ -13,14 +13,25 @@ import pandas as pd
 from flows.cache import hash_paths
 from tests.flows.conftest import bin_path
 
-BIG = ["-S", "data.synthetic.num_users=10000", "-S", "data.synthetic.num_items=1000",
-       "-S", "data.synthetic.num_interactions=300000"]
+BIG = [
+    "-S",
+    "data.synthetic.num_users=10000",
+    "-S",
+    "data.synthetic.num_items=1000",
+    "-S",
+    "data.synthetic.num_interactions=300000",
+]
 
 
 def _ingest(project: Path, extra: list[str]) -> subprocess.Popen:
     env = {**os.environ, "GX_ANALYTICS_ENABLED": "False"}
-    return subprocess.Popen([bin_path("recforge"), "stage", "ingest", *extra], cwd=project, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return subprocess.Popen(
+        [bin_path("recforge"), "stage", "ingest", *extra],
+        cwd=project,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 def test_sigkill_mid_stage_leaves_no_partial_output(project: Path) -> None:

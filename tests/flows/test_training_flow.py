@@ -114,9 +114,7 @@ def test_dask_runner_matches_local_runner(prefect_server, tmp_path: Path, monkey
         directory.mkdir()
         write_params(directory)
         monkeypatch.chdir(directory)
-        out = training(
-            "params.yaml", overrides=[f"orchestration.runner={runner}", "orchestration.dask_workers=2"]
-        )
+        out = training("params.yaml", overrides=[f"orchestration.runner={runner}", "orchestration.dask_workers=2"])
         assert out["stages"]["train-popularity"] == "Completed"
         results[runner] = out["metrics"]
     for model, values in results["local"].items():

@@ -6,11 +6,11 @@ import json
 
 import pytest
 
+from recforge.engine import Engine
 from recforge.errors import RecforgeError
+from recforge.packaging import build_package, model_version, params_hash
 from recforge.params import load_params
 from recforge.pipeline import run_pipeline
-from recforge.engine import Engine
-from recforge.packaging import build_package, model_version, params_hash
 from recforge.schemas import BadRequestError, NotFoundError
 from tests.conftest import TINY, tmp_overrides
 
@@ -118,10 +118,19 @@ def test_served_reranker_matches_the_offline_test_lists(tmp_path):
     import numpy as np
     import pandas as pd
 
-    models = ("recommenders={popularity: {}, itemknn: {neighbors: 20}, "
-              "gru: {plugin: sequential, cell: gru, dim: 16, max_len: 10, epochs: 2, min_epochs: 1, batch_size: 64}}")
-    rerank = ["rerank.enabled=true", "rerank.folds=2", "rerank.candidates_per_model=15", "rerank.num_boost_round=40",
-              "rerank.early_stopping_rounds=10", "encode.encoders=[tfidf]", "serve.model=rerank"]
+    models = (
+        "recommenders={popularity: {}, itemknn: {neighbors: 20}, "
+        "gru: {plugin: sequential, cell: gru, dim: 16, max_len: 10, epochs: 2, min_epochs: 1, batch_size: 64}}"
+    )
+    rerank = [
+        "rerank.enabled=true",
+        "rerank.folds=2",
+        "rerank.candidates_per_model=15",
+        "rerank.num_boost_round=40",
+        "rerank.early_stopping_rounds=10",
+        "encode.encoders=[tfidf]",
+        "serve.model=rerank",
+    ]
     params = load_params(None, tmp_overrides(tmp_path) + TINY + [models] + rerank)
     run_pipeline(params)
     build_package(params, tmp_path / "package")
@@ -146,8 +155,12 @@ def test_served_reranker_matches_the_offline_test_lists(tmp_path):
 
 def test_reranker_without_candidates_in_the_package_is_refused_with_the_reason(tmp_path):
     models = "recommenders={popularity: {}, itemknn: {neighbors: 20}}"
-    params = load_params(None, tmp_overrides(tmp_path) + TINY + [models, "rerank.enabled=true", "rerank.folds=2",
-                                                                  "rerank.num_boost_round=30", "encode.encoders=[tfidf]"])
+    params = load_params(
+        None,
+        tmp_overrides(tmp_path)
+        + TINY
+        + [models, "rerank.enabled=true", "rerank.folds=2", "rerank.num_boost_round=30", "encode.encoders=[tfidf]"],
+    )
     run_pipeline(params)
     build_package(params, tmp_path / "package")
     import shutil
@@ -169,7 +182,9 @@ def test_offline_and_online_evidence_agree(tmp_path):
     from recforge.explain import workspace_evidence
 
     models = "recommenders={popularity: {}, itemknn: {neighbors: 20}}"
-    params = load_params(None, tmp_overrides(tmp_path) + TINY + [models, "encode.encoders=[tfidf]", "rerank.enabled=false"])
+    params = load_params(
+        None, tmp_overrides(tmp_path) + TINY + [models, "encode.encoders=[tfidf]", "rerank.enabled=false"]
+    )
     run_pipeline(params, stages=["ingest", "validate", "split", "encode", "train", "evaluate"])
     build_package(params, tmp_path / "package")
     engine = Engine.load(tmp_path / "package", device="cpu")

@@ -48,13 +48,19 @@ def server(tmp_path_factory):
     env.pop("RECFORGE_API_TOKEN", None)
     flags = _flags(root, [f"serve.api_token={TOKEN}", "serve.device=cpu"])
     for command in (["run"], ["package"]):
-        done = subprocess.run([RECFORGE, *command, *flags], cwd=root, env=env, capture_output=True, text=True, timeout=300)
+        done = subprocess.run(
+            [RECFORGE, *command, *flags], cwd=root, env=env, capture_output=True, text=True, timeout=300
+        )
         assert done.returncode == 0, done.stderr[-3000:]
     packaged = json.loads((root / "reports" / "package.json").read_text())
     port = free_port()
-    log = open(root / "serve.log", "w")
+    log = open(root / "serve.log", "w")  # noqa: SIM115 - the server writes to it until the fixture ends
     process = subprocess.Popen(
-        [RECFORGE, "serve", "--port", str(port), *flags], cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT,
+        [RECFORGE, "serve", "--port", str(port), *flags],
+        cwd=root,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
         start_new_session=True,
     )
     base = f"http://127.0.0.1:{port}"
@@ -198,7 +204,9 @@ def test_bad_inputs_get_4xx_with_a_message(server, path, body, status):
 
 
 def test_malformed_json_and_the_worker_survives(server):
-    response = server["client"].post("/recommend", content=b'{"user_id": 1,', headers={"content-type": "application/json"})
+    response = server["client"].post(
+        "/recommend", content=b'{"user_id": 1,', headers={"content-type": "application/json"}
+    )
     assert response.status_code == 400 and "error" in response.text
     assert post(server, "/recommend", {"user_id": "no-such-user", "k": 1}).status_code == 200
 
@@ -236,8 +244,8 @@ def test_serve_command_passes_typed_arguments(server, tmp_path):
 def test_checksum_mismatch_refuses_to_load(server, tmp_path):
     import shutil
 
-    from recforge.errors import RecforgeError
     from recforge.engine import Engine
+    from recforge.errors import RecforgeError
 
     store = Path(server["env"]["BENTOML_HOME"]) / "models"
     name, version = server["packaged"]["model_tag"].split(":")

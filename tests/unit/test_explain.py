@@ -45,7 +45,9 @@ def test_template_sentence_names_items_and_shared_terms():
 
 
 def test_explain_recommendation_names_history_items(tmp_path):
-    params = load_params(None, tmp_overrides(tmp_path) + TINY + ["recommenders={popularity: {}}", "rerank.enabled=false"])
+    params = load_params(
+        None, tmp_overrides(tmp_path) + TINY + ["recommenders={popularity: {}}", "rerank.enabled=false"]
+    )
     run_pipeline(params, stages=["ingest", "validate", "split", "encode", "train", "evaluate"])
     recs = pd.read_parquet(next((Path(params.paths.lists_dir) / "popularity").glob("*.parquet")))
     user_id, item_id = recs.iloc[0]["user_id"], recs.iloc[0]["item_id"]

@@ -42,8 +42,12 @@ def tiny():
     maps = IdMaps.build(events, items)
     history = Interactions.from_frame(events, maps)
     lists = {
-        "a": pd.DataFrame({"user_id": [10, 10, 20], "item_id": [103, 104, 102], "rank": [1, 2, 1], "score": [0.9, 0.5, 2.0]}),
-        "b-x": pd.DataFrame({"user_id": [10, 20, 20], "item_id": [104, 102, 103], "rank": [1, 1, 2], "score": [3.0, 1.0, 0.0]}),
+        "a": pd.DataFrame(
+            {"user_id": [10, 10, 20], "item_id": [103, 104, 102], "rank": [1, 2, 1], "score": [0.9, 0.5, 2.0]}
+        ),
+        "b-x": pd.DataFrame(
+            {"user_id": [10, 20, 20], "item_id": [104, 102, 103], "rank": [1, 1, 2], "score": [3.0, 1.0, 0.0]}
+        ),
     }
     embeddings = np.eye(5, dtype=np.float32)
     data = PartData(part="val", history=history, maps=maps, items=items, lists=lists, embeddings={"onehot": embeddings})

@@ -36,7 +36,9 @@ def test_movielens_1m(tmp_path):
 
 def test_movielens_latest_tags_become_text(tmp_path):
     (tmp_path / "ratings.csv").write_text("userId,movieId,rating,timestamp\n1,1,4.0,964982703\n1,2,3.5,964982704\n")
-    (tmp_path / "movies.csv").write_text('movieId,title,genres\n1,Toy Story (1995),Animation|Comedy\n2,"Heat, The (1995)",(no genres listed)\n')
+    (tmp_path / "movies.csv").write_text(
+        'movieId,title,genres\n1,Toy Story (1995),Animation|Comedy\n2,"Heat, The (1995)",(no genres listed)\n'
+    )
     (tmp_path / "tags.csv").write_text("userId,movieId,tag,timestamp\n1,1,pixar,1\n2,1,funny,2\n")
     tables = load(DataParams(format="movielens-latest", path=str(tmp_path)))
     items = tables.items.set_index("item_id")
@@ -46,10 +48,31 @@ def test_movielens_latest_tags_become_text(tmp_path):
 
 def test_amazon_reviews_with_metadata(tmp_path):
     reviews = [
-        {"reviewerID": "A1", "asin": "B1", "overall": 5.0, "unixReviewTime": 1400000000, "reviewText": "Great book", "summary": "Loved it"},
-        {"reviewerID": "A2", "asin": "B1", "overall": 2.0, "unixReviewTime": 1400000001, "reviewText": "Dull", "summary": "Meh"},
+        {
+            "reviewerID": "A1",
+            "asin": "B1",
+            "overall": 5.0,
+            "unixReviewTime": 1400000000,
+            "reviewText": "Great book",
+            "summary": "Loved it",
+        },
+        {
+            "reviewerID": "A2",
+            "asin": "B1",
+            "overall": 2.0,
+            "unixReviewTime": 1400000001,
+            "reviewText": "Dull",
+            "summary": "Meh",
+        },
     ]
-    meta = [{"asin": "B1", "title": "AI Book", "description": "About machine learning", "categories": [["Books", "Computers"]]}]
+    meta = [
+        {
+            "asin": "B1",
+            "title": "AI Book",
+            "description": "About machine learning",
+            "categories": [["Books", "Computers"]],
+        }
+    ]
     (tmp_path / "reviews.json").write_text("\n".join(json.dumps(r) for r in reviews))
     (tmp_path / "meta.json").write_text("\n".join(json.dumps(m) for m in meta))
     tables = load(DataParams(format="amazon-reviews", path=str(tmp_path)))
@@ -69,7 +92,9 @@ def test_table_with_column_map_and_dates(tmp_path):
     pd.DataFrame({"who": ["u1", "u2"], "what": ["i1", "i2"], "when": ["2020-01-01", "2020-01-02"]}).to_csv(
         tmp_path / "interactions.csv", index=False
     )
-    params = DataParams(format="table", path=str(tmp_path), column_map={"user_id": "who", "item_id": "what", "timestamp": "when"})
+    params = DataParams(
+        format="table", path=str(tmp_path), column_map={"user_id": "who", "item_id": "what", "timestamp": "when"}
+    )
     tables = load(params)
     assert tables.interactions["timestamp"].tolist() == [1577836800, 1577923200]
     assert tables.items["title"].tolist() == ["i1", "i2"]
@@ -127,7 +152,14 @@ def test_synthetic_users_prefer_their_topics():
 
 def test_amazon_user_text_leaves_out_held_out_reviews(tmp_path):
     reviews = [
-        {"reviewerID": "A1", "asin": f"B{i}", "overall": 4.0, "unixReviewTime": 1400000000 + i, "reviewText": f"text{i}", "summary": ""}
+        {
+            "reviewerID": "A1",
+            "asin": f"B{i}",
+            "overall": 4.0,
+            "unixReviewTime": 1400000000 + i,
+            "reviewText": f"text{i}",
+            "summary": "",
+        }
         for i in range(3)
     ]
     (tmp_path / "reviews.json").write_text("\n".join(json.dumps(r) for r in reviews))

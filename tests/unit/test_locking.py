@@ -74,8 +74,10 @@ def test_two_concurrent_runs_on_one_workspace_both_end_cleanly(tmp_path: Path) -
     }
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     recforge = str(Path(sys.executable).parent / "recforge")
-    runs = [subprocess.Popen([recforge, "run"], cwd=tmp_path, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    runs = [
+        subprocess.Popen([recforge, "run"], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
     outputs = [run.communicate(timeout=300)[1] for run in runs]
     assert [run.returncode for run in runs] == [0, 0], outputs
     assert any("waiting for another recforge run" in out for out in outputs), outputs

@@ -33,7 +33,9 @@ def test_recent_events_weigh_more():
     weights = history_weights(np.arange(5) * 86_400, None, ProfileSettings(half_life_events=2.0, rating_weight=0))
     assert np.all(np.diff(weights) > 0)
     assert weights[-1] == pytest.approx(1.0) and weights[-3] == pytest.approx(0.5)
-    by_days = history_weights(np.array([0, 10 * 86_400]), None, ProfileSettings(None, half_life_days=10, rating_weight=0))
+    by_days = history_weights(
+        np.array([0, 10 * 86_400]), None, ProfileSettings(None, half_life_days=10, rating_weight=0)
+    )
     np.testing.assert_allclose(by_days, [0.5, 1.0])
 
 
@@ -92,7 +94,9 @@ def test_keywords_and_genres_follow_the_history_and_round_trip(tmp_path):
         }
     )
     vectors = {"toy": np.eye(4, dtype=np.float32)}
-    profiles = build_profiles(events, maps, items, vectors, ProfileSettings(keywords=3), fields=["title", "text", "genres"])
+    profiles = build_profiles(
+        events, maps, items, vectors, ProfileSettings(keywords=3), fields=["title", "text", "genres"]
+    )
     assert profiles.keywords[0][0] == "space" and "the" not in profiles.keywords[0]
     assert profiles.keywords[1][0] == "sugar"
     assert profiles.genres[0][0] == "Sci-Fi" and set(profiles.genres[0]) == {"Sci-Fi", "Action"}

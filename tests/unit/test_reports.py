@@ -10,9 +10,7 @@ from recforge.reports import markdown_table
 
 def test_frame_floats_ints_and_header():
     frame = pd.DataFrame({"model": ["a", "b"], "ndcg": [0.12345, np.nan], "n": [20, 3]})
-    assert markdown_table(frame) == (
-        "| model | ndcg | n |\n|---|---|---|\n| a | 0.1235 | 20 |\n| b | nan | 3 |\n"
-    )
+    assert markdown_table(frame) == ("| model | ndcg | n |\n|---|---|---|\n| a | 0.1235 | 20 |\n| b | nan | 3 |\n")
 
 
 def test_pipes_and_line_breaks_are_escaped():

@@ -37,8 +37,15 @@ SYNTHETIC = [
 ]
 INPUTS = ("popularity", "content")
 MODELS = "recommenders={popularity: {}, content: {encoder: tfidf}}"
-RERANK = ["rerank.enabled=true", "rerank.ablations=true", "rerank.folds=3", "rerank.candidates_per_model=30",
-          "rerank.num_boost_round=150", "rerank.early_stopping_rounds=15", "encode.encoders=[tfidf]"]
+RERANK = [
+    "rerank.enabled=true",
+    "rerank.ablations=true",
+    "rerank.folds=3",
+    "rerank.candidates_per_model=30",
+    "rerank.num_boost_round=150",
+    "rerank.early_stopping_rounds=15",
+    "encode.encoders=[tfidf]",
+]
 
 
 @pytest.fixture(scope="module")
@@ -94,9 +101,7 @@ def test_no_leakage_training_rows_use_validation_targets_only(pipeline):
     # train and val are disjoint, and features were computed from train events only
     keys = ["user_id", "item_id", "timestamp"]
     assert len(train[keys].merge(val[keys])) == 0 and len(train[keys].merge(test[keys])) == 0
-    assert frame["user_history"].sum() == pytest.approx(
-        train.groupby("user_id").size().reindex(frame["user_id"]).sum()
-    )
+    assert frame["user_history"].sum() == pytest.approx(train.groupby("user_id").size().reindex(frame["user_id"]).sum())
     # a validation target is never already in the history the val lists were made from
     val_lists = pd.read_parquet(Path(params.paths.lists_dir) / "content" / "val.parquet")
     assert len(val_lists.merge(train[["user_id", "item_id"]])) == 0
@@ -118,8 +123,12 @@ def test_no_leakage_changing_test_targets_changes_nothing_learned(pipeline, tmp_
         run_rerank(params.model_copy(update={"rerank": params.rerank.model_copy(update={"ablations": False})}))
         after = json.loads((model_dir / "meta.json").read_text())["checksums"]
         assert after == before  # the same LightGBM models, byte for byte
-        pd.testing.assert_frame_equal(pd.read_parquet(Path(params.paths.lists_dir) / "rerank" / "val.parquet"), val_before)
-        pd.testing.assert_frame_equal(pd.read_parquet(Path(params.paths.lists_dir) / "rerank" / "test.parquet"), test_before)
+        pd.testing.assert_frame_equal(
+            pd.read_parquet(Path(params.paths.lists_dir) / "rerank" / "val.parquet"), val_before
+        )
+        pd.testing.assert_frame_equal(
+            pd.read_parquet(Path(params.paths.lists_dir) / "rerank" / "test.parquet"), test_before
+        )
     finally:
         original.to_parquet(split)
 
@@ -139,7 +148,9 @@ def test_blocks_of_users_give_the_same_table_and_lists(pipeline):
 
     lists = Path(params.paths.lists_dir) / "rerank" / "test.parquet"
     before = pd.read_parquet(lists)
-    small = params.model_copy(update={"rerank": params.rerank.model_copy(update={"ablations": False, "block_users": 37})})
+    small = params.model_copy(
+        update={"rerank": params.rerank.model_copy(update={"ablations": False, "block_users": 37})}
+    )
     run_rerank(small)
     pd.testing.assert_frame_equal(pd.read_parquet(lists), before)
 
@@ -162,7 +173,9 @@ def test_reranker_plugin_contract_and_roundtrip(pipeline, tmp_path):
 
 
 def test_ranked_lists_orders_by_score_and_truncates():
-    frame = pd.DataFrame({"user": [0, 0, 0, 1], "item": [5, 6, 7, 5], "user_id": ["a", "a", "a", "b"], "item_id": [50, 60, 70, 50]})
+    frame = pd.DataFrame(
+        {"user": [0, 0, 0, 1], "item": [5, 6, 7, 5], "user_id": ["a", "a", "a", "b"], "item_id": [50, 60, 70, 50]}
+    )
     lists = ranked_lists(frame, np.array([0.1, 0.9, 0.5, 0.0]), k=2)
     assert lists["item_id"].tolist() == [60, 70, 50] and lists["rank"].tolist() == [1, 2, 1]
 
@@ -179,12 +192,14 @@ def test_profile_features_read_the_written_profiles(pipeline, tmp_path):
 
     params, _ = pipeline
     workspace = Workspace(params)
-    for part, profile_part, history in (("val", "val", "train"), ("test", "full", "train+val")):
+    for part, history in (("val", "train"), ("test", "train+val")):
         data = part_data(workspace, part, list(INPUTS))
         written = data.profiles["tfidf"]
         from recforge.profiles import profile_vectors
 
-        computed = profile_vectors(workspace.events(history), workspace.embeddings("tfidf"), settings_from_params(params))
+        computed = profile_vectors(
+            workspace.events(history), workspace.embeddings("tfidf"), settings_from_params(params)
+        )
         np.testing.assert_allclose(written, computed, atol=1e-6)  # the same computation, read from the artifact
         assert FeatureContext(data).embeddings["tfidf"][1] is not None
     # change the artifact: the feature follows it

@@ -14,13 +14,25 @@ from recforge.protocols import FitContext
 
 from recforge_plugins.recommenders.sequential import Sequential
 
-SMALL = {"dim": 32, "layers": 1, "heads": 1, "max_len": 20, "batch_size": 32, "dropout": 0.1, "lr": 1e-2,
-         "threads": 1, "device": "cpu", "seed": 0}
+SMALL = {
+    "dim": 32,
+    "layers": 1,
+    "heads": 1,
+    "max_len": 20,
+    "batch_size": 32,
+    "dropout": 0.1,
+    "lr": 1e-2,
+    "threads": 1,
+    "device": "cpu",
+    "seed": 0,
+}
 
 
 @pytest.fixture(scope="module")
 def topical():
-    interactions, items = generate(SyntheticParams(num_users=300, num_items=120, num_interactions=9000, num_topics=4, seed=3))
+    interactions, items = generate(
+        SyntheticParams(num_users=300, num_items=120, num_interactions=9000, num_topics=4, seed=3)
+    )
     maps = IdMaps.build(interactions, items)
     events = Interactions.from_frame(interactions, maps)
     topics = items["genres"].to_numpy()
@@ -75,7 +87,9 @@ def test_early_stopping_and_refit_epochs(topical) -> None:
     train, val = pick(keep), pick(~keep)
     from dataclasses import replace
 
-    fitted = Sequential(cell="gru", epochs=20, min_epochs=3, patience=2, **SMALL).fit(train, context=replace(context, validation=val))
+    fitted = Sequential(cell="gru", epochs=20, min_epochs=3, patience=2, **SMALL).fit(
+        train, context=replace(context, validation=val)
+    )
     assert len(fitted.history) < 30 or fitted.best_epoch is not None
     assert all("val_ndcg@10" in record for record in fitted.history)
     best = max(record["val_ndcg@10"] for record in fitted.history)

@@ -43,7 +43,11 @@ def test_temporal_cut_is_global():
 
 def test_random_split_is_deterministic_and_keeps_first_event_in_train():
     frame = pd.DataFrame(
-        {"user_id": [u for u in range(20) for _ in range(10)], "item_id": list(range(200)), "timestamp": list(range(200))}
+        {
+            "user_id": [u for u in range(20) for _ in range(10)],
+            "item_id": list(range(200)),
+            "timestamp": list(range(200)),
+        }
     )
     params = SplitParams(method="random", seed=3)
     first = split(frame, params)

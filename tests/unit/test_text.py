@@ -8,7 +8,9 @@ from recforge.text import clean, item_texts, item_titles, normalize, strip_marku
 
 
 def test_strip_markup_removes_tags_scripts_entities_links_and_urls():
-    text = '<p>Great <b>film</b> &amp; more</p><script>var x = "<b>";</script> see [the site](http://a.b) https://x.org/y'
+    text = (
+        '<p>Great <b>film</b> &amp; more</p><script>var x = "<b>";</script> see [the site](http://a.b) https://x.org/y'
+    )
     out = strip_markup(text)
     assert "<" not in out and "script" not in out and "var x" not in out
     assert "&amp;" not in out and "&" in out

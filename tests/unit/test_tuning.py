@@ -27,9 +27,13 @@ def test_grid_points_full_and_random() -> None:
 
 
 def test_train_stage_tunes_on_validation_and_records_it(tmp_path: Path) -> None:
-    overrides = tmp_overrides(tmp_path) + TINY + [
-        "recommenders={'itemknn': {'neighbors': 20, 'tune': {'neighbors': [1, 40], 'weighting': ['none', 'bm25']}}}",
-    ]
+    overrides = (
+        tmp_overrides(tmp_path)
+        + TINY
+        + [
+            "recommenders={'itemknn': {'neighbors': 20, 'tune': {'neighbors': [1, 40], 'weighting': ['none', 'bm25']}}}",
+        ]
+    )
     params = load_params(None, overrides)
     for stage in ("ingest", "split", "train"):
         get_stage(stage)(params)

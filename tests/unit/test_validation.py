@@ -28,12 +28,19 @@ def _clean_ratings() -> pd.DataFrame:
     users = np.repeat(np.arange(1, 31), 10)
     items = np.concatenate([rng.choice(np.arange(1, 21), size=10, replace=False) for _ in range(30)])
     return pd.DataFrame(
-        {"userId": users, "movieId": items, "rating": rng.choice([1.0, 3.5, 5.0], size=len(users)), "timestamp": 1_500_000_000 + np.arange(len(users))}
+        {
+            "userId": users,
+            "movieId": items,
+            "rating": rng.choice([1.0, 3.5, 5.0], size=len(users)),
+            "timestamp": 1_500_000_000 + np.arange(len(users)),
+        }
     )
 
 
 def _params(tmp_path: Path, data: Path):
-    return load_params(None, tmp_overrides(tmp_path / "out") + ["data.format=movielens-latest", f"data.path={data}", "data.kcore=2"])
+    return load_params(
+        None, tmp_overrides(tmp_path / "out") + ["data.format=movielens-latest", f"data.path={data}", "data.kcore=2"]
+    )
 
 
 def test_clean_data_passes_and_writes_report(tmp_path):
@@ -76,7 +83,12 @@ def test_too_short_histories_fail_after_filtering(tmp_path):
     params = load_params(
         None,
         tmp_overrides(tmp_path / "out")
-        + ["data.format=movielens-latest", f"data.path={tmp_path / 'clean'}", "data.kcore=0", "validate.min_interactions_per_user=50"],
+        + [
+            "data.format=movielens-latest",
+            f"data.path={tmp_path / 'clean'}",
+            "data.kcore=0",
+            "validate.min_interactions_per_user=50",
+        ],
     )
     with pytest.raises(ValidationFailed, match="interactions"):
         run_ingest(params)

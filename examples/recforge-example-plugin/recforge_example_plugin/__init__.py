@@ -19,7 +19,7 @@ class Newest:
         self.first_seen: np.ndarray | None = None
         self.seen = None
 
-    def fit(self, train: Interactions, *, context: FitContext) -> "Newest":
+    def fit(self, train: Interactions, *, context: FitContext) -> Newest:
         order = np.argsort(train.timestamps, kind="stable")
         first_time = np.full(train.n_items, np.inf)
         np.minimum.at(first_time, train.item_ids[order], train.timestamps[order].astype(float))
@@ -37,7 +37,7 @@ class Newest:
         (Path(directory) / "config.json").write_text(json.dumps({}))
 
     @classmethod
-    def load(cls, directory: Path, *, context: FitContext) -> "Newest":
+    def load(cls, directory: Path, *, context: FitContext) -> Newest:
         model = cls()
         with np.load(Path(directory) / "newest.npz", allow_pickle=False) as data:
             model.first_seen = data["first_seen"]
