@@ -167,19 +167,19 @@ def explain(
     user: Annotated[str, typer.Argument(help="user id (as in the data)")],
     item: Annotated[str, typer.Argument(help="item id (as in the data)")],
     explainer: Annotated[
-        list[str] | None, typer.Option("--explainer", "-e", help="explainer(s); default template and llm")
+        list[str] | None, typer.Option("--explainer", "-e", help="explainer(s); default: every registered one")
     ] = None,
     params_file: ParamsOpt = Path(DEFAULT_PARAMS_FILE),
     set_: SetOpt = None,
     debug: DebugOpt = False,
 ) -> None:
-    """Explain why ITEM suits USER (template and LLM explainers)."""
+    """Explain why ITEM suits USER (every registered explainer, or those given with -e)."""
 
     def body() -> None:
         from recforge.explain import explain_recommendation
 
         params = load_params(params_file, set_ or [])
-        result = explain_recommendation(params, user, item, explainer or ["template", "llm"])
+        result = explain_recommendation(params, user, item, explainer or None)
         evidence = result["evidence"]
         console.print(f"[bold]{evidence['item_title']}[/bold] for user {user}")
         for name, text in result["explanations"].items():

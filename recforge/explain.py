@@ -192,19 +192,18 @@ def explain_recommendation(
     params: Params,
     user_id: Any,
     item_id: Any,
-    explainers: Sequence[str] = ("template", "llm"),
+    explainers: Sequence[str] | None = None,
     *,
     part: str = "full",
     options: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Evidence and one explanation per explainer for original ``user_id`` / ``item_id`` (``recforge explain``)."""
+    """Evidence and one explanation per explainer (default: every registered one) for original
+    ``user_id`` / ``item_id`` (``recforge explain``)."""
     found = workspace_evidence(params, user_id, item_id, part=part)
     texts: dict[str, str] = {}
-    for name in explainers:
+    for name in explainers if explainers is not None else list(registry.explainers.view()):
         explainer = registry.explainers.create(name, **(options or {}).get(name, {}))
         started = time.perf_counter()
         texts[name] = explainer.explain(user_id, item_id, evidence=found)
-        log.info(
-            "explainer %s: %.1fs (%s)", name, time.perf_counter() - started, getattr(explainer, "last_source", name)
-        )
+        log.info("explainer %s: %.1fs", name, time.perf_counter() - started)
     return {"user_id": user_id, "item_id": item_id, "evidence": found, "explanations": texts}

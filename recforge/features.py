@@ -1,4 +1,4 @@
-"""Candidate features for the second stage (the re-ranker) and explanation evidence.
+"""Candidate features for the second stage (the re-ranker).
 
 One :class:`PartData` bundles what a feature row may use for one evaluation
 part, so that no feature ever sees the part's own target:
@@ -281,7 +281,29 @@ class FeatureContext:
         columns["n_models"] = np.isfinite(ranks).sum(axis=1)
         columns["rrf"] = reciprocal_rank_fusion(ranks)
         del ranks
+        self._counts(columns, users, items)
+        last = self.last[users]
+        present = last >= 0
+        weights = 1.0 / np.maximum(present.sum(axis=1), 1)
+        self._sequence(columns, items, last, present, weights)
+        self._similarities(columns, users, items, last, present, weights)
+        self._overlaps(columns, users, items)
+        if self.sentiment is not None:
+            item_sum, user_sum = self.sentiment
+            counts, item_counts = self.counts[users], self.item_counts[items]
+            columns["sent_item"] = np.where(item_counts > 0, item_sum[items] / np.maximum(item_counts, 1), np.nan)
+            columns["sent_user"] = np.where(counts > 0, user_sum[users] / np.maximum(counts, 1), np.nan)
 
+        features = pd.DataFrame(
+            {name: np.asarray(values, dtype=np.float32) for name, values in columns.items()}, index=frame.index
+        )
+        frame = pd.concat([frame, features], axis=1)  # one block, not one insert per column
+        if llm_scorer is not None:
+            frame["llm_logprob"] = np.asarray(llm_scorer(frame, self.data), dtype=np.float32)
+        return frame
+
+    def _counts(self, columns: dict[str, np.ndarray], users: np.ndarray, items: np.ndarray) -> None:
+        """History length and span, item popularity (overall, recent, in the user's window), age, rating."""
         counts, item_counts, last_ts = self.counts[users], self.item_counts[items], self.last_ts[users]
         known = item_counts > 0
         columns["user_history"] = counts
@@ -293,20 +315,21 @@ class FeatureContext:
         if self.rating_sums is not None:
             columns["item_rating"] = np.where(known, self.rating_sums[items] / np.maximum(item_counts, 1), np.nan)
 
-        last = self.last[users]
-        present = last >= 0
-        weights = 1.0 / np.maximum(present.sum(axis=1), 1)
+    def _sequence(self, columns, items: np.ndarray, last: np.ndarray, present: np.ndarray, weights) -> None:
+        """How often the candidate followed the user's last 1 / last 5 items in anyone's history."""
         columns["trans_last1"] = np.where(present[:, 0], self._transitions(np.maximum(last[:, 0], 0), items), 0.0)
-        trans5 = np.zeros(len(frame))
+        trans5 = np.zeros(len(items))
         for offset in range(LAST_N):
             valid = present[:, offset]
             trans5[valid] += self._transitions(last[valid, offset], items[valid])
         columns["trans_last5"] = trans5 * weights
 
+    def _similarities(self, columns, users, items, last: np.ndarray, present: np.ndarray, weights) -> None:
+        """Per encoder: the candidate's cosine to the user's profile and to the last 1 / 5 items."""
         for key, (vectors, profiles) in self.embeddings.items():
             candidate = vectors[items]
             columns[f"sim_{key}_profile"] = np.einsum("ij,ij->i", profiles[users], candidate)
-            sims = np.full((len(frame), LAST_N), np.nan, dtype=np.float32)
+            sims = np.full((len(items), LAST_N), np.nan, dtype=np.float32)
             for offset in range(LAST_N):
                 valid = present[:, offset]
                 sims[valid, offset] = np.einsum("ij,ij->i", vectors[last[valid, offset]], candidate[valid])
@@ -318,26 +341,15 @@ class FeatureContext:
                 )
             del candidate, sims
 
-        if len(frame) and self.terms:
+    def _overlaps(self, columns, users: np.ndarray, items: np.ndarray) -> None:
+        """Genre and keyword overlap between the candidate and the user's history."""
+        if len(users) and self.terms:
             lo, hi = int(users.min()), int(users.max()) + 1
             block = sp.diags(self.inverse_lengths[lo:hi]) @ self.seen[lo:hi]
             for name, item_terms in self.terms.items():
                 columns[name] = _overlap(sp.csr_matrix(block @ item_terms), item_terms, users - lo, items)
         elif self.terms:
             columns.update({name: np.zeros(0) for name in self.terms})
-
-        if self.sentiment is not None:
-            item_sum, user_sum = self.sentiment
-            columns["sent_item"] = np.where(known, item_sum[items] / np.maximum(item_counts, 1), np.nan)
-            columns["sent_user"] = np.where(counts > 0, user_sum[users] / np.maximum(counts, 1), np.nan)
-
-        features = pd.DataFrame(
-            {name: np.asarray(values, dtype=np.float32) for name, values in columns.items()}, index=frame.index
-        )
-        frame = pd.concat([frame, features], axis=1)  # one block, not one insert per column
-        if llm_scorer is not None:
-            frame["llm_logprob"] = np.asarray(llm_scorer(frame, self.data), dtype=np.float32)
-        return frame
 
     def _transitions(self, sources: np.ndarray, targets: np.ndarray) -> np.ndarray:
         """How often ``targets[i]`` directly followed ``sources[i]`` in anyone's history."""
