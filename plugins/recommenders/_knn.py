@@ -10,6 +10,11 @@ import scipy.sparse as sp
 WEIGHTINGS = ("none", "tfidf", "bm25")
 
 
+def knn_config(neighbors: int | None, shrink: float, weighting: str, k1: float, b: float) -> dict:
+    """The options item- and user-based kNN share, as saved in their meta."""
+    return {"neighbors": neighbors, "shrink": float(shrink), "weighting": weighting, "k1": float(k1), "b": float(b)}
+
+
 def weight_rows(matrix: sp.csr_matrix, weighting: str = "none", *, k1: float = 1.2, b: float = 0.75) -> sp.csr_matrix:
     """Reweight a binary ``docs x terms`` matrix.
 

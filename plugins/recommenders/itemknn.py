@@ -13,7 +13,7 @@ from recforge.interactions import Interactions, csr_from_arrays, csr_to_arrays
 from recforge.protocols import FitContext
 from recforge.ranking import history_row, top_k
 
-from recforge_plugins.recommenders._knn import cosine, prune_rows, weight_rows
+from recforge_plugins.recommenders._knn import cosine, knn_config, prune_rows, weight_rows
 
 
 class ItemKNN:
@@ -33,13 +33,7 @@ class ItemKNN:
         k1: float = 1.2,
         b: float = 0.75,
     ) -> None:
-        self.config = {
-            "neighbors": neighbors,
-            "shrink": float(shrink),
-            "weighting": weighting,
-            "k1": float(k1),
-            "b": float(b),
-        }
+        self.config = knn_config(neighbors, shrink, weighting, k1, b)
         weight_rows(sp.csr_matrix((1, 1)), weighting)  # validate the option early
         self.similarity: sp.csr_matrix | None = None
         self.seen: sp.csr_matrix | None = None

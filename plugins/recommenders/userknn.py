@@ -13,7 +13,7 @@ from recforge.interactions import Interactions, csr_from_arrays, csr_to_arrays
 from recforge.protocols import FitContext
 from recforge.ranking import history_row, top_k
 
-from recforge_plugins.recommenders._knn import prune_rows, weight_rows
+from recforge_plugins.recommenders._knn import knn_config, prune_rows, weight_rows
 
 
 class UserKNN:
@@ -28,13 +28,7 @@ class UserKNN:
     def __init__(
         self, neighbors: int | None = 50, shrink: float = 0.0, weighting: str = "none", k1: float = 1.2, b: float = 0.75
     ) -> None:
-        self.config = {
-            "neighbors": neighbors,
-            "shrink": float(shrink),
-            "weighting": weighting,
-            "k1": float(k1),
-            "b": float(b),
-        }
+        self.config = knn_config(neighbors, shrink, weighting, k1, b)
         weight_rows(sp.csr_matrix((1, 1)), weighting)
         self.vectors: sp.csr_matrix | None = None
         self.seen: sp.csr_matrix | None = None
