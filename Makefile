@@ -29,10 +29,12 @@ models:
 run: setup
 	$(VENV)/bin/recforge run
 
-# test: lint and format check over the whole tree (ruff), then the suite
+# test: lint and format check over the whole tree (ruff), security lint of the shipped code
+# (bandit: no medium or high severity finding), then the suite
 test: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/bandit -q -r recforge plugins service flows -ll
 	$(PY) -m pytest -q
 
 # serve: train on the embedded default if nothing is trained yet, package, serve on 127.0.0.1:$(PORT).

@@ -110,8 +110,10 @@ def convert_gguf(gguf: Path, target: Path) -> Path:
 
     gguf = Path(gguf)
     log.info("converting %s to safetensors (one-off, ~20 s)", gguf.name)
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype="float32")
+    # a local GGUF file, never a hub id: local_files_only
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, local_files_only=True)
+    load = AutoModelForCausalLM.from_pretrained
+    model = load(gguf.parent, gguf_file=gguf.name, dtype="float32", local_files_only=True)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
@@ -173,10 +175,11 @@ def load_causal_lm(model: str | Path | None = None, *, device: str = "cpu") -> t
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
             from transformers import AutoModelForCausalLM, AutoTokenizer
 
-            tokenizer = AutoTokenizer.from_pretrained(path)
+            tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
             if tokenizer.pad_token is None:
                 tokenizer.pad_token = tokenizer.eos_token
-            lm = AutoModelForCausalLM.from_pretrained(path, dtype="float32").to(device)
+            load = AutoModelForCausalLM.from_pretrained
+            lm = load(path, dtype="float32", local_files_only=True).to(device)
             lm.eval()
             _loaded[key] = (tokenizer, lm)
             log.info("loaded causal LM %s on %s", path, device)

@@ -36,7 +36,7 @@ class LLMScorer:
         self.top = cfg.llm_candidates
         self.history = cfg.llm_history
         self.batch_size = cfg.llm_batch_size
-        key = hashlib.sha1(str(self.model or "smollm2").encode()).hexdigest()[:12]
+        key = hashlib.sha256(str(self.model or "smollm2").encode()).hexdigest()[:12]
         self.cache_path = Path(params.paths.cache_dir) / "rerank-llm" / f"{key}.json"
         self.cache: dict[str, float] = json.loads(self.cache_path.read_text()) if self.cache_path.exists() else {}
 
@@ -57,7 +57,7 @@ class LLMScorer:
     def __call__(self, frame: pd.DataFrame, data: PartData) -> np.ndarray:
         rows, texts = self.prompts(frame, data)
         out = np.full(len(frame), np.nan)
-        keys = [hashlib.sha1(t.encode()).hexdigest() for t in texts]
+        keys = [hashlib.sha256(t.encode()).hexdigest() for t in texts]
         todo = sorted({key: text for key, text in zip(keys, texts, strict=True) if key not in self.cache}.items())
         if todo:
             scores = self.score([text for _, text in todo])
