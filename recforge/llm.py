@@ -111,9 +111,9 @@ def convert_gguf(gguf: Path, target: Path) -> Path:
     gguf = Path(gguf)
     log.info("converting %s to safetensors (one-off, ~20 s)", gguf.name)
     # a local GGUF file, never a hub id: local_files_only
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, local_files_only=True)
-    load = AutoModelForCausalLM.from_pretrained
-    model = load(gguf.parent, gguf_file=gguf.name, dtype="float32", local_files_only=True)
+    local = {"gguf_file": gguf.name, "local_files_only": True}
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, **local)  # nosec B615
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, dtype="float32", **local)  # nosec B615
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
@@ -175,11 +175,12 @@ def load_causal_lm(model: str | Path | None = None, *, device: str = "cpu") -> t
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
             from transformers import AutoModelForCausalLM, AutoTokenizer
 
-            tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+            # a local directory, never a hub id
+            tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)  # nosec B615
             if tokenizer.pad_token is None:
                 tokenizer.pad_token = tokenizer.eos_token
-            load = AutoModelForCausalLM.from_pretrained
-            lm = load(path, dtype="float32", local_files_only=True).to(device)
+            lm = AutoModelForCausalLM.from_pretrained(path, dtype="float32", local_files_only=True)  # nosec B615
+            lm = lm.to(device)
             lm.eval()
             _loaded[key] = (tokenizer, lm)
             log.info("loaded causal LM %s on %s", path, device)
