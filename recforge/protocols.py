@@ -182,6 +182,14 @@ class Reranker(Protocol):
     ``save``/``load`` use safe formats only (JSON, npz, LightGBM text
     models; never pickle); ``load(d).rerank(t)`` equals ``rerank(t)`` after
     ``save(d)``.
+
+    Construction: the rerank stage creates the plugin with keyword options
+    ``features`` (the columns to use), ``seed``, the rerank section's model
+    settings ``folds``, ``num_leaves``, ``learning_rate``, ``num_boost_round``
+    and ``early_stopping_rounds`` (a plugin with no use for one accepts and
+    ignores it, e.g. through ``**_``), ``distributed``/``dask_address``/
+    ``dask_workers`` when ``rerank.distributed`` is on, and everything in
+    ``rerank.options``.
     """
 
     oof_scores: np.ndarray | None
