@@ -9,6 +9,7 @@ choice of fields (``encode.fields`` in params.yaml).
 
 from __future__ import annotations
 
+import bisect
 import html
 import re
 import unicodedata
@@ -20,12 +21,18 @@ import pandas as pd
 # Han (incl. extension A and compatibility ideographs), Hiragana, Katakana.
 _CJK = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u3040-\u30ff\u31f0-\u31ff"
 _TOKEN = re.compile(rf"[{_CJK}]|[^\W_{_CJK}]+")
+# Every pattern here runs in linear time: the tag pattern is bounded, the URL, apostrophe, space and token
+# patterns cannot backtrack across a failed start; script/style bodies and Markdown links, whose obvious
+# patterns (``<(script|style)\b.*?</\1\s*>``, ``\[([^\]]*)\]\([^)]*\)``) backtrack to the end of the text
+# from every failed start (quadratic: 50,000 "[" took seconds), are scanned by hand with the same result.
 _TAG = re.compile(r"<[^>]{0,500}>")
-_SCRIPT = re.compile(r"<(script|style)\b.*?</\1\s*>", re.IGNORECASE | re.DOTALL)
+_SCRIPT_OPEN = re.compile(r"<(script|style)\b", re.IGNORECASE)
+_SCRIPT_CLOSE = re.compile(r"</(script|style)\s*>", re.IGNORECASE)
 _URL = re.compile(r"https?://\S+|www\.\S+")
-_MD_LINK = re.compile(r"\[([^\]]*)\]\([^)]*\)")
 _APOSTROPHE = re.compile(r"(?<=\w)['’](?=\w)")
 _SPACE = re.compile(r"\s+")
+
+MAX_CHARS = 100_000  # clean() reads at most this many characters of one text (before any pattern runs)
 
 
 @lru_cache(maxsize=1)
@@ -37,13 +44,72 @@ def english_stop_words() -> frozenset[str]:
 
 
 def strip_markup(text: str) -> str:
-    """Remove HTML/XML tags (and script/style bodies), Markdown link syntax and URLs; unescape entities."""
-    text = _SCRIPT.sub(" ", text)
+    """Remove HTML/XML tags (and script/style bodies), Markdown link syntax and URLs; unescape entities.
+
+    Linear in the length of ``text``.
+    """
+    text = _strip_scripts(text)
     text = _TAG.sub(" ", text)
     text = html.unescape(text)
-    text = _MD_LINK.sub(r"\1", text)
+    text = _strip_md_links(text)
     text = _URL.sub(" ", text)
     return text
+
+
+def _strip_scripts(text: str) -> str:
+    """Each ``<script ...>...</script>`` / ``<style>...</style>`` (any case) becomes one space.
+
+    The same result as ``re.sub(r"<(script|style)\\b.*?</\\1\\s*>", " ", text, flags=re.I | re.S)``: the
+    leftmost opening whose name closes later, up to the first closing of that name; in one pass over
+    precomputed closing positions instead of a scan to the end of the text from every opening.
+    """
+    if "<" not in text:
+        return text
+    closings: dict[str, list[tuple[int, int]]] = {"script": [], "style": []}
+    for match in _SCRIPT_CLOSE.finditer(text):
+        closings[match.group(1).lower()].append((match.start(), match.end()))
+    if not closings["script"] and not closings["style"]:
+        return text
+    starts = {name: [start for start, _ in spans] for name, spans in closings.items()}
+    parts, pos = [], 0
+    for match in _SCRIPT_OPEN.finditer(text):
+        if match.start() < pos:  # inside a body already removed
+            continue
+        name = match.group(1).lower()
+        index = bisect.bisect_left(starts[name], match.end())
+        if index == len(starts[name]):
+            continue
+        parts += [text[pos : match.start()], " "]
+        pos = closings[name][index][1]
+    parts.append(text[pos:])
+    return "".join(parts)
+
+
+def _strip_md_links(text: str) -> str:
+    """``[label](target)`` becomes ``label``.
+
+    The same result as ``re.sub(r"\\[([^\\]]*)\\]\\([^)]*\\)", r"\\1", text)``: from an ``[``, the first
+    ``]`` must be followed by ``(`` and a later ``)``. Every ``[`` before a ``]`` that is not followed by
+    ``(`` fails the same way, so the scan jumps past it; with no ``]`` or ``)`` left, nothing more matches.
+    """
+    parts, pos, start = [], 0, text.find("[")
+    while start >= 0:
+        close = text.find("]", start + 1)
+        if close < 0:
+            break
+        if text.startswith("(", close + 1):
+            end = text.find(")", close + 2)
+            if end < 0:
+                break
+            parts += [text[pos:start], text[start + 1 : close]]
+            pos = end + 1
+            start = text.find("[", pos)
+        else:
+            start = text.find("[", close + 1)
+    if not parts:
+        return text
+    parts.append(text[pos:])
+    return "".join(parts)
 
 
 def normalize(text: str, *, lower: bool = True) -> str:
@@ -55,10 +121,13 @@ def normalize(text: str, *, lower: bool = True) -> str:
 
 
 def clean(text: object, *, lower: bool = True) -> str:
-    """Markup stripped, Unicode-normalised, optionally lower-cased text ('' for None/NaN)."""
+    """Markup stripped, Unicode-normalised, optionally lower-cased text ('' for None/NaN).
+
+    Only the first :data:`MAX_CHARS` characters are read.
+    """
     if text is None or (isinstance(text, float) and text != text):
         return ""
-    return normalize(strip_markup(str(text)), lower=lower)
+    return normalize(strip_markup(str(text)[:MAX_CHARS]), lower=lower)
 
 
 def tokenize(text: object, *, stop_words: bool | Iterable[str] = False, min_length: int = 1) -> list[str]:
