@@ -90,10 +90,14 @@ def test_early_stopping_and_refit_epochs(topical) -> None:
     fitted = Sequential(cell="gru", epochs=20, min_epochs=3, patience=2, **SMALL).fit(
         train, context=replace(context, validation=val)
     )
-    assert len(fitted.history) < 30 or fitted.best_epoch is not None
     assert all("val_ndcg@10" in record for record in fitted.history)
     best = max(record["val_ndcg@10"] for record in fitted.history)
     assert fitted.history[fitted.best_epoch - 1]["val_ndcg@10"] == best
+    # it stopped early, exactly `patience` epochs after the best one (never before min_epochs)
+    assert len(fitted.history) < 20, [round(r["val_ndcg@10"], 4) for r in fitted.history]
+    assert len(fitted.history) == max(fitted.best_epoch + 2, 3)
+    # and the best epoch's weights are the ones kept, not the last epoch's
+    assert fitted._val_ndcg(val, np.unique(val.user_ids)) == pytest.approx(best, abs=1e-9)
     assert fitted.refit_options() == {"epochs": fitted.best_epoch}
     assert best > 0.05, "the model should learn something on topical data"
 

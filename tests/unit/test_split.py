@@ -35,10 +35,17 @@ def test_leave_last_out_partitions_every_event():
 
 
 def test_temporal_cut_is_global():
-    frame = pd.DataFrame({"user_id": [1] * 10, "item_id": list(range(10)), "timestamp": list(range(10))})
-    train, val, test = split(frame, SplitParams(method="temporal", test_fraction=0.2, val_fraction=0.2))
-    assert train.timestamp.max() < frame.timestamp.max()
-    assert test.empty or test.timestamp.min() > train.timestamp.max()
+    # 40 events at t=0..39 over 4 users and 5 items (every user and item appears before the cuts),
+    # plus one event of a never-trained item at the very end
+    frame = pd.DataFrame({"user_id": [t % 4 for t in range(40)], "item_id": [t % 5 for t in range(40)]})
+    frame["timestamp"] = range(40)
+    frame = pd.concat([frame, pd.DataFrame({"user_id": [0], "item_id": [99], "timestamp": [40]})], ignore_index=True)
+    train, val, test = split(frame, SplitParams(method="temporal", test_fraction=0.25, val_fraction=0.25))
+    # the cuts are the 50% and 75% quantiles of all 41 times (20.0 and 30.0), one for every user
+    assert sorted(train.timestamp) == list(range(20))
+    assert sorted(val.timestamp) == list(range(20, 30))
+    assert sorted(test.timestamp) == list(range(30, 40)), "item 99 was never trained: not scorable"
+    assert set(val.user_id) == set(test.user_id) == set(range(4))
 
 
 def test_random_split_is_deterministic_and_keeps_first_event_in_train():
@@ -56,6 +63,14 @@ def test_random_split_is_deterministic_and_keeps_first_event_in_train():
         pd.testing.assert_frame_equal(a, b)
     firsts = frame.groupby("user_id").head(1)
     assert set(firsts.item_id) <= set(first[0].item_id)
+    # every event in exactly one part (items are unique here, so item ids identify events)
+    train, val, test = (set(part.item_id) for part in first)
+    assert not (train & val or train & test or val & test)
+    assert len(train) + len(val) + len(test) == len(frame)
+    # the default fractions (0.1 + 0.1), drawn per event: 20 users x 9 eligible events each
+    assert 8 <= len(val) <= 32 and 8 <= len(test) <= 32, (len(val), len(test))
+    other = split(frame, SplitParams(method="random", seed=4))
+    assert set(other[2].item_id) != test, "the seed decides the draw"
 
 
 def test_empty_table_is_a_user_error():
