@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+from pathlib import Path
 
 import pytest
 
@@ -26,7 +28,18 @@ def package(tmp_path_factory):
 
 def test_package_records_hashes_and_no_secret(package):
     params, directory, manifest = package
-    assert manifest["version"] == model_version(params)
+    # the version is d<sha256 over the split and items files>-p<sha256 over the trained-on params>, recomputed here
+    digest = hashlib.sha256()
+    for path in [Path(params.paths.split_dir) / f"{part}.parquet" for part in ("train", "val", "test")] + [
+        Path(params.paths.canonical_dir) / "items.parquet"
+    ]:
+        digest.update(path.name.encode())
+        digest.update(hashlib.sha256(path.read_bytes()).hexdigest().encode())
+    assert manifest["version"] == f"d{digest.hexdigest()[:12]}-p{params_hash(params)[:12]}" == model_version(params)
+    # any trained-on setting changes the tag: a model option, the split, the data
+    for change in ("recommenders={popularity: {half_life_days: 7}}", "split.method=random", "seed=7"):
+        other = load_params(None, tmp_overrides(directory.parent) + TINY + [change])
+        assert params_hash(other) != params_hash(params), change
     assert "do-not-leak" not in (directory / "params.json").read_text()
     assert set(manifest["models"]) == {"popularity"}
     assert "models/popularity/meta.json" in manifest["checksums"]
