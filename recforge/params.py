@@ -62,14 +62,51 @@ class DataParams(_Section):
 
 
 class ValidateParams(_Section):
+    """The data gate (recforge.validation). Ratings lie in [rating_min, rating_max]
+    (finite bounds, so NaN and infinities fail); timestamps lie in [timestamp_min,
+    timestamp_max], where a null ``timestamp_max`` means now plus
+    ``timestamp_margin_days`` (rounded up to the next UTC midnight)."""
+
     enabled: bool = True
     rating_min: float = 0.0
     rating_max: float = 5.0
     timestamp_min: str = "1970-01-01"
-    timestamp_max: str = "2100-01-01"
+    timestamp_max: str | None = None
+    timestamp_margin_days: float = Field(1.0, ge=0.0, le=36_500.0)
     min_interactions_per_user: int = Field(3, ge=1)
     require_text: bool = True
     max_examples: int = Field(5, ge=1)
+
+    @field_validator("rating_min", "rating_max")
+    @classmethod
+    def _finite(cls, value: float) -> float:
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ValueError("must be a finite number")
+        return value
+
+    @field_validator("timestamp_min", "timestamp_max", mode="before")
+    @classmethod
+    def _date(cls, value: Any) -> str | None:
+        if hasattr(value, "isoformat"):  # YAML reads 2030-01-01 as a date
+            value = value.isoformat()
+        if value is not None:
+            if not isinstance(value, str):
+                raise ValueError(f"not a date: {value!r} (e.g. 2030-01-01)")
+            import pandas as pd
+
+            try:
+                stamp = pd.Timestamp(value)
+            except (ValueError, TypeError, OverflowError):
+                raise ValueError(f"not a date: {value!r} (e.g. 2030-01-01)") from None
+            if stamp is pd.NaT:
+                raise ValueError(f"not a date: {value!r} (e.g. 2030-01-01)")
+        return value
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ValidateParams:
+        if self.rating_min > self.rating_max:
+            raise ValueError(f"rating_min {self.rating_min} is above rating_max {self.rating_max}")
+        return self
 
 
 class SplitParams(_Section):

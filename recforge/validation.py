@@ -10,20 +10,26 @@ before any downstream output is written.
 from __future__ import annotations
 
 import logging
+import math
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from recforge.artifacts import write_json, write_text
 from recforge.data.loaders import Tables
 from recforge.errors import ValidationFailed
-from recforge.params import Params
+from recforge.params import Params, ValidateParams
 from recforge.reports import markdown_table
 
 log = logging.getLogger(__name__)
+
+DAY = 86_400
+INT64_MAX = int(np.iinfo(np.int64).max)
 
 
 @dataclass
@@ -35,11 +41,19 @@ class Check:
     unexpected_count: int | None = None
     examples: list[Any] = field(default_factory=list)
 
+    def arguments(self) -> str:
+        """The expectation's arguments, a long value set left out."""
+        return ", ".join(
+            f"{k}={v}"
+            for k, v in self.kwargs.items()
+            if k != "batch_id" and not (k == "value_set" and isinstance(v, list) and len(v) > 3)
+        )
+
     def line(self) -> str:
-        args = ", ".join(f"{k}={v}" for k, v in self.kwargs.items() if k not in ("batch_id", "value_set"))
-        text = f"{self.table}: {self.expectation}({args})"
+        text = f"{self.table}: {self.expectation}({self.arguments()})"
         if self.unexpected_count:
-            text += f" — {self.unexpected_count} unexpected, e.g. {self.examples}"
+            # no square brackets: the CLI prints with rich, which would read [inf] as markup
+            text += f" — {self.unexpected_count} unexpected, e.g. {', '.join(map(repr, self.examples))}"
         return text
 
 
@@ -70,7 +84,7 @@ class Report:
             {
                 "table": c.table,
                 "expectation": c.expectation,
-                "arguments": ", ".join(f"{k}={v}" for k, v in c.kwargs.items() if k not in ("batch_id", "value_set")),
+                "arguments": c.arguments(),
                 "result": "ok" if c.success else "**FAILED**",
                 "unexpected": c.unexpected_count or "",
                 "examples": ", ".join(map(str, c.examples)),
@@ -81,7 +95,77 @@ class Report:
 
 
 def _seconds(date: str) -> int:
-    return int(pd.Timestamp(date, tz="UTC").timestamp())
+    stamp = pd.Timestamp(date)
+    return int((stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp).timestamp())
+
+
+def timestamp_bounds(v: ValidateParams, now: float | None = None) -> tuple[int, int]:
+    """[min, max] Unix seconds: a null ``timestamp_max`` is now + the margin, rounded up to the next UTC midnight
+    (so the report's bound changes once a day, not on every run)."""
+    if v.timestamp_max is not None:
+        return _seconds(v.timestamp_min), _seconds(v.timestamp_max)
+    latest = (time.time() if now is None else now) + v.timestamp_margin_days * DAY
+    return _seconds(v.timestamp_min), int(math.ceil(latest / DAY) * DAY)
+
+
+def id_kinds(column: pd.Series) -> pd.Series:
+    """Per id: ``int64`` (an integer that Parquet stores as int64), ``str``, or what is wrong with it
+    (``int out of int64 range: 10**30``, ``float: 1.5``, ``list: [1]`` ...); a missing id stays missing
+    (the not-null expectation reports it). Integral floats count as ``int64``: a CSV id column with a
+    missing cell is read as floats."""
+    if pd.api.types.is_bool_dtype(column):
+        return column.map(lambda v: f"bool: {v!r}", na_action="ignore")
+    if pd.api.types.is_integer_dtype(column):
+        if column.dtype == np.uint64:
+            values = column.to_numpy()
+            return pd.Series(
+                np.where(values > INT64_MAX, [f"int out of int64 range: {v}" for v in values], "int64"),
+                index=column.index,
+                dtype=object,
+            )
+        return pd.Series(np.where(column.isna(), None, "int64"), index=column.index, dtype=object)
+    if pd.api.types.is_string_dtype(column) and not pd.api.types.is_object_dtype(column):
+        return pd.Series(np.where(column.isna(), None, "str"), index=column.index, dtype=object)
+    return pd.Series([_id_kind(v) for v in column.to_numpy(dtype=object)], index=column.index, dtype=object)
+
+
+def _id_kind(value: Any) -> str | None:
+    if isinstance(value, str):
+        return "str"
+    if isinstance(value, (bool, np.bool_)):
+        return f"bool: {value!r}"
+    if isinstance(value, (int, np.integer)):
+        return "int64" if -INT64_MAX - 1 <= int(value) <= INT64_MAX else f"int out of int64 range: {_short(value)}"
+    if isinstance(value, (float, np.floating)):
+        if value != value:
+            return None
+        if math.isfinite(value) and float(value).is_integer() and abs(value) <= 2**63 - 1024:
+            return "int64"
+        return f"float: {_short(value)}"
+    if value is None or value is pd.NA or value is pd.NaT:
+        return None
+    return f"{type(value).__name__}: {_short(value)}"
+
+
+def _short(value: Any) -> str:
+    text = str(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def id_type_frame(frame: pd.DataFrame, columns: list[str]) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
+    """A frame of id kinds per column and, per column, the one kind its ids must all have (the more common of
+    ``int64`` and ``str``): ids of one type that Parquet can store, before anything is written."""
+    kinds = pd.DataFrame({c: id_kinds(frame[c]) for c in columns if c in frame}, index=frame.index)
+    expected = []
+    for column in kinds.columns:
+        counts = kinds[column].value_counts()
+        kind = "str" if counts.get("str", 0) > counts.get("int64", 0) else "int64"
+        other = kinds[column].isin(["str", "int64"]) & (kinds[column] != kind)
+        if other.any():  # the odd ones out, with their values: "str: u1" in an integer column
+            values = frame.loc[other, column]
+            kinds.loc[other, column] = [f"{k}: {_short(v)}" for k, v in zip(kinds.loc[other, column], values)]
+        expected.append((column, kind))
+    return kinds, expected
 
 
 def raw_suites(tables: Tables, params: Params) -> dict[str, tuple[pd.DataFrame, list]]:
@@ -94,17 +178,14 @@ def raw_suites(tables: Tables, params: Params) -> dict[str, tuple[pd.DataFrame, 
     suites: dict[str, tuple[pd.DataFrame, list]] = {}
     checks = [E.ExpectTableRowCountToBeBetween(min_value=1)]
     checks += [E.ExpectColumnToExist(column=c) for c in ("user_id", "item_id", "timestamp")]
-    for column in ("user_id", "item_id", "timestamp"):
+    for column in ("user_id", "item_id", "timestamp", "rating"):
         if column in inter:
             checks.append(E.ExpectColumnValuesToNotBeNull(column=column))
-    if "rating" in inter:
+    if "rating" in inter:  # finite bounds (ValidateParams), so infinities fail too
         checks.append(E.ExpectColumnValuesToBeBetween(column="rating", min_value=v.rating_min, max_value=v.rating_max))
     if "timestamp" in inter:
-        checks.append(
-            E.ExpectColumnValuesToBeBetween(
-                column="timestamp", min_value=_seconds(v.timestamp_min), max_value=_seconds(v.timestamp_max)
-            )
-        )
+        low, high = timestamp_bounds(v)
+        checks.append(E.ExpectColumnValuesToBeBetween(column="timestamp", min_value=low, max_value=high))
     if "item_id" in inter:
         known = tables.items["item_id"].dropna().unique().tolist()
         checks.append(E.ExpectColumnValuesToBeInSet(column="item_id", value_set=known))
@@ -119,6 +200,14 @@ def raw_suites(tables: Tables, params: Params) -> dict[str, tuple[pd.DataFrame, 
             E.ExpectColumnValuesToBeUnique(column="item_id"),
         ],
     )
+    # id types before Parquet: all int64 or all strings per column (10**30 or a mix would crash the write)
+    for table, frame in (("interactions", inter), ("items", items)):
+        kinds, expected = id_type_frame(frame, ["user_id", "item_id"])
+        if expected:
+            suites[f"{table} (id types)"] = (
+                kinds,
+                [E.ExpectColumnValuesToBeInSet(column=c, value_set=[kind]) for c, kind in expected],
+            )
     return suites
 
 
@@ -151,6 +240,8 @@ def run_suites(suites: dict[str, tuple[pd.DataFrame, list]], max_examples: int) 
     import great_expectations as gx
 
     logging.getLogger("great_expectations").setLevel(logging.WARNING)
+    # this module sets its own level to INFO and logs a temporary docs directory per context
+    logging.getLogger("great_expectations.data_context.types.base").setLevel(logging.WARNING)
     context = gx.get_context(mode="ephemeral")
     _quiet_progress(context)
     source = context.data_sources.add_pandas("recforge")
@@ -190,6 +281,8 @@ def _quiet_progress(context) -> None:
 
 
 def _plain(value: Any) -> Any:
+    if value is None or value is pd.NA or value is pd.NaT:
+        return None
     if hasattr(value, "item"):
         try:
             return value.item()
@@ -209,14 +302,17 @@ def write_report(report: Report, reports_dir: str | Path) -> Path:
     return reports_dir / "validation.json"
 
 
-def gate(checks: list[Check], params: Params) -> Report:
-    """Write the report; raise ``ValidationFailed`` listing each failed expectation."""
+def gate(checks: list[Check], params: Params, source: str | Path | None = None) -> Report:
+    """Write the report; raise ``ValidationFailed`` naming ``source`` (the data checked) and each failed
+    expectation, on one line."""
     report = Report(checks)
     path = write_report(report, params.paths.reports_dir)
     if not report.success:
         details = "; ".join(check.line() for check in report.failed)
+        where = f" for {source}" if source else ""
         raise ValidationFailed(
-            f"data validation failed ({len(report.failed)} expectations): {details} [report: {path}]", str(path)
+            f"data validation failed{where} ({len(report.failed)} expectations): {details} (report: {path})",
+            str(path),
         )
     log.info("validation passed: %d expectations", len(report.checks))
     return report

@@ -20,14 +20,15 @@ def run_ingest(params: Params, variant: str | None = None) -> None:
     data never replaces the previous canonical tables.
     """
     raw = load(params.data)
+    source = params.data.path or f"data.format={params.data.format}"
     checks = []
     if params.validate_.enabled:
         checks = run_suites(raw_suites(raw, params), params.validate_.max_examples)
         if not all(check.success for check in checks):
-            gate(checks, params)  # raises with the failed expectations
+            gate(checks, params, source)  # raises with the failed expectations
     tables = prepare(raw, params.data)
     if params.validate_.enabled:
-        gate(checks + run_suites(prepared_suites(tables, params), params.validate_.max_examples), params)
+        gate(checks + run_suites(prepared_suites(tables, params), params.validate_.max_examples), params, source)
     with atomic_dir(params.paths.canonical_dir) as staging:
         tables.interactions.to_parquet(Path(staging) / "interactions.parquet", index=False)
         tables.items.to_parquet(Path(staging) / "items.parquet", index=False)

@@ -13,4 +13,5 @@ def run_validate(params: Params, variant: str | None = None) -> None:
     workspace = Workspace(params)
     tables = Tables(workspace.interactions, workspace.items, workspace.users)
     n = params.validate_.max_examples
-    gate(run_suites(raw_suites(tables, params), n) + run_suites(prepared_suites(tables, params), n), params)
+    checks = run_suites(raw_suites(tables, params), n) + run_suites(prepared_suites(tables, params), n)
+    gate(checks, params, params.paths.canonical_dir)

@@ -8,10 +8,12 @@ import time
 import pandas as pd
 import pytest
 
+from recforge.data import loaders
 from recforge.data.loaders import kcore_filter, load, prepare
 from recforge.data.synthetic import generate
 from recforge.errors import RecforgeError
 from recforge.params import DataParams, SyntheticParams
+from tests.unit.crafted_inputs import GATE_FAILURES, LOADER_ERRORS, clean_reviews, write_cases
 
 
 def test_movielens_100k(tmp_path):
@@ -166,3 +168,102 @@ def test_amazon_user_text_leaves_out_held_out_reviews(tmp_path):
     users = load(DataParams(format="amazon-reviews", path=str(tmp_path))).users
     text = users.set_index("user_id").loc["A1", "text"]
     assert "text0" in text and "text1" not in text and "text2" not in text
+
+
+# ---- bad input: one RecforgeError naming the file (issue 11; cases in tests/unit/crafted_inputs.py) ----
+
+
+@pytest.fixture(scope="module")
+def crafted(tmp_path_factory):
+    return write_cases(tmp_path_factory.mktemp("crafted"))
+
+
+@pytest.mark.parametrize("case", sorted(LOADER_ERRORS))
+def test_crafted_input_is_one_line_error_naming_the_file(crafted, case):
+    data_format, path = crafted[case]
+    with pytest.raises(RecforgeError, match=LOADER_ERRORS[case]) as error:
+        load(DataParams(format=data_format, path=str(path)))
+    assert "\n" not in str(error.value) and str(path) in str(error.value)
+
+
+@pytest.mark.parametrize("case", sorted(GATE_FAILURES))
+def test_missing_or_out_of_range_values_load_for_the_gate(crafted, case):
+    """Missing values stay missing (nullable) and out-of-range ones stay as they are: the gate reports them."""
+    data_format, path = crafted[case]
+    interactions = load(DataParams(format=data_format, path=str(path))).interactions
+    assert str(interactions["timestamp"].dtype) in ("int64", "Int64")
+
+
+def test_amazon_without_summary_or_review_text_loads(crafted, tmp_path):
+    data_format, path = crafted["amazon_no_summary"]
+    tables = load(DataParams(format=data_format, path=str(path)))
+    assert tables.interactions["review"].iloc[0] == "text 0 0"
+    bare = [{k: v for k, v in r.items() if k not in ("summary", "reviewText")} for r in clean_reviews()]
+    (tmp_path / "reviews.json").write_text("\n".join(json.dumps(r) for r in bare))
+    tables = load(DataParams(format="amazon-reviews", path=str(tmp_path)))
+    assert len(tables.interactions) == len(bare) and (tables.interactions["review"] == "").all()
+
+
+def test_amazon_ids_of_any_json_type_become_strings_and_missing_stays_missing(tmp_path):
+    rows = [{**r, "reviewerID": 7} if i == 0 else r for i, r in enumerate(clean_reviews())]
+    rows[1] = {k: v for k, v in rows[1].items() if k != "reviewerID"}
+    (tmp_path / "reviews.json").write_text("\n".join(json.dumps(r) for r in rows))
+    users = load(DataParams(format="amazon-reviews", path=str(tmp_path))).interactions["user_id"]
+    assert users.iloc[0] == "7" and pd.isna(users.iloc[1])
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ('"yesterday"', r"reviews\.json:3: unixReviewTime: neither a number nor a date: 'yesterday'"),
+        ("1e300", r"reviews\.json:3: unixReviewTime: timestamp out of range"),
+        ("[1]", r"reviews\.json:3: unixReviewTime: neither a number nor a date: \[1\]"),
+        ("true", r"reviews\.json:3: unixReviewTime: neither a number nor a date: True"),
+    ],
+)
+def test_amazon_bad_timestamp_names_the_line(tmp_path, value, message):
+    rows = clean_reviews()[:4]
+    lines = [json.dumps({**r, "unixReviewTime": "@"} if i == 2 else r) for i, r in enumerate(rows)]
+    lines[2] = lines[2].replace('"@"', value)
+    (tmp_path / "reviews.json").write_text("\n".join(lines))
+    with pytest.raises(RecforgeError, match=message):
+        load(DataParams(format="amazon-reviews", path=str(tmp_path)))
+
+
+def test_amazon_rating_that_is_no_number_names_the_line(tmp_path):
+    lines = [json.dumps({**r, "overall": "five"} if i == 1 else r) for i, r in enumerate(clean_reviews()[:4])]
+    (tmp_path / "reviews.json").write_text("\n".join(lines))
+    with pytest.raises(RecforgeError, match=r"reviews\.json:2: overall: not a number: 'five'"):
+        load(DataParams(format="amazon-reviews", path=str(tmp_path)))
+
+
+def test_json_line_longer_than_the_limit_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(loaders, "MAX_JSON_LINE_BYTES", 1000)
+    (tmp_path / "reviews.json").write_text(json.dumps({**clean_reviews()[0], "reviewText": "x" * 2000}) + "\n")
+    with pytest.raises(RecforgeError, match=r"reviews\.json:1: line longer than"):
+        load(DataParams(format="amazon-reviews", path=str(tmp_path)))
+
+
+def test_headerless_file_with_an_extra_field_is_an_error_not_an_index(tmp_path):
+    (tmp_path / "ratings.dat").write_text("1::10::4::978300760::9\n2::20::5::978300761::9\n")
+    (tmp_path / "movies.dat").write_text("10::Heat (1995)::Action\n20::Up (2009)::Animation\n")
+    with pytest.raises(RecforgeError, match=r"ratings\.dat: expected 4 fields per line .* found 5"):
+        load(DataParams(format="movielens-1m", path=str(tmp_path)))
+
+
+def test_table_dates_that_do_not_parse_name_the_row(tmp_path):
+    frame = pd.DataFrame(
+        {"user_id": [1, 2, 3], "item_id": [1, 2, 3], "timestamp": ["2020-01-01", "2020-01-02", "soon"]}
+    )
+    frame.to_csv(tmp_path / "interactions.csv", index=False)
+    with pytest.raises(
+        RecforgeError, match=r"interactions\.csv: data row 3, column timestamp: neither a number nor a date: 'soon'"
+    ):
+        load(DataParams(format="table", path=str(tmp_path)))
+
+
+def test_movielens_latest_genres_that_are_not_text(tmp_path):
+    (tmp_path / "ratings.csv").write_text("userId,movieId,rating,timestamp\n1,1,4.0,964982703\n")
+    (tmp_path / "movies.csv").write_text("movieId,title,genres\n1,2001,\n")
+    items = load(DataParams(format="movielens-latest", path=str(tmp_path))).items
+    assert items.loc[0, "title"] == "2001" and items.loc[0, "genres"] == "" and items.loc[0, "text"] == ""

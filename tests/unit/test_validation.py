@@ -9,11 +9,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from recforge.errors import ValidationFailed
-from recforge.params import load_params
+from recforge.data.loaders import Tables
+from recforge.errors import RecforgeError, ValidationFailed
+from recforge.params import ValidateParams, load_params
 from recforge.stages.ingest import run_ingest
 from recforge.stages.validate import run_validate
+from recforge.validation import id_kinds, id_type_frame, raw_suites, run_suites, timestamp_bounds
 from tests.conftest import tmp_overrides
+from tests.unit.crafted_inputs import GATE_FAILURES, write_cases
 
 
 def _write_movielens(root: Path, ratings: pd.DataFrame) -> None:
@@ -93,3 +96,76 @@ def test_too_short_histories_fail_after_filtering(tmp_path):
     with pytest.raises(ValidationFailed, match="interactions"):
         run_ingest(params)
     assert not Path(params.paths.canonical_dir).exists()
+
+
+# ---- the gate's new checks (issue 11): nulls, infinities, the future, id types (cases in crafted_inputs.py) ----
+
+
+@pytest.mark.parametrize("case", sorted(GATE_FAILURES))
+def test_crafted_input_fails_the_gate_naming_the_file(tmp_path, case):
+    data_format, path = write_cases(tmp_path / "in")[case]
+    params = load_params(None, tmp_overrides(tmp_path / "out") + [f"data.format={data_format}", f"data.path={path}"])
+    with pytest.raises(ValidationFailed, match=GATE_FAILURES[case]) as failure:
+        run_ingest(params)
+    message = str(failure.value)
+    assert f"data validation failed for {path} (1 expectations)" in message and "\n" not in message
+    assert not Path(params.paths.canonical_dir).exists()  # nothing reached Parquet
+
+
+def test_timestamp_max_defaults_to_now_plus_a_margin_and_stays_configurable():
+    v = ValidateParams()
+    assert v.timestamp_max is None
+    now = 1_800_000_000.5
+    low, high = timestamp_bounds(v, now=now)
+    assert low == 0 and high % 86_400 == 0 and now + 86_400 <= high < now + 2 * 86_400
+    assert timestamp_bounds(ValidateParams(timestamp_margin_days=0), now=now)[1] == 1_800_057_600  # next midnight
+    assert timestamp_bounds(ValidateParams(timestamp_max="2100-01-01"), now=now)[1] == 4_102_444_800
+    assert timestamp_bounds(ValidateParams(timestamp_max="2030-01-01T00:00:00+01:00"), now=now)[1] == 1_893_452_400
+    assert load_params(None, ["validate.timestamp_max=2030-01-01"]).validate_.timestamp_max == "2030-01-01"
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("validate.timestamp_max=next year", r"'validate\.timestamp_max': .*not a date"),
+        ("validate.rating_max=.inf", r"'validate\.rating_max': .*finite"),
+        ("validate.rating_min=.nan", r"'validate\.rating_min': .*finite"),
+        ("validate.rating_min=6", r"rating_min 6\.0 is above rating_max 5\.0"),
+        ("validate.timestamp_margin_days=-1", r"'validate\.timestamp_margin_days'"),
+    ],
+)
+def test_gate_settings_are_checked_when_loaded(override, message):
+    with pytest.raises(RecforgeError, match=message):
+        load_params(None, [override])
+
+
+def test_id_kinds_say_what_parquet_cannot_store():
+    kinds = id_kinds(pd.Series([1, 10**30, "a", 1.0, 1.5, None, True, [1]], dtype=object)).tolist()
+    assert kinds == [
+        "int64",
+        "int out of int64 range: 1000000000000000000000000000000",
+        "str",
+        "int64",
+        "float: 1.5",
+        None,
+        "bool: True",
+        "list: [1]",
+    ]
+    assert id_kinds(pd.Series([1, 2], dtype=np.int64)).tolist() == ["int64", "int64"]
+    assert id_kinds(pd.Series([1.0, np.nan])).tolist() == ["int64", None]
+    assert id_kinds(pd.Series(["a", None], dtype="str")).tolist() == ["str", None]
+    assert id_kinds(pd.Series([2**64 - 1, 1], dtype=np.uint64)).tolist()[0].startswith("int out of int64 range")
+    frame = pd.DataFrame({"user_id": pd.Series(["a", "b", 3], dtype=object), "item_id": [1, 2, 3]})
+    _, expected = id_type_frame(frame, ["user_id", "item_id"])
+    assert expected == [("user_id", "str"), ("item_id", "int64")]  # the odd one out fails, the majority passes
+
+
+def test_mixed_id_types_fail_the_gate(tmp_path):
+    """An id column mixing numbers and strings (from JSON or a Python-built frame) would crash the Parquet write."""
+    frame = _clean_ratings().rename(columns={"userId": "user_id", "movieId": "item_id"}).astype({"user_id": object})
+    frame.loc[0, "user_id"] = "u1"
+    items = pd.DataFrame({"item_id": range(1, 21)})
+    params = load_params(None, tmp_overrides(tmp_path / "out"))
+    checks = run_suites(raw_suites(Tables(frame, items), params), max_examples=5)
+    failed = [(c.table, c.kwargs["column"], c.examples) for c in checks if not c.success]
+    assert failed == [("interactions (id types)", "user_id", ["str: u1"])]
