@@ -66,10 +66,14 @@ class Stage:
         return getattr(module, f"run_{self.name}")
 
     def run(self, params: Params, variant: str | None = None) -> object:
-        """Run the stage (or one ``variant`` of it)."""
+        """Run the stage (or one ``variant`` of it), first removing the staging that a killed
+        run left beside or inside its outputs (that of live processes stays)."""
+        from recforge.artifacts import clean_stale_staging_around
+
         if variant is not None and variant not in self.variant_names(params):
             known = ", ".join(self.variant_names(params)) or "none"
             raise RecforgeError(f"stage {self.name}: unknown variant '{variant}' (variants: {known})")
+        clean_stale_staging_around(self.out_paths(params, variant))
         return self.function(params, variant)
 
     def variant_names(self, params: Params) -> list[str]:
