@@ -8,6 +8,7 @@ the original ids, which are what users see on disk and over HTTP.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -44,16 +45,40 @@ class IdMaps:
         return _lookup(self.item_ids, raw)
 
 
+# the one spelling of an integer id: ASCII digits, no sign but "-", no leading zeros, no spaces or "_"
+# (int() alone accepts "١", " 1", "+1", "01" and "1_0", which would alias user 1 or 10)
+_INTEGER = re.compile(r"-?[1-9][0-9]{0,18}|0")
+_INT64 = (-(2**63), 2**63 - 1)
+
+
+def parse_int_id(raw: str) -> int | None:
+    """The integer a request's string id spells in canonical ASCII decimal, or None."""
+    if not isinstance(raw, str) or not _INTEGER.fullmatch(raw):
+        return None
+    value = int(raw)
+    return value if _INT64[0] <= value <= _INT64[1] else None
+
+
 def _lookup(index: pd.Index, raw: object) -> int:
-    candidates: list[object] = [raw]
-    if isinstance(raw, str) and raw.lstrip("-").isdigit():
-        candidates.append(int(raw))
-    elif isinstance(raw, (int, np.integer)):
-        candidates.append(str(raw))
+    """Position of ``raw`` in ``index``, -1 if absent: a string matches itself or, spelled in canonical ASCII
+    decimal, the integer id; an integer (or an integral float) matches itself or its decimal string. Anything
+    else (a bool, 1.5, a list) matches nothing."""
+    candidates: list[object]
+    if isinstance(raw, str):
+        number = parse_int_id(raw)
+        candidates = [raw] if number is None else [raw, number]
+    elif isinstance(raw, (int, np.integer)) and not isinstance(raw, (bool, np.bool_)):
+        value = int(raw)
+        candidates = [str(value)] if not _INT64[0] <= value <= _INT64[1] else [value, str(value)]
+    elif isinstance(raw, (float, np.floating)) and np.isfinite(raw) and float(raw).is_integer():
+        # a row read from a mixed frame (recs.iloc[0]["user_id"]) turns integer ids into floats
+        candidates = [raw] if abs(raw) >= 2**63 else [raw, int(raw), str(int(raw))]
+    else:
+        return -1
     for candidate in candidates:
         try:
             position = index.get_loc(candidate)
-        except (KeyError, TypeError):
+        except (KeyError, TypeError, ValueError, OverflowError):
             continue
         if isinstance(position, (int, np.integer)):
             return int(position)
