@@ -16,6 +16,7 @@ of :mod:`recforge.schemas`.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,17 @@ from recforge.packaging import Package
 from recforge.params import Params
 from recforge.protocols import FitContext, FoldIn, SimilarItems, TextQuery, UserStates
 from recforge.ranking import history_row, top_k
-from recforge.schemas import MAX_K, BadRequestError, Explanation, NotFoundError, Recommendations, RecommendedItem
+from recforge.schemas import (
+    EXPLAIN_BUDGET_S,
+    MAX_ECHOED_IDS,
+    MAX_EXPLAINED,
+    MAX_K,
+    BadRequestError,
+    Explanation,
+    NotFoundError,
+    Recommendations,
+    RecommendedItem,
+)
 from recforge.text import item_titles
 
 log = logging.getLogger(__name__)
@@ -67,6 +78,10 @@ class Engine:
     states: dict[str, np.ndarray] = field(default_factory=dict)
     reranker: OnlineReranker | None = None
     rerank_note: str | None = None  # why the packaged re-ranker is not served, if it is not
+    # /recommend?explain=true explains at most this many items within this many seconds (an explainer may
+    # run a generative model: without bounds one request could take minutes and nothing cancels it)
+    max_explained: int = MAX_EXPLAINED
+    explain_budget_s: float = EXPLAIN_BUDGET_S
 
     @property
     def user_states(self) -> np.ndarray | None:
@@ -77,9 +92,19 @@ class Engine:
 
     @classmethod
     def load(
-        cls, directory: str | Path, *, device: str = "auto", model: str | None = None, verify: bool = True
+        cls,
+        directory: str | Path,
+        *,
+        device: str = "auto",
+        model: str | None = None,
+        verify: bool = True,
+        max_explained: int = MAX_EXPLAINED,
+        explain_budget_s: float = EXPLAIN_BUDGET_S,
     ) -> Engine:
-        """Load a package; ``model`` overrides the served model (default: serve.model, then best validation NDCG)."""
+        """Load a package; ``model`` overrides the served model (default: serve.model, then best validation NDCG).
+
+        ``max_explained`` and ``explain_budget_s`` bound the explanations of one /recommend request.
+        """
         from recforge.workspace import resolve_device
 
         package = Package.open(directory, verify=verify)
@@ -123,6 +148,8 @@ class Engine:
             device=device,
             reranker=reranker,
             rerank_note=rerank_note,
+            max_explained=max_explained,
+            explain_budget_s=explain_budget_s,
         )
         engine._prepare(package)
         log.info("loaded %s:%s (serving %s on %s)", manifest["name"], manifest["version"], primary, device)
@@ -244,18 +271,32 @@ class Engine:
         user: int | None = None,
         user_id: Any = None,
         explain: bool = False,
-        unknown=(),
+        unknown: list[Any] | tuple = (),
     ) -> Recommendations:
-        items = []
+        items, unexplained = [], 0
+        explaining = explain and user is not None
+        deadline = time.monotonic() + self.explain_budget_s
         for index, score in rows:
-            explanation = self._explain(user, index)["explanation"] if explain and user is not None else None
+            explanation = None
+            if explaining:
+                # checked before each item: the budget is overrun by at most one explainer call
+                if len(items) < self.max_explained and time.monotonic() < deadline:
+                    explanation = self._explain(user, index)["explanation"]
+                else:
+                    unexplained += 1
             items.append(
                 RecommendedItem(
                     item_id=self._item_id(index), title=self.titles[index], score=score, explanation=explanation
                 )
             )
         return Recommendations(
-            items=items, model=model, fallback=fallback, user_id=user_id, unknown_item_ids=list(unknown)
+            items=items,
+            model=model,
+            fallback=fallback,
+            user_id=user_id,
+            unknown_item_ids=list(unknown[:MAX_ECHOED_IDS]),
+            unknown_item_count=len(unknown),
+            unexplained=unexplained,
         )
 
     @staticmethod

@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import os
+import secrets
 import shutil
 import subprocess
 import sys
@@ -36,7 +37,7 @@ from recforge.artifacts import checksums, load_model_dir, plain, read_json, read
 from recforge.errors import RecforgeError
 from recforge.interactions import IdMaps, Interactions
 from recforge.params import Params
-from recforge.schemas import ServeArgs
+from recforge.schemas import ServeArgs, is_loopback
 
 log = logging.getLogger(__name__)
 
@@ -275,8 +276,21 @@ def serve_args(params: Params, **where: str | None) -> ServeArgs:
         workers=serve.workers,
         threads=serve.threads,
         access_log=serve.access_log,
+        allowed_hosts=",".join(_allowed_hosts(serve)),
+        max_body_bytes=serve.max_body_bytes,
+        max_concurrency=serve.max_concurrency,
+        max_explained=serve.max_explained,
+        explain_budget_s=serve.explain_budget_s,
         **where,
     )
+
+
+def _allowed_hosts(serve: Any) -> list[str]:
+    """``serve.allowed_hosts`` plus the bind host when it is a name or address clients can use."""
+    hosts = list(serve.allowed_hosts)
+    if serve.host not in ("0.0.0.0", "::", "") and not is_loopback(serve.host) and serve.host not in hosts:
+        hosts.append(serve.host)
+    return hosts
 
 
 def _bentoml_cli() -> str:
@@ -397,6 +411,16 @@ def serve_command(params: Params, *, port: int | None = None) -> tuple[list[str]
         env.setdefault(name, str(params.serve.threads))
     if params.serve.api_token and not env.get("RECFORGE_API_TOKEN"):
         env["RECFORGE_API_TOKEN"] = params.serve.api_token
+    if not env.get("RECFORGE_API_TOKEN") and not is_loopback(params.serve.host):
+        # open by default is not an option off loopback: a token made here, shown once, never stored
+        env["RECFORGE_API_TOKEN"] = secrets.token_urlsafe(32)
+        print(
+            f"serve.host {params.serve.host} is not loopback and no token is set: every request but the health "
+            f"checks needs\n  Authorization: Bearer {env['RECFORGE_API_TOKEN']}\n(shown once; set "
+            "RECFORGE_API_TOKEN or serve.api_token to choose it)",
+            file=sys.stderr,
+            flush=True,
+        )
     command = [_bentoml_cli(), "serve"]
     bento = packaged.get("bento_tag")
     if bento and packaged.get("serve_args") == args.model_dump():

@@ -198,8 +198,14 @@ class ServeParams(_Section):
     ``workers``: server processes; ``threads``: BLAS/torch threads per worker
     (1 is fastest for single requests); ``access_log``: BentoML's per-request
     access log; ``build``: `recforge package` also runs `bentoml build`.
-    ``device``, ``model``, ``workers``, ``threads`` and ``access_log`` reach
-    the service as its typed arguments (recforge.schemas.ServeArgs).
+    Exposure (docs/security.md): ``allowed_hosts``: Host header names answered
+    besides the loopback names (DNS rebinding; the non-loopback ``host`` is
+    added); ``max_body_bytes`` (413), ``max_concurrency`` per worker (429),
+    ``max_explained`` items and ``explain_budget_s`` seconds of explanations per
+    request. A non-loopback ``host`` needs a token: `recforge serve` makes one
+    and prints it once when none is set.
+    Everything but ``host``, ``port``, ``api_token``, ``explainer*`` and
+    ``build`` reaches the service as its typed arguments (recforge.schemas.ServeArgs).
     """
 
     host: str = "127.0.0.1"
@@ -213,6 +219,11 @@ class ServeParams(_Section):
     threads: int = Field(1, ge=1)
     access_log: bool = True
     build: bool = True
+    allowed_hosts: list[str] = Field(default_factory=list)
+    max_body_bytes: int = Field(1 << 20, ge=1024)
+    max_concurrency: int = Field(100, ge=1)
+    max_explained: int = Field(10, ge=0, le=100)
+    explain_budget_s: float = Field(5.0, gt=0)
 
 
 class OrchestrationParams(_Section):

@@ -8,13 +8,29 @@ them unchanged.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import ipaddress
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from recforge.errors import RecforgeError
 
+# Per-field limits of every endpoint (declared in the OpenAPI schema through the request models' Field
+# constraints; the body size limit ServeArgs.max_body_bytes is checked before any of them is parsed).
 MAX_K = 100  # the most items one request may ask for
+MAX_ID_CHARS = 128  # a string id
+MAX_TEXT_CHARS = 10_000  # /recommend/text
+MAX_HISTORY = 1_000  # /recommend/history item ids
+MAX_ENCODE_TEXTS = 64  # /encode texts per request (the batch size of the encoder)
+MAX_ENCODE_CHARS = 5_000  # /encode characters per text
+MAX_ECHOED_IDS = 10  # unknown ids echoed back in an answer (the rest only counted)
+MAX_EXPLAINED = 10  # default: items one /recommend?explain=true explains
+EXPLAIN_BUDGET_S = 5.0  # default: seconds one request may spend on explanations
+MAX_BODY_BYTES = 1 << 20  # default: request body size limit (413 above it)
+MAX_CONCURRENCY = 100  # default: requests in flight per worker (429 above it)
+
+ItemId = Annotated[str, Field(min_length=1, max_length=MAX_ID_CHARS)] | Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
+K = Annotated[int, Field(ge=1, le=MAX_K, description=f"number of items, 1..{MAX_K}")]
 
 
 class NotFoundError(RecforgeError):
@@ -37,7 +53,13 @@ class Recommendations(BaseModel):
     model: str
     fallback: str | None = Field(None, description="'popular' when the personalised path could not be used")
     user_id: str | int | None = None
-    unknown_item_ids: list[str | int] = Field(default_factory=list)
+    unknown_item_ids: list[str | int] = Field(
+        default_factory=list, description=f"the first {MAX_ECHOED_IDS} unknown item ids of the request"
+    )
+    unknown_item_count: int = Field(0, description="how many item ids of the request are unknown")
+    unexplained: int = Field(
+        0, description="items left without an explanation (the per-request cap or time budget was reached)"
+    )
 
 
 class Explanation(BaseModel):
@@ -68,6 +90,13 @@ class ServeArgs(BaseModel):
     workers: int = Field(1, ge=1)
     threads: int = Field(1, ge=1, description="BLAS/OpenMP/torch threads per worker")
     access_log: bool = True
+    allowed_hosts: str = Field(
+        "", description="comma-separated Host header names answered besides the loopback names ('*': any)"
+    )
+    max_body_bytes: int = Field(MAX_BODY_BYTES, ge=1024, description="request body limit (413 above)")
+    max_concurrency: int = Field(MAX_CONCURRENCY, ge=1, description="requests in flight per worker (429 above)")
+    max_explained: int = Field(MAX_EXPLAINED, ge=0, le=MAX_K, description="items one request explains")
+    explain_budget_s: float = Field(EXPLAIN_BUDGET_S, gt=0, description="seconds one request spends explaining")
 
     @field_validator("model_tag")
     @classmethod
@@ -75,6 +104,10 @@ class ServeArgs(BaseModel):
         if tag and (":" not in tag or tag.endswith(":latest")):
             raise ValueError(f"model_tag must be an exact name:version, got {tag!r}")
         return tag or None
+
+    def hosts(self) -> frozenset[str]:
+        """Host header names the service answers: the loopback names and ``allowed_hosts``."""
+        return LOOPBACK_NAMES | {h.strip().lower() for h in self.allowed_hosts.split(",") if h.strip()}
 
     def cli(self) -> list[str]:
         """``--arg key=value`` for every argument that is set (None is left to the default)."""
@@ -84,3 +117,19 @@ class ServeArgs(BaseModel):
             for key, value in values.items()
             for part in ("--arg", f"{key}={str(value).lower() if isinstance(value, bool) else value}")
         ]
+
+
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a name or address, IPv6 with or without brackets) is this machine's loopback."""
+    host = host.strip().lower().removeprefix("[").removesuffix("]")
+    if host == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)  # ::ffff:127.0.0.1 on a dual-stack socket
+    return (mapped or address).is_loopback

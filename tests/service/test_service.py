@@ -264,3 +264,134 @@ def test_service_source_has_no_pickle():
     for path in [PROJECT_ROOT / "service" / "service.py", PROJECT_ROOT / "recforge" / "packaging.py"]:
         text = path.read_text()
         assert "import pickle" not in text and "allow_pickle=True" not in text
+
+
+# ---- exposure: content type, body size, Host, limits, error shape, one-line 4xx -----------------------------
+
+
+def test_only_json_bodies_are_read(server):
+    """text/plain and form bodies (cross-origin "simple" requests, no preflight) get 415."""
+    client = server["client"]
+    for content_type in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"):
+        response = client.post("/recommend", content=b'{"user_id": 1}', headers={"content-type": content_type})
+        assert response.status_code == 415, (content_type, response.text)
+        assert set(response.json()) == {"error"}
+    assert (
+        client.post(
+            "/recommend", content=b'{"user_id": 1}', headers={"content-type": "application/json; charset=utf-8"}
+        ).status_code
+        == 200
+    )
+
+
+def test_body_size_limit_before_parsing(server):
+    client = server["client"]
+    huge = b'{"item_ids": [' + b",".join(b'"x%d"' % i for i in range(200_000)) + b"]}"
+    assert len(huge) > 1 << 20
+    started = time.perf_counter()
+    response = client.post("/recommend/history", content=huge, headers={"content-type": "application/json"})
+    assert response.status_code == 413 and "larger than" in response.json()["error"]
+    assert time.perf_counter() - started < 2
+
+    def chunks():  # no Content-Length: read up to the limit, then refused
+        for start in range(0, len(huge), 65536):
+            yield huge[start : start + 65536]
+
+    response = client.post("/recommend/history", content=chunks(), headers={"content-type": "application/json"})
+    assert response.status_code == 413
+
+
+def test_host_header_must_be_a_served_name(server):
+    """DNS rebinding: a page on evil.example resolving to 127.0.0.1 sends Host: evil.example."""
+    client = server["client"]
+    response = client.post("/recommend", json={"user_id": 1}, headers={"host": "evil.example"})
+    assert response.status_code == 400 and "Host" in response.json()["error"]
+    port = server["base"].rsplit(":", 1)[1]
+    for host in (f"localhost:{port}", f"127.0.0.1:{port}", "localhost"):
+        assert client.post("/recommend", json={"user_id": 1}, headers={"host": host}).status_code == 200
+    # health checks answer whatever the Host (probes use the pod address)
+    assert httpx.get(server["base"] + "/livez", headers={"host": "10.1.2.3"}, timeout=5).status_code == 200
+
+
+def test_unknown_ids_are_echoed_at_most_ten(server):
+    unknown = [f"nope-{i}" for i in range(500)]
+    answer = post(server, "/recommend/history", {"item_ids": unknown, "k": 3}).json()
+    assert answer["unknown_item_ids"] == unknown[:10]
+    assert answer["unknown_item_count"] == 500
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/encode", {"texts": ["a"] * 65}),
+        ("/encode", {"texts": ["a" * 5001]}),
+        ("/encode", {"texts": []}),
+        ("/recommend/text", {"text": "a" * 10_001}),
+        ("/recommend/history", {"item_ids": list(range(1001))}),
+        ("/recommend", {"user_id": "u" * 129}),
+        ("/recommend", {"user_id": 10**30}),
+        ("/recommend", {"user_id": 1, "k": 101}),
+    ],
+)
+def test_field_limits_answer_400_with_the_declared_error_shape(server, path, body):
+    response = post(server, path, body)
+    assert response.status_code == 400, response.text
+    error = response.json()
+    assert isinstance(error, dict) and set(error) <= {"error", "detail"}
+    assert all(isinstance(value, str) for value in error.values())
+
+
+def test_schema_declares_the_limits_and_get_metadata(server):
+    spec = server["client"].get("/docs.json").json()
+    paths = spec["paths"]
+    assert "get" in paths["/metadata"]
+    encode = paths["/encode"]["post"]["requestBody"]["content"]["application/json"]["schema"]["properties"]["texts"]
+    assert encode["maxItems"] == 64 and encode["items"]["maxLength"] == 5000
+    text = paths["/recommend/text"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert text["properties"]["text"]["maxLength"] == 10_000
+    for status in ("401", "413", "415", "429"):
+        assert status in paths["/recommend"]["post"]["responses"]
+
+
+def test_a_4xx_is_one_log_line_not_a_traceback(server):
+    for body in ({"user_id": 1, "k": 0}, {"k": 5}):
+        post(server, "/recommend", body)
+    post(server, "/similar-items", {"item_id": "no-such-item"})
+    server["client"].post("/recommend", content=b"{", headers={"content-type": "application/json"})
+    time.sleep(0.5)
+    log = (server["root"] / "serve.log").read_text()
+    assert "Traceback" not in log
+    assert "400 POST /recommend: k: Input should be greater than or equal to 1" in log
+
+
+def test_explanations_are_bounded_per_request(server):
+    from recforge.engine import Engine
+
+    store = Path(server["env"]["BENTOML_HOME"]) / "models"
+    name, version = server["packaged"]["model_tag"].split(":")
+    engine = Engine.load(store / name / version, device="cpu", max_explained=2)
+    user = engine.metadata()["example_user_id"]
+    answer = engine.recommend(user, 5, explain=True)
+    assert [item.explanation is not None for item in answer.items] == [True, True, False, False, False]
+    assert answer.unexplained == 3
+    engine.explain_budget_s = 1e-9  # the budget is spent before the first item: nothing explained
+    answer = engine.recommend(user, 5, explain=True)
+    assert all(item.explanation is None for item in answer.items) and answer.unexplained == 5
+
+
+def test_serve_on_a_public_host_makes_a_token_and_trusts_that_host(server, capsys, monkeypatch):
+    from recforge.packaging import serve_command
+    from recforge.params import load_params
+
+    monkeypatch.delenv("RECFORGE_API_TOKEN", raising=False)
+    root = server["root"]
+    overrides = tmp_overrides(root) + TINY + ["encode.encoders=[tfidf]", MODELS, "serve.device=cpu"]
+    command, env = serve_command(load_params(None, [*overrides, "serve.host=192.0.2.7"]))
+    token = env["RECFORGE_API_TOKEN"]
+    assert len(token) >= 32 and token in capsys.readouterr().err
+    args = [command[i + 1] for i, part in enumerate(command) if part == "--arg"]
+    assert "allowed_hosts=192.0.2.7" in args
+    _, env = serve_command(load_params(None, [*overrides, "serve.host=0.0.0.0", "serve.api_token=mine"]))
+    assert env["RECFORGE_API_TOKEN"] == "mine" and "mine" not in capsys.readouterr().err
+    _, env = serve_command(load_params(None, overrides))  # loopback: no token made up
+    assert "RECFORGE_API_TOKEN" not in env
