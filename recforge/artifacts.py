@@ -38,7 +38,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -345,7 +345,28 @@ def checksums(directory: str | Path, *, skip: str = META) -> dict[str, str]:
     }
 
 
+def check_relative_key(name: Any, *, where: str | Path) -> None:
+    """A recorded file name must be a plain relative path inside its directory: not absolute, no
+    ``..``, ``.`` or empty parts (what :func:`checksums` writes)."""
+    path = PurePosixPath(name) if isinstance(name, str) else None
+    if (
+        path is None
+        or not path.parts
+        or path.is_absolute()
+        or ".." in path.parts
+        or path.as_posix() != name
+        or "\\" in name
+        or "\0" in name
+    ):
+        raise RecforgeError(f"{where}: {name!r} is not a relative path inside the directory")
+
+
 def verify_checksums(directory: str | Path, expected: dict[str, str]) -> None:
+    """Every file named in ``expected`` exists under ``directory`` with that sha256 (names checked first)."""
+    if not isinstance(expected, dict):
+        raise RecforgeError(f"{directory}: checksums are not a mapping of file names to sha256")
+    for name in expected:
+        check_relative_key(name, where=directory)
     for name, digest in expected.items():
         path = Path(directory) / name
         if not path.exists() or sha256_file(path) != digest:

@@ -6,9 +6,17 @@ table, the train+val histories, params and metrics) into one directory with a
 ``manifest.json`` that records the sha256 of every file. :class:`Package`
 reads one back, checking those checksums and each saved plugin's own
 meta.json checksums (:func:`recforge.artifacts.load_model_dir`). ``store_package`` puts a package in
-the BentoML model store as ``recforge-model:<data hash>-<params hash>``;
+the BentoML model store as ``recforge-model:d<data hash>-p<params hash>-c<content hash>`` (the content
+hash covers every packaged file, so an entry is never rewritten with other content);
 ``build_bento`` builds a Bento pinned to that exact tag; ``serve_command`` is
 what ``recforge serve`` runs.
+
+The manifest covers the package's files exactly: a file that is not listed, a
+listed file that is missing, a key with ``..`` or an absolute key, a link or
+an empty manifest is an error. What is copied in (models, the re-ranker,
+embeddings, encoder states, profiles) is read once and checked on the copy,
+against the checksums recorded in a model's or the re-ranker's meta.json where
+there are some.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ import logging
 import os
 import secrets
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -33,7 +42,15 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from recforge.artifacts import checksums, load_model_dir, plain, read_json, read_meta, sha256_file, verify_checksums
+from recforge.artifacts import (
+    check_relative_key,
+    load_model_dir,
+    plain,
+    read_json,
+    read_meta,
+    sha256_file,
+    verify_checksums,
+)
 from recforge.errors import RecforgeError
 from recforge.interactions import IdMaps, Interactions
 from recforge.params import Params
@@ -76,9 +93,61 @@ def model_version(params: Params) -> str:
     return f"d{data_hash(params)[:12]}-p{params_hash(params)[:12]}"
 
 
+MANIFEST = "manifest.json"
+# what the BentoML model store writes beside a package's files in an entry (top level only)
+STORE_FILES = ("model.yaml",)
+
+
 def package_checksums(directory: Path) -> dict[str, str]:
     """sha256 of every file of a package but its manifest (models' meta.json included)."""
-    return checksums(directory, skip="manifest.json")
+    directory = Path(directory)
+    return {name: sha256_file(directory / name) for name in package_files(directory)}
+
+
+def package_files(directory: Path, *, skip: tuple[str, ...] = (MANIFEST, *STORE_FILES)) -> list[str]:
+    """Relative paths of every file under ``directory`` but the top-level ``skip`` ones, sorted.
+
+    A link or anything but a regular file or a directory is an error: a package holds its files.
+    """
+    directory = Path(directory)
+    names = []
+    for root, dirs, files in os.walk(directory):
+        for name in dirs + files:
+            path = Path(root) / name
+            mode = path.lstat().st_mode
+            if stat.S_ISLNK(mode) or not (stat.S_ISDIR(mode) or stat.S_ISREG(mode)):
+                raise RecforgeError(f"{path}: a link or special file; a package holds regular files only")
+        names += [(Path(root) / name).relative_to(directory).as_posix() for name in files]
+    return sorted(name for name in names if name not in skip)
+
+
+def content_hash(file_checksums: dict[str, str]) -> str:
+    """sha256 over a package's files (relative path and sha256 of each): what its model-store tag derives from."""
+    return hashlib.sha256(json.dumps(sorted(file_checksums.items())).encode()).hexdigest()
+
+
+def model_tag(manifest: dict[str, Any]) -> str:
+    """The model-store tag of a package: its version (data and params hashes) and its content hash."""
+    return f"{MODEL_NAME}:{manifest['version']}-c{manifest['content_hash'][:12]}"
+
+
+def check_manifest(directory: Path, manifest: dict[str, Any], *, verify: bool = True) -> None:
+    """The manifest lists exactly the package's files (and, with ``verify``, their sha256)."""
+    expected = manifest.get("checksums")
+    if not isinstance(expected, dict) or not expected:
+        raise RecforgeError(f"{directory}: the manifest lists no files; repackage (`recforge package`)")
+    for name, digest in expected.items():
+        check_relative_key(name, where=f"{directory}/{MANIFEST}")
+        if not isinstance(digest, str) or len(digest) != 64:
+            raise RecforgeError(f"{directory}/{MANIFEST}: '{name}' has no sha256")
+    present = set(package_files(directory))
+    missing, unlisted = sorted(set(expected) - present), sorted(present - set(expected))
+    if missing:
+        raise RecforgeError(f"{directory}: listed in the manifest but missing: {', '.join(missing[:5])}; repackage")
+    if unlisted:
+        raise RecforgeError(f"{directory}: files not in the manifest: {', '.join(unlisted[:5])}; repackage")
+    if verify:
+        verify_checksums(directory, expected)
 
 
 # ---- writing a package -----------------------------------------------------------------------------------
@@ -94,28 +163,78 @@ def _trained_models(params: Params) -> list[str]:
     return names
 
 
-def _copy_artifacts(params: Params, models: list[str], dest: Path) -> list[str]:
-    """Models (checked), the re-ranker, embeddings, encoder states and profiles; returns the encoders."""
+def _copy_file_checked(source: Path, dest: Path) -> str:
+    """Copy one regular file, reading it once; the copy is read back and must hash the same. Its sha256."""
+    if source.is_symlink() or not source.is_file():
+        raise RecforgeError(f"{source}: not a regular file; refusing to package it")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256()
+    with open(source, "rb") as reader, open(dest, "xb") as writer:
+        for block in iter(lambda: reader.read(1 << 20), b""):
+            digest.update(block)
+            writer.write(block)
+    if sha256_file(dest) != digest.hexdigest():
+        raise RecforgeError(f"{dest}: the copy of {source} differs from what was read; package again")
+    return digest.hexdigest()
+
+
+def _copy_checked(
+    source: Path, dest: Path, *, recorded: bool = False, missing: str = "no trained model"
+) -> dict[str, str]:
+    """Copy a file or a tree (no links) checked; {path relative to ``dest``'s package root: sha256}.
+
+    ``recorded``: ``source`` is a model directory whose meta.json checksums are verified before the
+    copy and again on the copy.
+    """
+    if recorded:
+        read_meta(source, missing=missing)
+    if source.is_dir() and not source.is_symlink():
+        names = package_files(source, skip=())
+        copied = {name: _copy_file_checked(source / name, dest / name) for name in names}
+    else:
+        copied = {"": _copy_file_checked(source, dest)}
+    if recorded:
+        read_meta(dest)
+    return {(dest / name).as_posix(): digest for name, digest in copied.items()}
+
+
+def _copy_artifacts(params: Params, models: list[str], dest: Path) -> tuple[list[str], dict[str, str]]:
+    """Models, the re-ranker, embeddings, encoder states and profiles, each copied checked.
+
+    Returns the encoders and the sha256 of every copied file (by path relative to ``dest``).
+    """
+    from recforge.profiles import UserProfiles
+    from recforge.workspace import Workspace
+
+    copied: dict[str, str] = {}
     for name in models:
         source = Path(params.paths.models_dir) / name / "full"
-        read_meta(source)
-        shutil.copytree(source, dest / "models" / name)
+        copied |= _copy_checked(source, dest / "models" / name, recorded=True)
     rerank_dir = Path(params.paths.models_dir) / "rerank"
     if params.rerank.enabled and rerank_dir.exists():
-        shutil.copytree(rerank_dir, dest / "rerank")
+        copied |= _copy_checked(
+            rerank_dir, dest / "rerank", recorded=True, missing="no trained re-ranker; run `recforge stage rerank`"
+        )
     embeddings = Path(params.paths.embeddings_dir)
     encoders = []
     if embeddings.exists():
+        n_items = len(Workspace(params).items)
         for path in sorted(embeddings.glob("*.npy")):
-            (dest / "embeddings").mkdir(exist_ok=True)
-            shutil.copy2(path, dest / "embeddings" / path.name)
+            copied |= _copy_checked(path, dest / "embeddings" / path.name)
+            rows = len(np.load(dest / "embeddings" / path.name, allow_pickle=False))  # the copy, without pickle
+            if rows != n_items:
+                raise RecforgeError(f"{path}: {rows} rows for {n_items} items; re-run `recforge stage encode`")
             encoders.append(path.stem)
         if (embeddings / "encoders").exists():
-            shutil.copytree(embeddings / "encoders", dest / "embeddings" / "encoders")
+            copied |= _copy_checked(embeddings / "encoders", dest / "embeddings" / "encoders")
     profiles = Path(params.paths.profiles_dir) / "full"
     if profiles.exists():
-        shutil.copytree(profiles, dest / "profiles")
-    return encoders
+        copied |= _copy_checked(profiles, dest / "profiles")
+        try:
+            UserProfiles.load(dest / "profiles")  # the copy: every encoder's profiles are there and load
+        except (ValueError, KeyError, TypeError, OSError) as exc:
+            raise RecforgeError(f"{profiles}: unreadable profiles ({exc}); re-run `recforge stage encode`") from None
+    return encoders, {str(Path(name).relative_to(dest)): digest for name, digest in copied.items()}
 
 
 def build_package(params: Params, dest: str | Path) -> dict[str, Any]:
@@ -128,7 +247,7 @@ def build_package(params: Params, dest: str | Path) -> dict[str, Any]:
     models = _trained_models(params)
     metrics_path = Path(params.paths.metrics_file)
     metrics = read_json(metrics_path) if metrics_path.exists() else {}
-    encoders = _copy_artifacts(params, models, dest)
+    encoders, copied = _copy_artifacts(params, models, dest)
 
     workspace.items.to_parquet(dest / "items.parquet", index=False)
     pd.DataFrame({"user_id": workspace.maps.user_ids}).to_parquet(dest / "users.parquet", index=False)
@@ -150,6 +269,10 @@ def build_package(params: Params, dest: str | Path) -> dict[str, Any]:
 
     counts = {"users": int(events.n_users), "items": int(events.n_items), "interactions": int(len(events))}
     busiest = int(np.argmax(np.diff(bounds))) if events.n_users else 0
+    files = package_checksums(dest)
+    changed = sorted(name for name, digest in copied.items() if files.get(name) != digest)
+    if changed:
+        raise RecforgeError(f"{dest}: changed while packaging: {', '.join(changed[:5])}; package again")
     manifest = {
         "format": PACKAGE_FORMAT,
         "name": MODEL_NAME,
@@ -162,9 +285,10 @@ def build_package(params: Params, dest: str | Path) -> dict[str, Any]:
         "rerank": (dest / "rerank").exists(),
         "counts": counts,
         "example_user_id": plain(workspace.maps.user_ids[busiest]) if events.n_users else None,
-        "checksums": package_checksums(dest),
+        "content_hash": content_hash(files),
+        "checksums": files,
     }
-    (dest / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
+    (dest / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
     return manifest
 
 
@@ -183,14 +307,14 @@ class Package:
     @classmethod
     def open(cls, directory: str | Path, *, verify: bool = True) -> Package:
         directory = Path(directory)
-        manifest_path = directory / "manifest.json"
+        manifest_path = directory / MANIFEST
         if not manifest_path.exists():
             raise RecforgeError(f"{directory}: not a recforge package (no manifest.json); run `recforge package`")
         manifest = read_json(manifest_path)
-        if manifest.get("format") != PACKAGE_FORMAT:
-            raise RecforgeError(f"{directory}: package format {manifest.get('format')} is not {PACKAGE_FORMAT}")
-        if verify:
-            verify_checksums(directory, manifest["checksums"])
+        if not isinstance(manifest, dict) or manifest.get("format") != PACKAGE_FORMAT:
+            found = manifest.get("format") if isinstance(manifest, dict) else None
+            raise RecforgeError(f"{directory}: package format {found} is not {PACKAGE_FORMAT}")
+        check_manifest(directory, manifest, verify=verify)  # the file list always, the sha256s with verify
         params = Params.model_validate(read_json(directory / "params.json"))
         return cls(directory=directory, manifest=manifest, params=params, verify=verify)
 
@@ -299,35 +423,45 @@ def _bentoml_cli() -> str:
 
 
 def store_package(params: Params) -> tuple[str, dict[str, Any]]:
-    """Build the package into the BentoML model store (reused when its files are the same); (tag, manifest)."""
+    """Build the package into the BentoML model store; (tag, manifest).
+
+    The tag derives from the package's content hash: the same files reuse the
+    entry, other files (a retrain, a serve-only change in params.json) get a new
+    tag. An entry is never rewritten: one whose files are not those its tag
+    names is an error, so a Bento built earlier keeps serving what it was built with.
+    """
     import bentoml
     from bentoml.exceptions import NotFound
 
-    tag = f"{MODEL_NAME}:{model_version(params)}"
-    existing = None
-    with contextlib.suppress(NotFound):
-        existing = bentoml.models.get(tag)
     with tempfile.TemporaryDirectory(prefix="recforge-package-") as staging:
         manifest = build_package(params, staging)
+        tag = model_tag(manifest)
+        existing = None
+        with contextlib.suppress(NotFound):
+            existing = bentoml.models.get(tag)
         if existing is not None:
-            path = Path(existing.path) / "manifest.json"
-            old = json.loads(path.read_text()) if path.exists() else {}
-            # params.json/manifest differ only in timestamps we do not record; compare every recorded file
-            if old.get("checksums", {}) == manifest["checksums"]:
-                log.info("model %s already in the store with the same files", tag)
-            else:
-                log.info("model %s: files changed (nondeterministic retrain); replacing it", tag)
-                bentoml.models.delete(tag)
-                existing = None
-        if existing is None:
+            try:
+                stored = Package.open(existing.path)
+                same = stored.manifest["checksums"] == manifest["checksums"]
+                why = "other files"
+            except RecforgeError as exc:
+                same, why = False, str(exc)
+            if not same:
+                raise RecforgeError(
+                    f"model store entry {tag} does not hold the files its tag names ({why}); it is never "
+                    f"rewritten: inspect it, remove it (`bentoml models delete {tag}`) and package again"
+                )
+            log.info("model %s already in the store with the same files", tag)
+        else:
             with bentoml.models.create(
                 tag,
                 labels={"project": "recforge", "model": ",".join(manifest["models"])},
-                metadata={k: manifest[k] for k in ("data_hash", "params_hash", "counts", "models", "encoders")},
-            ) as stored:
-                shutil.copytree(staging, stored.path, dirs_exist_ok=True)
-                if package_checksums(Path(stored.path)).keys() < manifest["checksums"].keys():
-                    raise RecforgeError("package copy is incomplete")
+                metadata={
+                    k: manifest[k] for k in ("data_hash", "params_hash", "content_hash", "counts", "models", "encoders")
+                },
+            ) as entry:
+                shutil.copytree(staging, entry.path, dirs_exist_ok=True)
+            Package.open(bentoml.models.get(tag).path)  # the entry holds exactly the package's files
     log.info("saved %s to the BentoML model store", tag)
     return tag, manifest
 

@@ -2,9 +2,11 @@
 
 1. :func:`recforge.packaging.store_package` copies the served artifacts (every
    model's ``full`` part, embeddings and encoder states, profiles, id maps,
-   items, histories, params without secrets, metrics) into a new model-store
-   entry ``recforge-model:<data hash>-<params hash>``; its manifest records the
-   sha256 of every file, checked again when the service loads it.
+   items, histories, params without secrets, metrics), each copied checked,
+   into the model-store entry ``recforge-model:d<data hash>-p<params hash>-c<content
+   hash>`` (the content hash covers every file: an entry is reused only for the
+   same files and never rewritten); its manifest lists exactly the package's
+   files with their sha256, checked again when the service loads it.
 2. :func:`recforge.packaging.build_bento` runs ``bentoml build`` on a staging
    copy of ``service/`` with the service's arguments (``--arg``), the exact
    model tag among them, so the Bento bundles and serves exactly this model
