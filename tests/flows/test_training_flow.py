@@ -11,7 +11,20 @@ import pytest
 
 from tests.flows.conftest import TINY_PARAMS, write_params
 
-ALL_STAGES = {"ingest", "validate", "split", "encode", "train-popularity", "train-pop_b", "rerank", "evaluate"}
+ALL_STAGES = {"ingest", "validate", "split", "encode", "train-popularity", "train-content", "rerank", "evaluate"}
+# every stage does real work: one encoder, two recommenders (one reads it), the re-ranker on (small and quick)
+FULL_PARAMS = {
+    **TINY_PARAMS,
+    "recommenders": {"popularity": {}, "content": {"encoder": "tfidf"}},
+    "encode": {"encoders": ["tfidf"]},
+    "rerank": {
+        "enabled": True,
+        "folds": 2,
+        "candidates_per_model": 20,
+        "num_boost_round": 40,
+        "early_stopping_rounds": 10,
+    },
+}
 
 
 def _artifacts(flow_run_id, key: str | None = None) -> list:
@@ -29,25 +42,38 @@ def _artifacts(flow_run_id, key: str | None = None) -> list:
 
 
 def test_training_runs_end_to_end_then_caches(prefect_server, project: Path) -> None:
-    from flows.training import training
+    import numpy as np
 
+    from flows.training import training
+    from tests.ndcg import recomputed_ndcg
+
+    write_params(project, FULL_PARAMS)
     state = training("params.yaml", return_state=True)
     assert state.is_completed(), state.message
     result = state.result()
     assert set(result["stages"]) == ALL_STAGES
     assert all(s == "Completed" for s in result["stages"].values()), result["stages"]
     metrics = json.loads((project / "metrics/metrics.json").read_text())
-    assert set(metrics) == {"popularity", "pop_b"}
-    assert 0.0 < metrics["popularity"]["ndcg@10"] <= 1.0
-    # identical configs of the same deterministic model: identical metrics
-    assert metrics["popularity"]["ndcg@10"] == pytest.approx(metrics["pop_b"]["ndcg@10"], abs=1e-12)
+    assert set(metrics) == {"popularity", "content", "rerank"}
+    # encode wrote unit tfidf vectors for every item; the re-ranker trained (no fallback) on their features
+    vectors = np.load(project / "artifacts/embeddings/tfidf.npy")
+    assert len(vectors) == len(pd.read_parquet(project / "data/canonical/items.parquet"))
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1)[vectors.any(axis=1)], 1.0, atol=1e-5)
+    meta = json.loads((project / "artifacts/models/rerank/meta.json").read_text())
+    assert meta["fallback"] is None and any(f.startswith("sim_tfidf") for f in meta["features"])
+    # every model's reported NDCG@10 is the one recomputed by hand from its lists
+    test = pd.read_parquet(project / "data/split/test.parquet")
+    for name in metrics:
+        lists = pd.read_parquet(project / "artifacts/lists" / name / "test.parquet")
+        assert metrics[name]["ndcg@10"] == pytest.approx(recomputed_ndcg(lists, test, 10), abs=1e-9), name
+    assert metrics["content"]["ndcg@10"] > 0.0
 
     artifacts = _artifacts(state.state_details.flow_run_id)
     keys = {a.key for a in artifacts}
     assert {"metrics", "training-summary", "validation-report"} <= keys
     table = next(a for a in artifacts if a.key == "metrics")
     rows = json.loads(table.data) if isinstance(table.data, str) else table.data
-    assert {row["model"] for row in rows} == {"popularity", "pop_b"}
+    assert {row["model"] for row in rows} == {"popularity", "content", "rerank"}
     summary = next(a for a in artifacts if a.key == "training-summary").data
     assert "ndcg@10" in summary and "train-popularity" in summary
 
@@ -65,11 +91,11 @@ def test_training_runs_end_to_end_then_caches(prefect_server, project: Path) -> 
     # outputs deleted behind the cache's back: the stage runs again instead of trusting the cache
     import shutil
 
-    shutil.rmtree(project / "artifacts/models/pop_b")
+    shutil.rmtree(project / "artifacts/models/content")
     healed = training("params.yaml", overrides=["evaluate.ks=[1,5,10,20]"])
-    assert healed["stages"]["train-pop_b"] == "Completed"
+    assert healed["stages"]["train-content"] == "Completed"
     assert healed["stages"]["train-popularity"] == "Cached"
-    assert (project / "artifacts/models/pop_b/full/meta.json").exists()
+    assert (project / "artifacts/models/content/full/meta.json").exists()
 
 
 def test_failing_validation_fails_the_run_with_report_artifact(prefect_server, project: Path) -> None:
@@ -104,19 +130,47 @@ def test_batch_recommend_writes_top_k_for_every_user(prefect_server, project: Pa
     assert overlap.empty
 
 
-def test_dask_runner_matches_local_runner(prefect_server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The same models trained on a Dask LocalCluster give the same metrics (tolerance 1e-9)."""
+def test_dask_runner_runs_the_training_tasks_on_the_cluster_workers(
+    prefect_server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """orchestration.runner=dask: the recommenders are fitted by the cluster's worker processes (the
+    scheduler's task stream records them), and the metrics equal the local runner's (tolerance 1e-9)."""
+    import os
+
+    from distributed import Client, LocalCluster, get_task_stream
+
     from flows.training import training
 
     results = {}
-    for runner in ("local", "dask"):
-        directory = tmp_path / runner
-        directory.mkdir()
-        write_params(directory)
-        monkeypatch.chdir(directory)
-        out = training("params.yaml", overrides=[f"orchestration.runner={runner}", "orchestration.dask_workers=2"])
-        assert out["stages"]["train-popularity"] == "Completed"
-        results[runner] = out["metrics"]
+    directory = tmp_path / "local"
+    directory.mkdir()
+    write_params(directory)
+    monkeypatch.chdir(directory)
+    out = training("params.yaml", overrides=["orchestration.runner=local"])
+    assert out["stages"]["train-popularity"] == "Completed"
+    results["local"] = out["metrics"]
+
+    directory = tmp_path / "dask"
+    directory.mkdir()
+    monkeypatch.chdir(directory)  # the worker processes start here, so relative paths agree
+    with (
+        LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
+        Client(cluster) as client,
+    ):
+        # the cluster's address comes from the params file (a run may not override it)
+        write_params(
+            directory, {**TINY_PARAMS, "orchestration": {"runner": "dask", "dask_address": cluster.scheduler_address}}
+        )
+        with get_task_stream(client) as stream:
+            out = training("params.yaml")
+        workers = client.run(os.getpid)
+    assert out["stages"]["train-popularity"] == "Completed" and out["stages"]["train-pop_b"] == "Completed"
+    results["dask"] = out["metrics"]
+    ran = [task for task in stream.data if task.get("status") == "OK"]
+    # one task per recommender (the train variants), each run by one of the cluster's worker processes
+    assert len(ran) == 2, stream.data
+    assert {task["worker"] for task in ran} <= set(workers), (ran, workers)
+    assert os.getpid() not in workers.values()
     for model, values in results["local"].items():
         for key, value in values.items():
             if isinstance(value, float):
