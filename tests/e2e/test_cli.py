@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from tests.conftest import PROJECT_ROOT, TINY, tmp_overrides
+from tests.ndcg import recomputed_ndcg
 
 RECFORGE = str(Path(sys.executable).parent / "recforge")
 
@@ -36,7 +37,10 @@ def test_run_writes_metrics_recs_and_prints_table(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "popularity" in result.stdout and "NDCG@10" in result.stdout
     metrics = json.loads((tmp_path / "metrics/metrics.json").read_text())
-    assert 0.0 < metrics["popularity"]["ndcg@10"] <= 1.0
+    lists = pd.read_parquet(tmp_path / "artifacts/lists/popularity/test.parquet")
+    test = pd.read_parquet(tmp_path / "data/split/test.parquet")
+    assert metrics["popularity"]["ndcg@10"] == pytest.approx(recomputed_ndcg(lists, test, 10), abs=1e-9)
+    assert metrics["popularity"]["ndcg@10"] > 0.0
     assert "ndcg@10" in metrics["popularity"]["val"]
     recs = pd.read_parquet(tmp_path / "artifacts/recs/popularity.parquet")
     assert list(recs.columns) == ["user_id", "item_id", "rank", "score"]
@@ -136,3 +140,25 @@ def test_third_party_plugin_works_like_a_builtin(tmp_path):
     assert result.returncode == 0, result.stderr
     metrics = json.loads((tmp_path / "metrics/metrics.json").read_text())
     assert set(metrics) == {"newest", "popularity"}
+
+
+def test_explain_end_to_end_with_the_real_language_model(tmp_path):
+    """`recforge explain` on a trained workspace: the template sentence and SmolLM2's own (not the fallback)."""
+    from recforge.llm import gguf_path
+    from recforge.params import load_params
+    from recforge.pipeline import run_pipeline
+
+    if not gguf_path().exists():
+        pytest.skip("SmolLM2 is not installed (make models)")
+    overrides = tmp_overrides(tmp_path) + TINY + ["recommenders={popularity: {}}", "encode.encoders=[]"]
+    params = load_params(None, overrides)
+    run_pipeline(params)
+    recs = pd.read_parquet(tmp_path / "artifacts/recs/popularity.parquet")
+    user, item = recs["user_id"].iloc[0], recs["item_id"].iloc[0]
+    flags = [flag for override in overrides for flag in ("-S", override)]
+    result = recforge("explain", str(user), str(item), "-e", "template", "-e", "llm", *flags, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    lines = dict(line.split(": ", 1) for line in result.stdout.splitlines() if line.startswith(("template: ", "llm: ")))
+    title = pd.read_parquet(tmp_path / "data/canonical/items.parquet").set_index("item_id").at[item, "title"]
+    assert lines["template"].startswith(f'"{title}" is recommended'), lines
+    assert lines["llm"] and lines["llm"] != lines["template"], "the llm explainer fell back to the template"

@@ -46,3 +46,17 @@ def test_history_sentiment_follows_the_dense_event_order():
     assert math.isnan(scores[0]) and scores[1] < 0 and scores[2] > 0 and scores[3] > 0
     assert history_sentiment(FakeWorkspace({"train": train.drop(columns="review")}), "train") is None
     assert np.isfinite(scores[1:]).all()
+
+
+def test_real_review_sentences_order_positive_above_negative():
+    positive = [
+        "This is one of the best films I have seen in years; the acting is superb.",
+        "Great value, works exactly as described and my kids love it.",
+    ]
+    negative = [
+        "The plot was boring and the ending made no sense at all.",
+        "Broke after two days. Very disappointed, would not buy again.",
+    ]
+    scores = score_texts(positive + negative + ["It arrived on Tuesday in a brown box."])
+    assert min(scores[:2]) > 0.3 and max(scores[2:4]) < -0.3, scores
+    assert scores[2:4].max() < scores[4] < scores[:2].min(), "a neutral sentence sits in between"
