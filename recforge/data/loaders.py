@@ -180,6 +180,8 @@ def _to_seconds(column: pd.Series, source: Path | str, name: str = "timestamp", 
             seconds = values
         else:
             seconds = _date_seconds(raw, source, name, lines)
+    if pd.api.types.is_float_dtype(seconds):
+        seconds = np.trunc(seconds)  # fractions of a second dropped, as astype(int64) does
     if seconds.isna().any():
         return seconds.astype("Int64")
     return seconds.astype(np.int64)
@@ -273,7 +275,9 @@ def _movielens_latest(root: Path, params: DataParams) -> Tables:
         tags = tags[tags["movieId"].notna()]
         tags_text = tags.groupby("movieId")["tag"].agg(lambda t: " ".join(sorted(set(map(str, t)))))
     movies["text"] = (
-        movies["genres"].str.replace("|", " ", regex=False) + " " + movies["item_id"].map(tags_text).fillna("")
+        movies["genres"].str.replace("|", " ", regex=False)
+        + " "
+        + movies["item_id"].map(tags_text).fillna("").astype(str)
     ).str.strip()
     return Tables(ratings, movies[ITEM_COLUMNS])
 
@@ -454,7 +458,7 @@ def _table(root: Path, params: DataParams) -> Tables:
         for column in ("title", "text", "genres"):
             source = params.column_map.get(column, column)
             items[column] = _text(raw_items[source]) if source in raw_items else ""
-        items.loc[items["title"] == "", "title"] = items["item_id"].astype(str)
+        items.loc[items["title"] == "", "title"] = _text(items["item_id"])
     else:
         items = pd.DataFrame({"item_id": interactions["item_id"].dropna().unique()})
         items["title"] = items["item_id"].astype(str)
