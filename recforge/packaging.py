@@ -288,6 +288,7 @@ def build_package(params: Params, dest: str | Path) -> dict[str, Any]:
         "content_hash": content_hash(files),
         "checksums": files,
     }
+    manifest["tag"] = model_tag(manifest)  # the model-store tag (the manifest itself is not in the content hash)
     (dest / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
     return manifest
 
@@ -435,7 +436,7 @@ def store_package(params: Params) -> tuple[str, dict[str, Any]]:
 
     with tempfile.TemporaryDirectory(prefix="recforge-package-") as staging:
         manifest = build_package(params, staging)
-        tag = model_tag(manifest)
+        tag = manifest["tag"]
         existing = None
         with contextlib.suppress(NotFound):
             existing = bentoml.models.get(tag)

@@ -76,7 +76,8 @@ def test_the_manifest_lists_exactly_every_packaged_file(workspace):
     assert {"embeddings/tfidf.npy", "profiles/users.json", "models/popularity/meta.json"} <= listed
     assert any(name.startswith("embeddings/encoders/tfidf/") for name in listed)
     assert manifest["content_hash"] == content_hash(manifest["checksums"])
-    assert model_tag(manifest) == f"recforge-model:{manifest['version']}-c{manifest['content_hash'][:12]}"
+    tag = f"recforge-model:{manifest['version']}-c{manifest['content_hash'][:12]}"
+    assert model_tag(manifest) == manifest["tag"] == tag
     Package.open(directory)
 
 
