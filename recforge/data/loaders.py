@@ -242,7 +242,7 @@ def _movielens_100k(root: Path, params: DataParams) -> Tables:
         else np.zeros((len(raw), 0), dtype=bool)
     )
     genres = ["|".join(g for g, on in zip(genre_list, row) if on) for row in flags]
-    items = pd.DataFrame({"item_id": raw[0], "title": raw[1].astype(str), "genres": genres})
+    items = pd.DataFrame({"item_id": raw[0], "title": _text(raw[1]), "genres": genres})
     items["text"] = items["genres"].str.replace("|", " ", regex=False)
     return Tables(ratings, items[ITEM_COLUMNS])
 
