@@ -152,7 +152,8 @@ class Engine:
             explain_budget_s=explain_budget_s,
         )
         engine._prepare(package)
-        log.info("loaded %s:%s (serving %s on %s)", manifest["name"], manifest["version"], primary, device)
+        tag = manifest.get("tag") or f"{manifest['name']}:{manifest['version']}"
+        log.info("loaded %s (serving %s on %s)", tag, primary, device)
         return engine
 
     def _prepare(self, package: Package) -> None:
@@ -406,7 +407,8 @@ class Engine:
     def metadata(self) -> dict[str, Any]:
         k = self.params.evaluate.k
         return {
-            "model_tag": f"{self.manifest['name']}:{self.manifest['version']}",
+            # the exact model-store tag (content hash included) the package records; older packages: name:version
+            "model_tag": self.manifest.get("tag") or f"{self.manifest['name']}:{self.manifest['version']}",
             "data_hash": self.manifest["data_hash"],
             "params_hash": self.manifest["params_hash"],
             "created": self.manifest["created"],
