@@ -413,7 +413,8 @@ def serve_args(params: Params, **where: str | None) -> ServeArgs:
 def _allowed_hosts(serve: Any) -> list[str]:
     """``serve.allowed_hosts`` plus the bind host when it is a name or address clients can use."""
     hosts = list(serve.allowed_hosts)
-    if serve.host not in ("0.0.0.0", "::", "") and not is_loopback(serve.host) and serve.host not in hosts:
+    # a comparison with the wildcard addresses (they are not names clients use), not a bind
+    if serve.host not in ("0.0.0.0", "::", "") and not is_loopback(serve.host) and serve.host not in hosts:  # nosec B104
         hosts.append(serve.host)
     return hosts
 
