@@ -29,6 +29,8 @@ from recforge.reports import markdown_table
 log = logging.getLogger(__name__)
 
 DAY = 86_400
+PER_USER = "users (after filtering)"
+PER_USER_TABLES = {PER_USER}
 INT64_MAX = int(np.iinfo(np.int64).max)
 
 
@@ -40,6 +42,7 @@ class Check:
     success: bool
     unexpected_count: int | None = None
     examples: list[Any] = field(default_factory=list)
+    rows: list[int] = field(default_factory=list)  # 1-based rows of the table as loaded (data rows of a CSV)
 
     def arguments(self) -> str:
         """The expectation's arguments, a long value set left out."""
@@ -54,6 +57,8 @@ class Check:
         if self.unexpected_count:
             # no square brackets: the CLI prints with rich, which would read [inf] as markup
             text += f" — {self.unexpected_count} unexpected, e.g. {', '.join(map(repr, self.examples))}"
+            if self.rows:
+                text += f" at row{'s' if len(self.rows) > 1 else ''} {', '.join(map(str, self.rows))}"
         return text
 
 
@@ -219,7 +224,7 @@ def prepared_suites(tables: Tables, params: Params) -> dict[str, tuple[pd.DataFr
     v = params.validate_
     counts = tables.interactions.groupby("user_id").size().rename("interactions").reset_index()
     suites = {
-        "users (after filtering)": (
+        PER_USER: (
             counts,
             [
                 E.ExpectTableRowCountToBeBetween(min_value=1),
@@ -255,9 +260,14 @@ def run_suites(suites: dict[str, tuple[pd.DataFrame, list]], max_examples: int) 
         outcome = batch.validate(
             suite, result_format={"result_format": "SUMMARY", "partial_unexpected_count": max_examples}
         )
+        # rows are shown where the frame's rows are the loaded table's (not the per-user counts)
+        positional = isinstance(frame.index, pd.RangeIndex) and frame.index.start == 0 and frame.index.step == 1
         for item in outcome.results:
             result = item.result or {}
-            examples = [_plain(x) for x in (result.get("partial_unexpected_list") or [])[:max_examples]]
+            examples = _unique(_plain(x) for x in (result.get("partial_unexpected_list") or []))
+            rows = []
+            if positional and table not in PER_USER_TABLES:
+                rows = [int(i) + 1 for i in (result.get("partial_unexpected_index_list") or [])[:max_examples]]
             results.append(
                 Check(
                     table=table,
@@ -265,10 +275,19 @@ def run_suites(suites: dict[str, tuple[pd.DataFrame, list]], max_examples: int) 
                     kwargs={k: _plain(v) for k, v in item.expectation_config.kwargs.items() if k != "batch_id"},
                     success=bool(item.success),
                     unexpected_count=result.get("unexpected_count"),
-                    examples=examples,
+                    examples=examples[:max_examples],
+                    rows=rows,
                 )
             )
     return results
+
+
+def _unique(values) -> list[Any]:
+    """Values in first-seen order without repeats (lists included, so by repr)."""
+    seen: dict[str, Any] = {}
+    for value in values:
+        seen.setdefault(repr(value), value)
+    return list(seen.values())
 
 
 def _quiet_progress(context) -> None:

@@ -134,10 +134,10 @@ LOADER_ERRORS = {
     "tags_csv_without_movieId": r"tags\.csv: missing column\(s\) movieId",
 }
 GATE_FAILURES = {
-    "nan_rating": r"expect_column_values_to_not_be_null\(column=rating\)",
+    "nan_rating": r"expect_column_values_to_not_be_null\(column=rating\) — 1 unexpected, e\.g\. None at row 4 \(report: ",
     "inf_rating": r"expect_column_values_to_be_between\(column=rating.* e\.g\. inf",
     "future_timestamp": r"expect_column_values_to_be_between\(column=timestamp.* e\.g\. 4000000000",
-    "nan_timestamp": r"expect_column_values_to_not_be_null\(column=timestamp\)",
-    "amazon_row_without_unixReviewTime": r"expect_column_values_to_not_be_null\(column=timestamp\)",
+    "nan_timestamp": r"expect_column_values_to_not_be_null\(column=timestamp\) — 1 unexpected, e\.g\. None at row 4 \(report: ",
+    "amazon_row_without_unixReviewTime": r"expect_column_values_to_not_be_null\(column=timestamp\) .* at row 6 \(report: ",
     "user_id_1e30": r"interactions \(id types\): expect_column_values_to_be_in_set\(column=user_id.*int out of int64 range",
 }
