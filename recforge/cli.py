@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from recforge.errors import RecforgeError
 from recforge.params import DEFAULT_PARAMS_FILE, Params, load_params
@@ -55,7 +56,8 @@ def _guard(debug: bool, body: Callable[[], Any]) -> Any:
     except RecforgeError as exc:
         if debug:
             raise
-        errors.print(f"[bold red]error:[/] {exc}", soft_wrap=True, highlight=False)
+        # the message is plain text: rich markup would eat any [word] in it
+        errors.print(Text.assemble(("error:", "bold red"), f" {exc}"), soft_wrap=True, highlight=False)
         raise typer.Exit(2) from None
 
 
