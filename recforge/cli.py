@@ -118,18 +118,23 @@ def stage(
     ] = None,
     params_file: ParamsOpt = Path(DEFAULT_PARAMS_FILE),
     set_: SetOpt = None,
+    dvc_variant: Annotated[
+        bool, typer.Option("--dvc-variant", help="the variant from DVC_STAGE (dvc.yaml's foreach stages)")
+    ] = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Run one pipeline stage, or one variant of it (what dvc.yaml calls: `recforge stage train NAME`)."""
+    """Run one pipeline stage, or one variant of it (`recforge stage train NAME`)."""
 
     def body() -> None:
+        from recforge import stages
         from recforge.locking import workspace_lock
         from recforge.stages import get_stage
 
         params = load_params(params_file, set_ or [])
         stage = get_stage(name)
+        chosen = stages.dvc_variant(os.environ.get("DVC_STAGE")) if dvc_variant else variant
         with workspace_lock(params.paths.cache_dir):
-            stage.run(params, variant)
+            stage.run(params, chosen)
         if name == "evaluate":
             _print_metrics(params)
 

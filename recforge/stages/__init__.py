@@ -84,9 +84,10 @@ class Stage:
         return list(node) if node else []
 
     def cmd(self) -> str:
-        """The dvc.yaml command (DVC runs it through a shell: the variant is quoted, and
-        recforge.params.check_model_name refuses names that are not plain words)."""
-        return f"recforge stage {self.name}" + (" '${key}'" if self.foreach else "")
+        """The dvc.yaml command. DVC runs it through a shell, so a foreach stage's key never
+        enters it: ``--dvc-variant`` reads the variant from ``DVC_STAGE`` (``train@<key>``),
+        which DVC sets for every command it runs."""
+        return f"recforge stage {self.name}" + (" --dvc-variant" if self.foreach else "")
 
     # -- resolved against params (Prefect cache keys and stamps) --
 
@@ -266,6 +267,13 @@ STAGE_ORDER = [stage.name for stage in STAGES if stage.dvc]
 # Files inside a stage's deps that the stage writes itself (dvc.yaml: .dvcignore);
 # they are not inputs (the re-ranker's own lists live beside the candidate lists).
 IGNORED_INPUTS = ("**/rerank/val.parquet", "**/rerank/test.parquet", ".*.tmp")
+
+
+def dvc_variant(addressing: str | None) -> str:
+    """The variant of a DVC foreach stage from its address (``DVC_STAGE``: ``[path/dvc.yaml:]train@<key>``)."""
+    if not addressing or "@" not in addressing:
+        raise RecforgeError("--dvc-variant: DVC_STAGE is not set to a foreach stage (run it from dvc repro)")
+    return addressing.rsplit("@", 1)[1]
 
 
 def get_stage(name: str) -> Stage:

@@ -109,3 +109,43 @@ def test_every_params_key_of_the_table_is_written_in_params_yaml() -> None:
             for part in key.replace("${key}", next(iter(raw["recommenders"]))).split("."):
                 assert isinstance(node, dict) and part in node, f"stage {stage.name}: '{key}' not in params.yaml"
                 node = node[part]
+
+
+def test_no_foreach_key_reaches_dvcs_shell() -> None:
+    for stage in STAGES:
+        assert "${" not in stage.cmd(), f"stage {stage.name}: a params value would be templated into a shell command"
+    assert stages.dvc_variant("train@itemknn") == "itemknn"
+    assert stages.dvc_variant("sub/dvc.yaml:train@pop_b") == "pop_b"
+    with pytest.raises(RecforgeError, match="DVC_STAGE"):
+        stages.dvc_variant(None)
+
+
+def test_a_hostile_recommender_name_runs_nothing_under_dvc_repro(tmp_path: Path) -> None:
+    """The issue's probe: a key `x'; touch ...; '` executed under dvc repro when the key was in the command."""
+    import os
+    import subprocess
+
+    from tests.flows.conftest import bin_path
+
+    marker = tmp_path / "PWNED"
+    stage = get_stage("train")
+    (tmp_path / "dvc.yaml").write_text(
+        yaml.safe_dump({"stages": {"train": {"foreach": "${recommenders}", "do": {"cmd": stage.cmd()}}}})
+    )
+    hostile = f"x'; touch {marker}; echo '"
+    (tmp_path / "params.yaml").write_text(
+        yaml.safe_dump({"recommenders": {"good": {"plugin": "popularity"}, hostile: {}}})
+    )
+    env = {
+        **os.environ,
+        "DVC_NO_ANALYTICS": "1",
+        "PATH": f"{Path(bin_path('dvc')).parent}{os.pathsep}{os.environ['PATH']}",
+    }
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    subprocess.run([bin_path("dvc"), "init", "-q"], cwd=tmp_path, env=env, check=True)
+    done = subprocess.run(
+        [bin_path("dvc"), "repro"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode != 0
+    assert "recommender name" in done.stdout + done.stderr
+    assert not marker.exists()
