@@ -106,7 +106,7 @@ def padded_truth(rows: np.ndarray, items: np.ndarray, n_rows: int) -> np.ndarray
     rows = np.asarray(rows, dtype=np.int64)
     order = np.argsort(rows, kind="stable")
     counts = np.bincount(rows, minlength=n_rows)
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    starts = np.cumsum(counts) - counts  # each row's first position (also for n_rows == 0)
     column = np.arange(len(rows)) - np.repeat(starts, counts)
     truth = np.full((n_rows, int(counts.max(initial=0))), -1, dtype=np.int64)
     truth[rows[order], column] = np.asarray(items, dtype=np.int64)[order]
