@@ -57,5 +57,12 @@ prefect: setup
 prefect-stop:
 	VENV=$(VENV) flows/prefect_local.sh stop
 
+# mutation: mutmut over the modules that guard data and evaluation, one module at a time with its own
+# tests and time budget (pyproject.toml [tool.mutmut.modules]); incremental (mutants/ keeps the verdicts).
+# Writes reports/mutation.json and reports/mutation.md. MUTATION_JOBS=1 for one core; ARGS=recforge/split.py for one module.
+.PHONY: mutation
+mutation: setup
+	$(PY) scripts/mutation.py $(ARGS)
+
 clean:
 	rm -rf data artifacts metrics plots reports .recforge-cache
