@@ -131,3 +131,84 @@ def test_string_ids_and_users_absent_from_truth():
     truth = pd.DataFrame({"user_id": ["a"], "item_id": ["y"]})
     result = metrics.evaluate(recs, truth, [2], n_items=3)
     assert result["mrr@2"] == pytest.approx(0.5) and result["users"] == 1
+
+
+# ---- mutation-found gaps: each test names the wrong behaviour it catches ------------------------------------
+
+
+def test_coverage_of_a_one_item_catalogue_and_of_an_empty_one():
+    # catches the division guard max(n_items, 1) turned into max(n_items, 2): one item recommended out of
+    # one is full coverage; an empty catalogue must not divide by zero
+    recs = pd.DataFrame({"user_id": [1], "item_id": [10], "rank": [1]})
+    assert metrics.coverage_at_k(recs, n_items=1, k=1) == 1.0
+    assert metrics.coverage_at_k(recs.iloc[:0], n_items=0, k=1) == 0.0
+
+
+def test_evaluate_reports_coverage_at_each_k():
+    # catches coverage left out of evaluate or computed at the wrong cutoff (RECS: 2 items at rank 1, 4 in top 3)
+    result = metrics.evaluate(RECS, TRUTH, [1, 3], n_items=10)
+    assert result["coverage@1"] == pytest.approx(2 / 10)
+    assert result["coverage@3"] == pytest.approx(4 / 10)
+
+
+def test_short_lists_count_as_misses_up_to_k():
+    # catches the padding of lists shorter than k dropped (a crash) or sized wrong: two columns scored at k=4
+    top = np.array([[2, 1], [3, 5]])
+    result = metrics.ranking_metrics(top, np.array([1, 4]), 4)
+    assert result["precision@4"] == pytest.approx((1 / 4 + 0) / 2)
+    assert result["ndcg@4"] == pytest.approx((1 / math.log2(3)) / 2)
+    assert result["map@4"] == pytest.approx(0.5 / 2)
+
+
+def test_missing_ranks_are_filled_with_no_item_not_with_a_real_code():
+    # catches the empty slots of the [users, k] table filled with a real item code (+1 is the second truth
+    # item here): user b's single recommendation misses, so the slots after it must not hit 'y'
+    recs = pd.DataFrame({"user_id": ["b"], "item_id": ["z"], "rank": [1]})
+    truth = pd.DataFrame({"user_id": ["a", "b"], "item_id": ["x", "y"]})
+    result = metrics.evaluate(recs, truth, [3], n_items=3)
+    assert result["recall@3"] == 0.0 and result["ndcg@3"] == 0.0
+
+
+def test_float_ranks_still_place_items():
+    # catches the rank column used as float positions (a CSV column with a gap reads as float)
+    recs = pd.DataFrame({"user_id": [1, 1], "item_id": [10, 20], "rank": [1.0, 2.0]})
+    truth = pd.DataFrame({"user_id": [1], "item_id": [20]})
+    assert metrics.evaluate(recs, truth, [2], n_items=2)["mrr@2"] == pytest.approx(0.5)
+
+
+def test_row_count_mismatch_names_both_counts():
+    # catches the message dropped: the caller learns which side is short
+    with pytest.raises(ValueError, match=r"^2 top-k rows for 3 truth rows$"):
+        metrics.ranking_metrics_per_row(np.array([[1], [2]]), np.array([1, 2, 3]), 1)
+
+
+def test_a_row_without_targets_is_an_error_even_with_no_truth_columns():
+    # catches max() over an empty truth array failing with numpy's message instead of the documented one
+    with pytest.raises(ValueError, match=r"^every row needs at least one held-out item$"):
+        metrics.ranking_metrics(np.array([[1, 2]]), np.zeros((1, 0), dtype=np.int64), 2)
+
+
+def test_no_rows_give_empty_per_row_metrics():
+    # catches the empty case returning one fake row (or crashing)
+    per_row = metrics.ranking_metrics_per_row(np.zeros((0, 3), dtype=np.int64), np.zeros(0, dtype=np.int64), 3)
+    assert set(per_row) == set(metrics.METRICS) and all(len(v) == 0 for v in per_row.values())
+
+
+def test_padded_truth_keeps_input_order_within_a_row():
+    # catches an unstable sort: numpy's default quicksort reorders equal keys on longer inputs (the
+    # small-input case above is stable by accident), so each row's items must come out in input order
+    rows = np.array([0, 1] * 50)
+    truth = metrics.padded_truth(rows, np.arange(100), 2)
+    assert truth[0].tolist() == list(range(0, 100, 2)) and truth[1].tolist() == list(range(1, 100, 2))
+
+
+def test_padded_truth_without_items():
+    # catches the row count lost when no row has an item (bincount without minlength) and a fake column
+    assert metrics.padded_truth(np.array([], dtype=np.int64), np.array([], dtype=np.int64), 2).shape == (2, 0)
+    assert metrics.padded_truth(np.array([], dtype=np.int64), np.array([], dtype=np.int64), 0).shape == (0, 0)
+
+
+def test_empty_lists_score_zero():
+    # catches max() over a list array without columns crashing: a model that lists nothing scores 0
+    result = metrics.ranking_metrics(np.zeros((2, 0), dtype=np.int64), np.array([1, 2]), 3)
+    assert result == {f"{name}@3": 0.0 for name in metrics.METRICS}

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -76,3 +77,64 @@ def test_random_split_is_deterministic_and_keeps_first_event_in_train():
 def test_empty_table_is_a_user_error():
     with pytest.raises(RecforgeError):
         split(pd.DataFrame(columns=["user_id", "item_id", "timestamp"]), SplitParams())
+
+
+# ---- mutation-found gaps: each test names the wrong behaviour it catches ------------------------------------
+
+
+def test_three_events_give_one_validation_event():
+    # catches `sizes >= 3` turned into `> 3` / `>= 4`: a user with exactly 3 events must lose one to validation
+    frame = pd.DataFrame({"user_id": [1, 1, 1], "item_id": [1, 2, 3], "timestamp": [1, 2, 3]})
+    train, val, test = split(frame, SplitParams())
+    assert (train.item_id.tolist(), val.item_id.tolist(), test.item_id.tolist()) == ([1], [2], [3])
+
+
+@pytest.mark.parametrize("method", ["leave-last-out", "temporal", "random"])
+def test_parts_keep_the_input_columns_and_a_fresh_index(method):
+    # catches reset_index(drop=False): an extra 'index' column would reach the split files and every model
+    frame = pd.DataFrame(
+        {"user_id": [u for u in range(6) for _ in range(6)], "item_id": [i % 9 for i in range(36)]},
+        index=range(100, 136),
+    )
+    frame["timestamp"] = range(36)
+    for part in split(frame, SplitParams(method=method, seed=1)):
+        assert list(part.columns) == ["user_id", "item_id", "timestamp"]
+        assert part.index.equals(pd.RangeIndex(len(part)))
+
+
+def test_empty_table_error_says_why():
+    # catches the message dropped or garbled: the user must learn the table was empty
+    with pytest.raises(RecforgeError, match=r"^cannot split an empty interactions table$"):
+        split(pd.DataFrame(columns=["user_id", "item_id", "timestamp"]), SplitParams())
+
+
+def test_temporal_validation_needs_both_user_and_item_known():
+    # catches `&` turned into `|` in the known-user/known-item filter of validation: an event of a known
+    # user on a never-trained item (or of a new user on a known item) cannot be scored, so it is dropped
+    train_part = pd.DataFrame({"user_id": [0, 1, 0, 1], "item_id": [0, 1, 1, 0], "timestamp": [0, 1, 2, 3]})
+    val_part = pd.DataFrame({"user_id": [0, 9, 1], "item_id": [99, 0, 1], "timestamp": [4, 5, 6]})
+    test_part = pd.DataFrame({"user_id": [0, 9, 1], "item_id": [98, 1, 0], "timestamp": [7, 8, 9]})
+    frame = pd.concat([train_part, val_part, test_part], ignore_index=True)
+    train, val, test = split(frame, SplitParams(method="temporal", test_fraction=0.3, val_fraction=0.3))
+    assert sorted(train.timestamp) == [0, 1, 2, 3]
+    assert val[["user_id", "item_id"]].values.tolist() == [[1, 1]]
+    assert test[["user_id", "item_id"]].values.tolist() == [[1, 0]]
+
+
+def test_random_split_intervals_are_half_open(monkeypatch):
+    # catches `<` / `>=` swapped for `<=` / `>` at the fraction boundaries: a draw of exactly test_fraction
+    # belongs to validation, exactly test_fraction + val_fraction to train ([0, t) test, [t, t + v) val)
+    class Draws:
+        def __init__(self, seed):
+            pass
+
+        def random(self, n):
+            return np.array([0.0, 0.25, 0.5, 0.75, 0.2499, 0.7499])[:n]
+
+    monkeypatch.setattr(np.random, "default_rng", Draws)
+    frame = pd.DataFrame({"user_id": [1] * 6, "item_id": range(6), "timestamp": range(6)})
+    train, val, test = split(frame, SplitParams(method="random", test_fraction=0.25, val_fraction=0.5))
+    # event 0 is the user's first: always train
+    assert sorted(train.item_id) == [0, 3]
+    assert sorted(val.item_id) == [1, 2, 5]
+    assert sorted(test.item_id) == [4]
