@@ -1,0 +1,165 @@
+"""recforge.rerank's candidate tables on a hand-written workspace (fast: no training, no pipeline)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from recforge import rerank
+from recforge.errors import RecforgeError
+from recforge.params import load_params
+from recforge.workspace import Workspace
+from tests.conftest import tmp_overrides
+
+MODELS = "recommenders={pop: {plugin: popularity}, knn: {plugin: itemknn}}"
+
+
+@pytest.fixture
+def workspace(tmp_path) -> Workspace:
+    params = load_params(
+        None,
+        tmp_overrides(tmp_path)
+        + [MODELS, "encode.encoders=[e]", "rerank.candidates_per_model=2", "rerank.sentiment=false"],
+    )
+    items = pd.DataFrame({"item_id": [100, 101, 102, 103, 104], "title": list("ABCDE"), "text": ["x"] * 5})
+    train = pd.DataFrame(
+        {"user_id": [1, 1, 2, 2, 3], "item_id": [100, 101, 100, 102, 103], "timestamp": [1, 2, 1, 2, 1]}
+    )
+    val = pd.DataFrame({"user_id": [1, 2, 3], "item_id": [102, 103, 104], "timestamp": [3, 3, 2]})
+    test = pd.DataFrame({"user_id": [1, 2], "item_id": [103, 104], "timestamp": [4, 4]})
+    canonical = Path(params.paths.canonical_dir)
+    canonical.mkdir(parents=True)
+    items.to_parquet(canonical / "items.parquet")
+    pd.concat([train, val, test]).to_parquet(canonical / "interactions.parquet")
+    split = Path(params.paths.split_dir)
+    split.mkdir(parents=True)
+    for name, frame in (("train", train), ("val", val), ("test", test)):
+        frame.to_parquet(split / f"{name}.parquet")
+    for model, shift in (("pop", 0), ("knn", 1)):
+        for part in ("val", "test"):
+            rows = [(u, 100 + (u + r + shift) % 5, r + 1, 1.0 - r / 10) for u in (1, 2, 3) for r in range(3)]
+            frame = pd.DataFrame(rows, columns=["user_id", "item_id", "rank", "score"])
+            (Path(params.paths.lists_dir) / model).mkdir(parents=True, exist_ok=True)
+            frame.to_parquet(Path(params.paths.lists_dir) / model / f"{part}.parquet")
+    Path(params.paths.embeddings_dir).mkdir(parents=True)
+    np.save(Path(params.paths.embeddings_dir) / "e.npy", np.eye(5, dtype=np.float32))
+    return Workspace(params)
+
+
+def test_candidate_models_default_subset_and_unknown():
+    # catches rerank.models ignored (all models used) and an unconfigured model accepted silently
+    assert rerank.candidate_models(load_params(None, [MODELS])) == ["pop", "knn"]
+    assert rerank.candidate_models(load_params(None, [MODELS, "rerank.models=[knn]"])) == ["knn"]
+    with pytest.raises(RecforgeError, match=r"rerank\.models names unconfigured recommenders: \['mf'\]"):
+        rerank.candidate_models(load_params(None, [MODELS, "rerank.models=[knn, mf]"]))
+
+
+def test_feature_encoders_fall_back_only_when_unset():
+    # catches an explicit empty list (no similarity features) replaced by encode.encoders
+    assert rerank.feature_encoders(load_params(None, ["encode.encoders=[a, b]"])) == ["a", "b"]
+    assert rerank.feature_encoders(load_params(None, ["encode.encoders=[a]", "rerank.encoders=[]"])) == []
+    assert rerank.feature_encoders(load_params(None, ["encode.encoders=[a]", "rerank.encoders=[c]"])) == ["c"]
+
+
+def test_missing_lists_name_the_file_and_the_stage(workspace):
+    # catches a missing list read as no candidates instead of an error that says what to run
+    with pytest.raises(RecforgeError, match=r"mf/val\.parquet: not found; run `recforge stage train` first"):
+        rerank.read_lists(workspace.params, ["mf"], "val")
+
+
+def test_part_data_never_reads_the_parts_own_events(workspace):
+    # catches the leak the issue is about: val features built from a history that contains val, or test
+    # features from one without val; lists must be those of the part
+    val, test = rerank.part_data(workspace, "val", ["pop", "knn"]), rerank.part_data(workspace, "test", ["pop"])
+    assert len(val.history) == 5 and len(test.history) == 8
+    assert val.part == "val" and test.part == "test" and list(test.lists) == ["pop"]
+    assert set(val.lists) == {"pop", "knn"} and list(val.embeddings) == ["e"]
+    assert val.profiles == {}  # the encode stage wrote no profiles here
+
+
+def test_blocks_of_users_concatenate_to_the_whole_table(workspace):
+    # catches users lost or repeated between blocks, and candidates beyond candidates_per_model kept
+    whole = rerank.build_part(workspace, "val", ["pop", "knn"])
+    blocks = list(rerank.iter_part(workspace, "val", ["pop", "knn"], block_users=1))
+    assert [b["user_id"].unique().tolist() for b in blocks] == [[1], [2], [3]]
+    pd.testing.assert_frame_equal(pd.concat(blocks, ignore_index=True), whole)
+    assert whole["pop_rank"].max() == 2 and whole["knn_rank"].max() == 2
+    # pop proposes items u, u+1; knn u+1, u+2 (mod 5): three distinct candidates per user
+    assert whole.groupby("user_id").size().tolist() == [3, 3, 3]
+
+
+def test_training_table_labels_are_the_validation_targets(workspace):
+    # catches labels taken from another part, and group sizes that do not match the rows
+    frame, labels, groups = rerank.training_table(workspace)
+    positives = frame.loc[labels == 1, ["user_id", "item_id"]].values.tolist()
+    assert positives == [[1, 102], [2, 103], [3, 104]]
+    assert groups.tolist() == [3, 3, 3]
+
+
+def test_ranked_lists_break_ties_by_item_and_cut_at_k():
+    # catches ties broken by row order, the cut at k missing, and the list dtypes
+    frame = pd.DataFrame(
+        {"user": [0, 0, 0, 1], "user_id": [7, 7, 7, 8], "item": [3, 1, 2, 0], "item_id": [13, 11, 12, 10]}
+    )
+    lists = rerank.ranked_lists(frame, np.array([0.5, 0.5, 0.9, 0.1]), 2)
+    assert lists[["user_id", "item_id", "rank"]].values.tolist() == [[7, 12, 1], [7, 11, 2], [8, 10, 1]]
+    assert lists["rank"].dtype == np.int32 and lists["score"].dtype == np.float32
+
+
+def test_make_reranker_passes_the_settings(monkeypatch):
+    # catches a setting (folds, leaves, rate, rounds, seed, the Dask address) not reaching the plugin, and
+    # rerank.options not overriding them
+    captured = {}
+    monkeypatch.setattr(
+        rerank.registry.rerankers, "create", lambda name, **options: captured.update(name=name, **options)
+    )
+    params = load_params(
+        None,
+        [
+            "seed=4",
+            "rerank.folds=2",
+            "rerank.num_leaves=7",
+            "rerank.learning_rate=0.2",
+            "rerank.num_boost_round=9",
+            "rerank.early_stopping_rounds=3",
+            "rerank.distributed=true",
+            "orchestration.dask_address=tcp://127.0.0.1:1",
+            "orchestration.dask_workers=3",
+            "rerank.options={num_leaves: 5, min_data_in_leaf: 2}",
+        ],
+    )
+    rerank.make_reranker(params, features=["rrf"])
+    assert captured == {
+        "name": "lambdarank",
+        "folds": 2,
+        "num_leaves": 5,
+        "learning_rate": 0.2,
+        "num_boost_round": 9,
+        "early_stopping_rounds": 3,
+        "seed": 4,
+        "distributed": True,
+        "dask_address": "tcp://127.0.0.1:1",
+        "dask_workers": 3,
+        "min_data_in_leaf": 2,
+        "features": ["rrf"],
+    }
+    captured.clear()
+    rerank.make_reranker(load_params(None, []))
+    assert "distributed" not in captured and "features" not in captured
+
+
+def test_load_reranker_says_what_is_missing(tmp_path):
+    # catches a missing or fallback re-ranker loaded as if trained
+    from recforge.artifacts import write_meta
+
+    params = load_params(None, tmp_overrides(tmp_path))
+    with pytest.raises(RecforgeError, match="no trained re-ranker; run `recforge stage rerank`"):
+        rerank.load_reranker(params)
+    directory = Path(params.paths.models_dir) / "rerank"
+    directory.mkdir(parents=True)
+    write_meta(directory, {"fallback": "pop"})
+    with pytest.raises(RecforgeError, match=r"no re-ranker was trained \(too little validation data; lists use pop\)"):
+        rerank.load_reranker(params)
