@@ -20,8 +20,9 @@ log = logging.getLogger(__name__)
 
 
 def batch_model(params: Params, model: str | None = None) -> str:
-    """The model to use: ``model``, else ``serve.model``, else the first configured recommender."""
-    name = model or params.serve.model or next(iter(params.recommenders))
+    """The model to use: ``model``, else ``serve.model`` (unless ``auto``), else the first configured recommender."""
+    served = params.serve.model if params.serve.model != "auto" else None
+    name = model or served or next(iter(params.recommenders))
     if name not in params.recommenders:
         raise RecforgeError(f"model '{name}' is not configured (recommenders: {', '.join(params.recommenders)})")
     return name

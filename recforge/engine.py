@@ -4,8 +4,9 @@
 checksum verified), loads every model once through the plugin registry and
 caches what requests reuse (normalised item embeddings, popularity, histories,
 the item table explanations read, user states of models with the
-:class:`recforge.protocols.UserStates` ability). Every request is then
-computed online from the loaded models; nothing is precomputed per user.
+:class:`recforge.protocols.UserStates` ability). With the re-ranker served,
+a known user's list was precomputed at package time (a lookup); every other
+request is computed online from the loaded models.
 
 Which model answers what is chosen by ability (the optional protocols of
 :mod:`recforge.protocols`), never by plugin name. The service in ``service/``
@@ -48,6 +49,8 @@ from recforge.text import item_titles
 
 log = logging.getLogger(__name__)
 
+AUTO = "auto"  # serve.model: the re-ranker when it is best on validation and can run online, else the best model
+
 
 @dataclass
 class Engine:
@@ -78,6 +81,7 @@ class Engine:
     states: dict[str, np.ndarray] = field(default_factory=dict)
     reranker: OnlineReranker | None = None
     rerank_note: str | None = None  # why the packaged re-ranker is not served, if it is not
+    model_reason: str = ""  # why ``primary`` is served (/metadata)
     # /recommend?explain=true explains at most this many items within this many seconds (an explainer may
     # run a generative model: without bounds one request could take minutes and nothing cancels it)
     max_explained: int = MAX_EXPLAINED
@@ -118,20 +122,8 @@ class Engine:
         if not models:
             raise RecforgeError(f"{package.directory}: the package holds no models")
         metrics = package.metrics
-        # the re-ranker answers /recommend only when asked for by name (serve.model: rerank): it calls every
-        # candidate model per request, so the automatic choice stays with the single models, and its
-        # feature state is built only then
-        primary = model or params.serve.model or _best_model(models, metrics, params.evaluate.k)
-        reranker, rerank_note = (
-            None,
-            "served when asked for: serve.model: rerank" if manifest.get("rerank") else "no re-ranker in the package",
-        )
-        if primary == RERANK:
-            reranker, rerank_note = OnlineReranker.load(package, models)
-        servable = {**models, **({RERANK: reranker} if reranker is not None else {})}
-        if primary not in servable:
-            why = f"; the re-ranker is not served: {rerank_note}" if primary == RERANK and rerank_note else ""
-            raise RecforgeError(f"serve.model '{primary}' is not in the package (models: {', '.join(servable)}){why}")
+        asked = model or params.serve.model or AUTO
+        primary, reason, reranker, rerank_note = _choose_model(asked, package, models, metrics, params.evaluate.k)
 
         engine = cls(
             directory=package.directory,
@@ -148,6 +140,7 @@ class Engine:
             device=device,
             reranker=reranker,
             rerank_note=rerank_note,
+            model_reason=reason,
             max_explained=max_explained,
             explain_budget_s=explain_budget_s,
         )
@@ -203,6 +196,7 @@ class Engine:
         if self.primary == RERANK and self.maps.user_ids.size:
             try:
                 self.recommend(plain(self.maps.user_ids[0]), 10)
+                self.recommend(plain(self.maps.user_ids[0]), 10, exclude_seen=False)  # the online path
             except Exception as exc:
                 log.warning("warm-up of the re-ranker failed: %s", exc)
         if self.text_model or self.text_encoder is not None:
@@ -317,10 +311,15 @@ class Engine:
         if user < 0:
             return self._answer(self._popular(k), "popularity", fallback="popular", user_id=user_id)
         if self.primary == RERANK:
-            lists = {
-                name: self._top(name, user, self.reranker.per_model, exclude_seen) for name in self.reranker.models
-            }
-            items, scores = self.reranker.rank(user, lists, k)
+            # a known user with no new events: the rerank stage's own list, precomputed at package time
+            stored = self.reranker.precomputed(user, k) if exclude_seen else None
+            if stored is not None:
+                items, scores = stored
+            else:
+                lists = {
+                    name: self._top(name, user, self.reranker.per_model, exclude_seen) for name in self.reranker.models
+                }
+                items, scores = self.reranker.rank(user, lists, k)
         else:
             items, scores = self._top(self.primary, user, k, exclude_seen)
         return self._answer(
@@ -413,6 +412,7 @@ class Engine:
             "params_hash": self.manifest["params_hash"],
             "created": self.manifest["created"],
             "model": self.primary,
+            "model_reason": self.model_reason,
             "models": self.manifest["models"],
             "text_path": self.text_model
             or (f"text:{self.manifest['encoders'][0]}" if self.text_encoder is not None else "popularity"),
@@ -422,6 +422,7 @@ class Engine:
             "explainer": self.explainer_name,
             "rerank_packaged": bool(self.manifest.get("rerank")),
             "rerank_served": self.primary == RERANK,
+            "rerank_precomputed": self.reranker is not None and self.reranker.lists is not None,
             "rerank_note": self.rerank_note,
             "device": self.device,
             "cached_user_states": self.user_states is not None,
@@ -455,11 +456,56 @@ def limit_threads(threads: int) -> None:
         pass
 
 
-def _best_model(models: dict[str, Any], metrics: dict[str, Any], k: int) -> str:
+def _choose_model(
+    asked: str, package: Package, models: dict[str, Any], metrics: dict[str, Any], k: int
+) -> tuple[str, str, OnlineReranker | None, str | None]:
+    """(served model, why, the re-ranker or None, why the re-ranker is not served or None).
+
+    ``asked``: a model name, ``rerank``, or ``auto``: the re-ranker when its
+    validation NDCG@k is the best (the rule of :func:`_best_model`) and it can
+    run online, else the best single model.
+    """
+    packaged = bool(package.manifest.get("rerank"))
+    if asked not in (AUTO, RERANK):
+        if asked not in models:
+            raise RecforgeError(f"serve.model '{asked}' is not in the package (models: {', '.join(models)})")
+        note = f"not asked for (serve.model: {asked})" if packaged else "no re-ranker in the package"
+        return asked, f"serve.model: {asked}", None, note
+    best_single = _best_model(models, metrics, k)
+    if asked == AUTO and not (packaged and _best_model([*models, RERANK], metrics, k) == RERANK):
+        note = (
+            f"{best_single} has a better validation ndcg@{k} than the re-ranker"
+            if packaged
+            else "no re-ranker in the package"
+        )
+        return (
+            best_single,
+            f"auto: the best validation ndcg@{k} ({_val_score(metrics, best_single, k):.4f})",
+            None,
+            note,
+        )
+    reranker, note = OnlineReranker.load(package, models)
+    if reranker is None:
+        if asked == RERANK:
+            raise RecforgeError(
+                f"serve.model '{RERANK}' cannot be served: {note} (models: {', '.join(models)})"
+                if packaged
+                else f"serve.model '{RERANK}' is not in the package (models: {', '.join(models)}); {note}"
+            )
+        why = f"auto: the re-ranker has the best validation ndcg@{k} but cannot run online ({note}); "
+        return best_single, why + f"{best_single} is the best single model", None, note
+    how = "known users from lists precomputed at package time" if reranker.lists is not None else "online"
+    score = f"{_val_score(metrics, RERANK, k):.4f} vs {best_single} {_val_score(metrics, best_single, k):.4f}"
+    why = "serve.model: rerank" if asked == RERANK else f"auto: the best validation ndcg@{k} ({score})"
+    return RERANK, f"{why}; {how}", reranker, None
+
+
+def _val_score(metrics: dict[str, Any], name: str, k: int) -> float:
+    """Validation NDCG@k of ``name`` (test NDCG@k when no validation figure; -inf when none)."""
+    m = metrics.get(name, {})
+    return float(m.get("val", {}).get(f"ndcg@{k}", m.get(f"ndcg@{k}", float("-inf"))))
+
+
+def _best_model(models, metrics: dict[str, Any], k: int) -> str:
     """The packaged model with the best validation NDCG@k (test NDCG@k when no validation figure)."""
-
-    def score(name: str) -> float:
-        m = metrics.get(name, {})
-        return float(m.get("val", {}).get(f"ndcg@{k}", m.get(f"ndcg@{k}", float("-inf"))))
-
-    return max(models, key=score)
+    return max(models, key=lambda name: _val_score(metrics, name, k))

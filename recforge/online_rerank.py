@@ -1,4 +1,4 @@
-"""The second stage online: the packaged re-ranker, one user at a time."""
+"""The second stage online: every known user's precomputed list, and the packaged re-ranker for the rest."""
 
 from __future__ import annotations
 
@@ -26,6 +26,12 @@ class OnlineReranker:
     the packaged train+val history (built once at load: O(users + items +
     events)), then the mean LambdaRank score of the fold models; ties go to the
     lower item index, as in ``recforge.rerank.ranked_lists``.
+
+    A known user with no new events gets exactly the rerank stage's test-part
+    list, so the package carries it (``rerank_lists.npz``, written by
+    :func:`recforge.packaging.build_package` for every known user):
+    :meth:`precomputed` is a lookup. The online path answers what the lists
+    cannot: ``exclude_seen=False`` and ``k`` above the list length.
     """
 
     model: Any
@@ -33,6 +39,9 @@ class OnlineReranker:
     models: list[str]
     per_model: int
     maps: IdMaps
+    # CSR over dense users: indptr [n_users + 1], items (dense, best first), scores; and the list length
+    lists: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+    length: int = 0
 
     @classmethod
     def load(cls, package: Package, models: dict[str, Any]) -> tuple[OnlineReranker | None, str | None]:
@@ -67,13 +76,32 @@ class OnlineReranker:
             profile_settings=settings_from_params(params),
         )
         model, _ = load_model_dir(folder, registry.rerankers, meta=meta)
+        stored = package.rerank_lists()
+        if stored is not None and len(stored[0]) != len(package.maps.user_ids) + 1:
+            return None, "the precomputed lists do not cover the package's users; repackage"
         return cls(
             model=model,
             context=FeatureContext(data),
             models=list(meta["models"]),
             per_model=int(meta["candidates_per_model"]),
             maps=package.maps,
+            lists=stored[:3] if stored is not None else None,
+            length=stored[3] if stored is not None else 0,
         ), None
+
+    def precomputed(self, user: int, k: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """Dense ``user``'s stored top-``k`` (items, scores), or None when the stored list cannot answer ``k``.
+
+        A stored list shorter than the list length is the user's whole candidate union: it answers any ``k``.
+        """
+        if self.lists is None:
+            return None
+        indptr, items, scores = self.lists
+        lo, hi = int(indptr[user]), int(indptr[user + 1])
+        if k > self.length and hi - lo >= self.length:
+            return None
+        hi = min(hi, lo + k)
+        return items[lo:hi], scores[lo:hi]
 
     def rank(self, user: int, lists: dict[str, tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` (dense items, scores) from each candidate model's (items, scores) for dense ``user``."""

@@ -62,6 +62,7 @@ PACKAGE_FORMAT = 1
 MODEL_NAME = "recforge-model"
 # parts of params that do not change what is served (where files live, how it is served)
 UNHASHED_SECTIONS = ("paths", "serve", "orchestration")
+RERANK_LISTS = "rerank_lists.npz"  # every known user's re-ranked test-part list (dense items, scores)
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SERVICE_DIR = PROJECT_ROOT / "service"
 
@@ -237,6 +238,51 @@ def _copy_artifacts(params: Params, models: list[str], dest: Path) -> tuple[list
     return encoders, {str(Path(name).relative_to(dest)): digest for name, digest in copied.items()}
 
 
+def _precompute_rerank(params: Params, workspace: Any, dest: Path) -> None:
+    """Write every known user's re-ranked list (:data:`RERANK_LISTS`) when a re-ranker was trained.
+
+    The rerank stage's ``lists/rerank/test.parquet`` is exactly what a known
+    user with no new events is served: the top ``evaluate.list_length`` of the
+    test part, candidates from the train + val refits and features over the
+    train + val history. It covers the users with test events; any other known
+    user is scored here through the stage's own code path
+    (:func:`recforge.rerank.test_lists_for`). Stored as CSR over dense users:
+    ``indptr`` [n_users + 1], ``items`` (dense, int32, best first), ``scores``
+    (float32), ``length`` (the list length).
+    """
+    folder = dest / "rerank"
+    if not (folder / "meta.json").exists() or read_json(folder / "meta.json").get("fallback"):
+        return
+    from recforge.rerank import NAME, test_lists_for
+
+    path = Path(params.paths.lists_dir) / NAME / "test.parquet"
+    if not path.exists():
+        raise RecforgeError(f"{path}: not found; run `recforge stage rerank`")
+    maps = workspace.maps
+    lists = pd.read_parquet(path)
+    missing = maps.user_ids[~maps.user_ids.isin(lists["user_id"].unique())]
+    if len(missing):
+        scorer = None
+        if params.rerank.llm_scorer:
+            from recforge.llm_scorer import LLMScorer
+
+            scorer = LLMScorer(params)
+        log.info("package: scoring %d known users without test events through the re-ranker", len(missing))
+        lists = pd.concat([lists, test_lists_for(workspace, missing.to_numpy(), scorer)], ignore_index=True)
+    users, items = maps.user_index(lists["user_id"]), maps.item_index(lists["item_id"])
+    if (users < 0).any() or (items < 0).any():
+        raise RecforgeError(f"{path}: ids not in the workspace's id maps; re-run `recforge stage rerank`")
+    order = np.lexsort((lists["rank"].to_numpy(), users))
+    counts = np.bincount(users, minlength=len(maps.user_ids))
+    np.savez(
+        dest / RERANK_LISTS,
+        indptr=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
+        items=items[order].astype(np.int32),
+        scores=lists["score"].to_numpy(np.float32)[order],
+        length=np.int64(params.evaluate.list_length),
+    )
+
+
 def build_package(params: Params, dest: str | Path) -> dict[str, Any]:
     """Copy the trained pipeline into ``dest`` (an empty or new directory); returns the manifest."""
     from recforge.workspace import Workspace
@@ -261,6 +307,7 @@ def build_package(params: Params, dest: str | Path) -> dict[str, Any]:
     if events.ratings is not None:
         history["ratings"] = events.ratings.astype(np.float32)
     np.savez(dest / "history.npz", **history)  # time order per user: what the re-ranker's features read
+    _precompute_rerank(params, workspace, dest)
 
     clean = params.to_dict()
     clean["serve"]["api_token"] = None  # never bake a secret into an artifact
@@ -359,6 +406,14 @@ class Package:
             n_users=len(indptr) - 1,
             n_items=len(self.items),
         )
+
+    def rerank_lists(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, int] | None:
+        """(indptr, items, scores, list length): every known user's re-ranked list; None when not packaged."""
+        path = self.directory / RERANK_LISTS
+        if not path.exists():
+            return None
+        with np.load(path, allow_pickle=False) as data:
+            return data["indptr"], data["items"].astype(np.int64), data["scores"], int(data["length"])
 
     def embeddings(self, name: str) -> np.ndarray:
         path = self.directory / "embeddings" / f"{name}.npy"

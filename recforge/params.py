@@ -191,7 +191,9 @@ class EvaluateParams(_Section):
 class ServeParams(_Section):
     """The online service (recforge.engine, service/).
 
-    ``model``: the served recommender (default: best validation NDCG@k);
+    ``model``: the served recommender; ``auto`` (default): the re-ranker when its
+    validation NDCG@k is the best and it can run online, else the single model
+    with the best validation NDCG@k;
     ``api_token``: bearer token required on every non-health endpoint (the env
     variable RECFORGE_API_TOKEN wins; never packaged); ``explainer``: a
     registered explainer plugin, falling back to the built-in grounded one;
@@ -212,7 +214,7 @@ class ServeParams(_Section):
     port: int = Field(3000, ge=1, le=65535)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     api_token: str | None = None
-    model: str | None = None
+    model: str | None = "auto"
     explainer: str = "template"
     explainer_options: dict[str, Any] = Field(default_factory=dict)
     workers: int = Field(1, ge=1)

@@ -64,8 +64,13 @@ def read_lists(params: Params, models: Sequence[str], part: str) -> dict[str, pd
     return lists
 
 
-def part_data(workspace: Workspace, part: str, models: Sequence[str]) -> PartData:
-    """What features of ``part`` ('val' or 'test') may read: never that part's own events."""
+def part_data(
+    workspace: Workspace, part: str, models: Sequence[str], lists: dict[str, pd.DataFrame] | None = None
+) -> PartData:
+    """What features of ``part`` ('val' or 'test') may read: never that part's own events.
+
+    ``lists``: the candidate lists to use instead of the train stage's (default: read them).
+    """
     from recforge.profiles import settings_from_params
 
     params = workspace.params
@@ -81,7 +86,7 @@ def part_data(workspace: Workspace, part: str, models: Sequence[str]) -> PartDat
         history=history,
         maps=workspace.maps,
         items=workspace.items,
-        lists=read_lists(params, models, part),
+        lists=read_lists(params, models, part) if lists is None else lists,
         embeddings=embeddings,
         sentiment=sentiment,
         text_fields=params.encode.fields,
@@ -102,7 +107,12 @@ def written_profiles(params: Params, part: str, encoders: Sequence[str]) -> dict
 
 
 def iter_part(
-    workspace: Workspace, part: str, models: Sequence[str], llm_scorer=None, block_users: int | None = None
+    workspace: Workspace,
+    part: str,
+    models: Sequence[str],
+    llm_scorer=None,
+    block_users: int | None = None,
+    lists: dict[str, pd.DataFrame] | None = None,
 ) -> Iterator[pd.DataFrame]:
     """Candidate + feature frames of ``part`` for consecutive blocks of (dense) users.
 
@@ -110,9 +120,9 @@ def iter_part(
     block holds at most ``block_users`` users (``rerank.block_users``), so
     memory grows with the block, not with the number of users. Blocks come in
     user order and each is sorted by user, so their concatenation equals the
-    whole part's table.
+    whole part's table. ``lists``: candidate lists instead of the train stage's.
     """
-    data = part_data(workspace, part, models)
+    data = part_data(workspace, part, models, lists)
     context = FeatureContext(data)
     per_model = workspace.params.rerank.candidates_per_model
     size = block_users or workspace.params.rerank.block_users
@@ -195,6 +205,36 @@ def ranked_lists(frame: pd.DataFrame, scores: np.ndarray, k: int) -> pd.DataFram
             "score": table["score"].to_numpy(np.float32),
         }
     )
+
+
+def test_lists_for(workspace: Workspace, user_ids: Sequence[Any], llm_scorer=None) -> pd.DataFrame:
+    """The rerank stage's test-part lists for ``user_ids`` (original ids), computed as the stage computes them.
+
+    The train stage writes test-part candidate lists only for the users with
+    test events; this scores any other known user the same way: each candidate
+    model's ``full`` refit (train + val) gives its top ``evaluate.list_length``
+    (:func:`recforge.stages.train.recommend_frame`), then :func:`iter_part`
+    over the train + val history, the trained re-ranker and
+    :func:`ranked_lists`. Used by packaging to precompute every known user's list.
+    """
+    from recforge.stages.train import load_model, recommend_frame
+
+    params = workspace.params
+    length = params.evaluate.list_length
+    reranker, meta = load_reranker(params)
+    models = list(meta["models"])
+    context = workspace.context()
+    lists = {
+        name: recommend_frame(load_model(params, name, "full", context), user_ids, workspace.maps, length)
+        for name in models
+    }
+    blocks = [
+        ranked_lists(block, reranker.rerank(block), length)
+        for block in iter_part(workspace, "test", models, llm_scorer, lists=lists)
+    ]
+    if not blocks:
+        return pd.DataFrame({"user_id": [], "item_id": [], "rank": [], "score": []})
+    return pd.concat(blocks, ignore_index=True)
 
 
 def load_reranker(params: Params):

@@ -86,7 +86,7 @@ class ServeArgs(BaseModel):
     model_tag: str | None = Field(None, description="exact BentoML model-store tag, name:version")
     package_dir: str | None = Field(None, description="a package directory written by build_package")
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    model: str | None = Field(None, description="the model /recommend uses (default: best validation NDCG)")
+    model: str | None = Field(None, description="the model /recommend uses (default: serve.model, auto)")
     workers: int = Field(1, ge=1)
     threads: int = Field(1, ge=1, description="BLAS/OpenMP/torch threads per worker")
     access_log: bool = True

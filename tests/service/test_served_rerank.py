@@ -1,0 +1,118 @@
+"""The re-ranker served by default: every known user's list precomputed at package time, equal to offline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from recforge.engine import Engine, _val_score
+from recforge.packaging import build_package
+from recforge.params import load_params
+from recforge.pipeline import run_pipeline
+from tests.conftest import TINY, tmp_overrides
+
+MODELS = (
+    "recommenders={popularity: {}, itemknn: {neighbors: 20}, "
+    "gru: {plugin: sequential, cell: gru, dim: 16, max_len: 10, epochs: 2, min_epochs: 1, batch_size: 64}}"
+)
+RERANK = [
+    "rerank.enabled=true",
+    "rerank.folds=2",
+    "rerank.candidates_per_model=15",
+    "rerank.num_boost_round=40",
+    "rerank.early_stopping_rounds=10",
+    "encode.encoders=[tfidf]",
+    "evaluate.list_length=20",
+]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("served-rerank")
+    params = load_params(None, tmp_overrides(root) + TINY + [MODELS] + RERANK)
+    assert params.serve.model == "auto"  # the default
+    run_pipeline(params)
+    build_package(params, root / "package")
+    offline = pd.read_parquet(Path(params.paths.lists_dir) / "rerank" / "test.parquet")
+    return params, root / "package", offline
+
+
+def test_served_top10_equals_the_offline_test_top10_for_every_user(trained):
+    params, directory, offline = trained
+    engine = Engine.load(directory, device="cpu", model="rerank")
+    assert engine.metadata()["rerank_precomputed"] is True
+    k, checked = 10, 0
+    for user_id, expected in offline.groupby("user_id", sort=False):
+        expected = expected[expected["rank"] <= k].sort_values("rank")
+        answer = engine.recommend(user_id, k)
+        assert answer.model == "rerank"
+        assert [i.item_id for i in answer.items] == expected["item_id"].tolist(), user_id
+        np.testing.assert_allclose([i.score for i in answer.items], expected["score"], rtol=1e-6)
+        checked += 1
+    assert checked == offline["user_id"].nunique() >= 100
+    # known users the offline test part does not cover were scored at package time (none left unserved)
+    indptr = engine.reranker.lists[0]
+    assert len(indptr) == len(engine.maps.user_ids) + 1
+
+
+def test_the_precomputed_lists_are_the_online_reranker_s_lists(trained):
+    """The lookup and the online second stage (candidate models + features per request) agree for every user."""
+    _, directory, _ = trained
+    engine = Engine.load(directory, device="cpu", model="rerank")
+    reranker = engine.reranker
+    for user in range(len(engine.maps.user_ids)):
+        stored = reranker.precomputed(user, 10)
+        lists = {name: engine._top(name, user, reranker.per_model, True) for name in reranker.models}
+        items, scores = reranker.rank(user, lists, 10)
+        assert stored[0].tolist() == items.tolist(), user
+        np.testing.assert_allclose(stored[1], scores, rtol=1e-5, atol=1e-6)
+
+
+def test_package_step_scores_users_without_test_events_like_the_stage(trained):
+    """recforge.rerank.test_lists_for (what packaging uses for users the stage did not score) equals the stage."""
+    from recforge.rerank import test_lists_for
+    from recforge.workspace import Workspace
+
+    params, _, offline = trained
+    users = offline["user_id"].drop_duplicates().to_numpy()[::7]
+    again = test_lists_for(Workspace(params), users)
+    expected = offline[offline["user_id"].isin(users)]
+    pd.testing.assert_frame_equal(
+        again.sort_values(["user_id", "rank"]).reset_index(drop=True),
+        expected.sort_values(["user_id", "rank"]).reset_index(drop=True),
+        check_dtype=False,
+    )
+
+
+def test_auto_serves_the_reranker_when_best_on_validation(trained):
+    params, directory, _ = trained
+    engine = Engine.load(directory, device="cpu")  # serve.model: auto, from the packaged params
+    k = params.evaluate.k
+    singles = {name: _val_score(engine.metrics, name, k) for name in engine.models}
+    rerank_best = _val_score(engine.metrics, "rerank", k) >= max(singles.values())
+    meta = engine.metadata()
+    assert meta["model_reason"].startswith("auto: ")
+    if rerank_best:
+        assert meta["model"] == "rerank" and meta["rerank_served"] and "precomputed" in meta["model_reason"]
+    else:
+        assert meta["model"] == max(singles, key=singles.get) and meta["rerank_note"]
+    # asking for a single model by name serves it and says so
+    single = Engine.load(directory, device="cpu", model="itemknn").metadata()
+    assert single["model"] == "itemknn" and single["model_reason"] == "serve.model: itemknn"
+    assert single["rerank_served"] is False and "not asked for" in single["rerank_note"]
+
+
+def test_online_paths_still_answer_what_the_lists_cannot(trained):
+    """exclude_seen=False and k above the list length go through the online re-ranker."""
+    params, directory, offline = trained
+    engine = Engine.load(directory, device="cpu", model="rerank")
+    user_id = offline["user_id"].iloc[0]
+    length = params.evaluate.list_length
+    longer = engine.recommend(user_id, length + 5)
+    stored = offline[offline["user_id"] == user_id].sort_values("rank")["item_id"].tolist()
+    assert [i.item_id for i in longer.items][: len(stored)] == stored
+    with_seen = engine.recommend(user_id, 10, exclude_seen=False)
+    assert with_seen.model == "rerank" and len(with_seen.items) == 10
