@@ -116,3 +116,36 @@ def test_online_paths_still_answer_what_the_lists_cannot(trained):
     assert [i.item_id for i in longer.items][: len(stored)] == stored
     with_seen = engine.recommend(user_id, 10, exclude_seen=False)
     assert with_seen.model == "rerank" and len(with_seen.items) == 10
+
+
+def test_package_and_serve_take_the_same_params_flags_as_run(tmp_path, monkeypatch):
+    """`recforge package` / `recforge serve` read `-p FILE` and `-S key=value` exactly as `recforge run` does."""
+    import yaml
+    from typer.testing import CliRunner
+
+    import recforge.packaging
+    import recforge.stages.package
+    from recforge import cli
+
+    config = tmp_path / "quality.yaml"
+    config.write_text(yaml.safe_dump({"seed": 11, "serve": {"port": 3999}}))
+    seen = {}
+
+    def fake_package(params, build=None):
+        seen["package"] = params
+        return {"model_tag": "m:1", "bento_tag": None}
+
+    def fake_serve(params, port=None):
+        seen["serve"] = params
+        return ["true"], {}
+
+    monkeypatch.setattr(recforge.stages.package, "run_package", fake_package)
+    monkeypatch.setattr(recforge.packaging, "serve_command", fake_serve)
+    monkeypatch.setattr(cli.os, "execvpe", lambda *a: None)
+    runner = CliRunner()
+    for command in (["package", "--no-build"], ["serve"]):
+        flags = ["-p", str(config), "-S", "serve.model=gru", "--set", "evaluate.k=5"]
+        result = runner.invoke(cli.app, [*command, *flags])
+        assert result.exit_code == 0, result.output
+        params = seen[command[0]]
+        assert (params.seed, params.serve.port, params.serve.model, params.evaluate.k) == (11, 3999, "gru", 5)
