@@ -39,6 +39,7 @@ TEXTS = [
     "animated adventures for children and families",
     "documentaries about history and war",
 ]
+HISTORY_ITEMS = 30  # items per /recommend/history session (issue 14 measures 30)
 ENDPOINTS = ["/trivial", "/recommend", "/recommend/text", "/recommend/history", "/similar-items"]
 
 
@@ -133,7 +134,9 @@ async def run_cell(host, port, token, path, bodies, concurrency, max_requests, m
     }
 
 
-def bodies_for(path: str, users: list, items: list, k: int, rng: random.Random) -> list[bytes]:
+def bodies_for(
+    path: str, users: list, items: list, k: int, rng: random.Random, history_items: int = HISTORY_ITEMS
+) -> list[bytes]:
     def dump(obj) -> bytes:
         return json.dumps(obj).encode()
 
@@ -144,7 +147,7 @@ def bodies_for(path: str, users: list, items: list, k: int, rng: random.Random) 
     if path == "/recommend/text":
         return [dump({"text": t, "k": k}) for t in TEXTS]
     if path == "/recommend/history":
-        return [dump({"item_ids": rng.sample(items, min(len(items), 5)), "k": k}) for _ in range(200)]
+        return [dump({"item_ids": rng.sample(items, min(len(items), history_items)), "k": k}) for _ in range(200)]
     if path == "/similar-items":
         return [dump({"item_id": i, "k": k}) for i in rng.sample(items, min(len(items), 200))]
     if path == "/explain":
@@ -263,7 +266,7 @@ def in_process(params, users: list, items: list, k: int, repeats: int) -> list[d
     calls = {
         "/recommend": lambda i: engine.recommend(users[i % len(users)], k),
         "/recommend/text": lambda i: engine.recommend_text(TEXTS[i % len(TEXTS)], k),
-        "/recommend/history": lambda i: engine.recommend_history(rng.sample(items, 5), k),
+        "/recommend/history": lambda i: engine.recommend_history(rng.sample(items, HISTORY_ITEMS), k),
         "/similar-items": lambda i: engine.similar_items(items[i % len(items)], k),
         "/explain": lambda i: engine.explain(users[i % len(users)], items[i % len(items)]),
     }
@@ -300,6 +303,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=15.0, help="at most this long per cell")
     parser.add_argument("--warmup", type=int, default=50)
     parser.add_argument("-k", type=int, default=10)
+    parser.add_argument("--history-items", type=int, default=HISTORY_ITEMS, help="items per /recommend/history body")
     parser.add_argument(
         "--in-process",
         type=int,
@@ -348,7 +352,7 @@ def main() -> None:
         rows = []
         for path in endpoints:
             url = urlparse(ceiling_base if path == "/trivial" else base)
-            bodies = bodies_for(path, users, items, args.k, rng)
+            bodies = bodies_for(path, users, items, args.k, rng, args.history_items)
             asyncio.run(run_cell(url.hostname, url.port, args.token, path, bodies, 4, args.warmup, 30))
             for concurrency in [int(c) for c in args.concurrency.split(",")]:
                 row = asyncio.run(
