@@ -256,8 +256,9 @@ def _precompute_rerank(params: Params, workspace: Any, dest: Path) -> None:
     from recforge.rerank import NAME, test_lists_for
 
     path = Path(params.paths.lists_dir) / NAME / "test.parquet"
-    if not path.exists():
-        raise RecforgeError(f"{path}: not found; run `recforge stage rerank`")
+    if not path.exists():  # the re-ranker still answers, online, for every request
+        log.warning("%s: not found; no precomputed re-ranked lists (run `recforge stage rerank`)", path)
+        return
     maps = workspace.maps
     lists = pd.read_parquet(path)
     missing = maps.user_ids[~maps.user_ids.isin(lists["user_id"].unique())]
