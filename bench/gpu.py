@@ -77,7 +77,8 @@ def encoder_throughput(texts: list[str], device: str, batch: int, model: str | N
 
 
 def engine_calls(package: Path, device: str, users: list, items: list, n: int, model: str | None = None) -> dict:
-    from recforge.engine import Engine, limit_threads
+    from recforge.engine import Engine
+    from recforge.threads import limit_threads
 
     started = time.perf_counter()
     engine = Engine.load(package, device=device, model=model)

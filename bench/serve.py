@@ -257,7 +257,8 @@ def in_process(params, users: list, items: list, k: int, repeats: int) -> list[d
     """Latency of the Engine calls alone (no HTTP): what the server computes per request."""
     import bentoml
 
-    from recforge.engine import Engine, limit_threads
+    from recforge.engine import Engine
+    from recforge.threads import limit_threads
 
     packaged = json.loads((Path(params.paths.reports_dir) / "package.json").read_text())
     engine = Engine.load(bentoml.models.get(packaged["model_tag"]).path, device=params.serve.device)

@@ -339,7 +339,7 @@ def serve(
     """Serve the last packaged Bento on serve.host:serve.port (127.0.0.1:3000 by default)."""
 
     def body() -> None:
-        from recforge.packaging import serve_command
+        from recforge.bento import serve_command
 
         params = load_params(params_file, set_ or [])
         command, env = serve_command(params, port=port)

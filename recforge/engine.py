@@ -45,11 +45,10 @@ from recforge.schemas import (
     Recommendations,
     RecommendedItem,
 )
+from recforge.selection import AUTO, best_model, choose_model
 from recforge.text import item_titles
 
 log = logging.getLogger(__name__)
-
-AUTO = "auto"  # serve.model: the re-ranker when it is best on validation and can run online, else the best model
 
 
 @dataclass
@@ -123,7 +122,7 @@ class Engine:
             raise RecforgeError(f"{package.directory}: the package holds no models")
         metrics = package.metrics
         asked = model or params.serve.model or AUTO
-        primary, reason, reranker, rerank_note = _choose_model(asked, package, models, metrics, params.evaluate.k)
+        primary, reason, reranker, rerank_note = choose_model(asked, package, models, metrics, params.evaluate.k)
 
         engine = cls(
             directory=package.directory,
@@ -163,7 +162,7 @@ class Engine:
         lead = (
             self.primary
             if self.primary in self.models
-            else _best_model(self.models, self.metrics, self.params.evaluate.k)
+            else best_model(self.models, self.metrics, self.params.evaluate.k)
         )
         ordered = [lead] + [n for n in self.models if n != lead]
         self.text_model = next((n for n in ordered if isinstance(self.models[n], TextQuery)), None)
@@ -433,79 +432,3 @@ class Engine:
             "counts": self.manifest["counts"],
             "example_user_id": self.manifest["example_user_id"],
         }
-
-
-def limit_threads(threads: int) -> None:
-    """Cap BLAS/OpenMP/torch threads per worker process.
-
-    Requests multiply one row by small matrices: one thread is fastest, and
-    idle BLAS/OpenMP threads spinning beside torch's made a 0.05 ms product
-    take 20 ms under load. Throughput comes from workers and concurrency.
-    """
-    try:
-        from threadpoolctl import threadpool_limits
-
-        threadpool_limits(limits=threads)
-    except ImportError:
-        pass
-    try:
-        import torch
-
-        torch.set_num_threads(threads)
-    except ImportError:
-        pass
-
-
-def _choose_model(
-    asked: str, package: Package, models: dict[str, Any], metrics: dict[str, Any], k: int
-) -> tuple[str, str, OnlineReranker | None, str | None]:
-    """(served model, why, the re-ranker or None, why the re-ranker is not served or None).
-
-    ``asked``: a model name, ``rerank``, or ``auto``: the re-ranker when its
-    validation NDCG@k is the best (the rule of :func:`_best_model`) and it can
-    run online, else the best single model.
-    """
-    packaged = bool(package.manifest.get("rerank"))
-    if asked not in (AUTO, RERANK):
-        if asked not in models:
-            raise RecforgeError(f"serve.model '{asked}' is not in the package (models: {', '.join(models)})")
-        note = f"not asked for (serve.model: {asked})" if packaged else "no re-ranker in the package"
-        return asked, f"serve.model: {asked}", None, note
-    best_single = _best_model(models, metrics, k)
-    if asked == AUTO and not (packaged and _best_model([*models, RERANK], metrics, k) == RERANK):
-        note = (
-            f"{best_single} has a better validation ndcg@{k} than the re-ranker"
-            if packaged
-            else "no re-ranker in the package"
-        )
-        return (
-            best_single,
-            f"auto: the best validation ndcg@{k} ({_val_score(metrics, best_single, k):.4f})",
-            None,
-            note,
-        )
-    reranker, note = OnlineReranker.load(package, models)
-    if reranker is None:
-        if asked == RERANK:
-            raise RecforgeError(
-                f"serve.model '{RERANK}' cannot be served: {note} (models: {', '.join(models)})"
-                if packaged
-                else f"serve.model '{RERANK}' is not in the package (models: {', '.join(models)}); {note}"
-            )
-        why = f"auto: the re-ranker has the best validation ndcg@{k} but cannot run online ({note}); "
-        return best_single, why + f"{best_single} is the best single model", None, note
-    how = "known users from lists precomputed at package time" if reranker.lists is not None else "online"
-    score = f"{_val_score(metrics, RERANK, k):.4f} vs {best_single} {_val_score(metrics, best_single, k):.4f}"
-    why = "serve.model: rerank" if asked == RERANK else f"auto: the best validation ndcg@{k} ({score})"
-    return RERANK, f"{why}; {how}", reranker, None
-
-
-def _val_score(metrics: dict[str, Any], name: str, k: int) -> float:
-    """Validation NDCG@k of ``name`` (test NDCG@k when no validation figure; -inf when none)."""
-    m = metrics.get(name, {})
-    return float(m.get("val", {}).get(f"ndcg@{k}", m.get(f"ndcg@{k}", float("-inf"))))
-
-
-def _best_model(models, metrics: dict[str, Any], k: int) -> str:
-    """The packaged model with the best validation NDCG@k (test NDCG@k when no validation figure)."""
-    return max(models, key=lambda name: _val_score(metrics, name, k))

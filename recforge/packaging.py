@@ -1,15 +1,15 @@
-"""Packages: what the pipeline trained, in one checked directory; the model store, the Bento and the serve command.
+"""Packages: what the pipeline trained, in one checked directory, with a manifest that covers it exactly.
 
 ``build_package`` copies what the pipeline trained (the ``full`` part of every
 model, embeddings and fitted encoders, user profiles, id maps, the items
 table, the train+val histories, params and metrics) into one directory with a
 ``manifest.json`` that records the sha256 of every file. :class:`Package`
 reads one back, checking those checksums and each saved plugin's own
-meta.json checksums (:func:`recforge.artifacts.load_model_dir`). ``store_package`` puts a package in
-the BentoML model store as ``recforge-model:d<data hash>-p<params hash>-c<content hash>`` (the content
-hash covers every packaged file, so an entry is never rewritten with other content);
-``build_bento`` builds a Bento pinned to that exact tag; ``serve_command`` is
-what ``recforge serve`` runs.
+meta.json checksums (:func:`recforge.artifacts.load_model_dir`). The package's tag is
+``recforge-model:d<data hash>-p<params hash>-c<content hash>`` (the content
+hash covers every packaged file, so a model-store entry is never rewritten with
+other content); ``recforge.bento`` stores it, builds the Bento pinned to that
+tag and says how ``recforge serve`` runs it.
 
 The manifest covers the package's files exactly: a file that is not listed, a
 listed file that is missing, a key with ``..`` or an absolute key, a link or
@@ -21,17 +21,11 @@ there are some.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
 import os
-import secrets
-import shutil
 import stat
-import subprocess
-import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from functools import cached_property
@@ -40,7 +34,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import yaml
 
 from recforge.artifacts import (
     check_relative_key,
@@ -54,7 +47,6 @@ from recforge.artifacts import (
 from recforge.errors import RecforgeError
 from recforge.interactions import IdMaps, Interactions
 from recforge.params import Params
-from recforge.schemas import ServeArgs, is_loopback
 
 log = logging.getLogger(__name__)
 
@@ -443,187 +435,3 @@ class Package:
         except Exception as exc:
             log.warning("text encoder %s unavailable (%s); /recommend/text falls back to popular", name, exc)
             return None
-
-
-# ---- model store, Bento, serve command -------------------------------------------------------------------
-
-
-def serve_args(params: Params, **where: str | None) -> ServeArgs:
-    """The service's arguments from ``serve:`` in params; ``where`` is ``model_tag=`` or ``package_dir=``."""
-    serve = params.serve
-    return ServeArgs(
-        device=serve.device,
-        model=serve.model,
-        workers=serve.workers,
-        threads=serve.threads,
-        access_log=serve.access_log,
-        allowed_hosts=",".join(_allowed_hosts(serve)),
-        max_body_bytes=serve.max_body_bytes,
-        max_concurrency=serve.max_concurrency,
-        max_explained=serve.max_explained,
-        explain_budget_s=serve.explain_budget_s,
-        **where,
-    )
-
-
-def _allowed_hosts(serve: Any) -> list[str]:
-    """``serve.allowed_hosts`` plus the bind host when it is a name or address clients can use."""
-    hosts = list(serve.allowed_hosts)
-    # a comparison with the wildcard addresses (they are not names clients use), not a bind
-    if serve.host not in ("0.0.0.0", "::", "") and not is_loopback(serve.host) and serve.host not in hosts:  # nosec B104
-        hosts.append(serve.host)
-    return hosts
-
-
-def _bentoml_cli() -> str:
-    path = Path(sys.executable).with_name("bentoml")
-    return str(path) if path.exists() else "bentoml"
-
-
-def store_package(params: Params) -> tuple[str, dict[str, Any]]:
-    """Build the package into the BentoML model store; (tag, manifest).
-
-    The tag derives from the package's content hash: the same files reuse the
-    entry, other files (a retrain, a serve-only change in params.json) get a new
-    tag. An entry is never rewritten: one whose files are not those its tag
-    names is an error, so a Bento built earlier keeps serving what it was built with.
-    """
-    import bentoml
-    from bentoml.exceptions import NotFound
-
-    with tempfile.TemporaryDirectory(prefix="recforge-package-") as staging:
-        manifest = build_package(params, staging)
-        tag = manifest["tag"]
-        existing = None
-        with contextlib.suppress(NotFound):
-            existing = bentoml.models.get(tag)
-        if existing is not None:
-            try:
-                stored = Package.open(existing.path)
-                same = stored.manifest["checksums"] == manifest["checksums"]
-                why = "other files"
-            except RecforgeError as exc:
-                same, why = False, str(exc)
-            if not same:
-                raise RecforgeError(
-                    f"model store entry {tag} does not hold the files its tag names ({why}); it is never "
-                    f"rewritten: inspect it, remove it (`bentoml models delete {tag}`) and package again"
-                )
-            log.info("model %s already in the store with the same files", tag)
-        else:
-            with bentoml.models.create(
-                tag,
-                labels={"project": "recforge", "model": ",".join(manifest["models"])},
-                metadata={
-                    k: manifest[k] for k in ("data_hash", "params_hash", "content_hash", "counts", "models", "encoders")
-                },
-            ) as entry:
-                shutil.copytree(staging, entry.path, dirs_exist_ok=True)
-            Package.open(bentoml.models.get(tag).path)  # the entry holds exactly the package's files
-    log.info("saved %s to the BentoML model store", tag)
-    return tag, manifest
-
-
-def build_bento(args: ServeArgs, service_dir: Path = SERVICE_DIR) -> str:
-    """``bentoml build`` of a staging copy of ``service_dir`` with ``args`` (the exact model tag among
-    them: the Bento keeps its build arguments); returns the Bento tag."""
-    if not args.model_tag:
-        raise RecforgeError("a Bento serves an exact model tag; none given")
-    config = yaml.safe_load((service_dir / "bentofile.yaml").read_text())
-    with tempfile.TemporaryDirectory(prefix="recforge-bento-") as ctx_name:
-        ctx = Path(ctx_name)
-        shutil.copy2(service_dir / "service.py", ctx / "service.py")
-        python = dict(config.get("python") or {})
-        python["lock_packages"] = False
-        wheel = _build_wheel(ctx / "wheels")
-        if wheel is not None:
-            python["wheels"] = [f"wheels/{wheel.name}"]
-            config.setdefault("include", []).append(f"wheels/{wheel.name}")
-        python.setdefault("packages", ["recforge[torch,text,models,rerank,serve]"])
-        config["python"] = python
-        (ctx / "bentofile.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-        env = {**os.environ, "BENTOML_DO_NOT_TRACK": "True"}
-        command = [_bentoml_cli(), "build", str(ctx), "-o", "tag", *args.cli()]
-        done = subprocess.run(command, cwd=ctx, env=env, capture_output=True, text=True)
-        if done.returncode != 0:
-            raise RecforgeError(f"bentoml build failed:\n{done.stderr[-3000:] or done.stdout[-3000:]}")
-    lines = [line.strip() for line in done.stdout.splitlines() if line.strip()]
-    bento_tag = lines[-1].removeprefix("__tag__:") if lines else ""
-    log.info("built Bento %s (model %s)", bento_tag, args.model_tag)
-    return bento_tag
-
-
-def _build_wheel(dest: Path) -> Path | None:
-    """A wheel of this checkout so the Bento can be containerised; None when it cannot be built offline."""
-    if not (PROJECT_ROOT / "pyproject.toml").exists():
-        return None
-    dest.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="recforge-wheel-") as build_dir:
-        done = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "pip",
-                "wheel",
-                "-q",
-                "--no-deps",
-                "--no-build-isolation",
-                "-w",
-                str(dest),
-                str(PROJECT_ROOT),
-            ],
-            capture_output=True,
-            text=True,
-            env={**os.environ, "TMPDIR": build_dir},
-        )
-    wheels = sorted(dest.glob("recforge-*.whl"))
-    if done.returncode != 0 or not wheels:
-        log.warning(
-            "could not build a recforge wheel for the Bento (%s); it serves from this environment only",
-            done.stderr[-300:],
-        )
-        return None
-    return wheels[-1]
-
-
-def serve_command(params: Params, *, port: int | None = None) -> tuple[list[str], dict[str, str]]:
-    """The ``bentoml serve`` command line and environment for the last package (reports/package.json).
-
-    The Bento is served when it was built with the arguments params ask for now
-    (BentoML serves a Bento with the arguments it was built with); otherwise
-    ``service/`` is served from source with them, pinned to the same model tag.
-    """
-    record = Path(params.paths.reports_dir) / "package.json"
-    if not record.exists():
-        raise RecforgeError(f"{record}: nothing packaged yet; run `recforge package`")
-    packaged = json.loads(record.read_text())
-    args = serve_args(params, model_tag=packaged["model_tag"])
-    env = {**os.environ, "BENTOML_DO_NOT_TRACK": "True"}
-    for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        env.setdefault(name, str(params.serve.threads))
-    if params.serve.api_token and not env.get("RECFORGE_API_TOKEN"):
-        env["RECFORGE_API_TOKEN"] = params.serve.api_token
-    if not env.get("RECFORGE_API_TOKEN") and not is_loopback(params.serve.host):
-        # open by default is not an option off loopback: a token made here, shown once, never stored
-        env["RECFORGE_API_TOKEN"] = secrets.token_urlsafe(32)
-        print(
-            f"serve.host {params.serve.host} is not loopback and no token is set: every request but the health "
-            f"checks needs\n  Authorization: Bearer {env['RECFORGE_API_TOKEN']}\n(shown once; set "
-            "RECFORGE_API_TOKEN or serve.api_token to choose it)",
-            file=sys.stderr,
-            flush=True,
-        )
-    command = [_bentoml_cli(), "serve"]
-    bento = packaged.get("bento_tag")
-    if bento and packaged.get("serve_args") == args.model_dump():
-        command.append(bento)
-    else:
-        if bento:
-            log.warning(
-                "serve settings differ from those Bento %s was built with; serving service/ with the new ones "
-                "(`recforge package` rebuilds the Bento)",
-                bento,
-            )
-        command += ["service:Recforge", "--working-dir", str(SERVICE_DIR), *args.cli()]
-    command += ["--host", params.serve.host, "--port", str(port or params.serve.port)]
-    return command, env

@@ -75,7 +75,7 @@ class ServeArgs(BaseModel):
 
     ``recforge package`` builds the Bento with these (a built Bento keeps the
     arguments it was built with) and ``recforge serve`` passes them
-    (:func:`recforge.packaging.serve_command`). Exactly one of ``model_tag`` (an
+    (:func:`recforge.bento.serve_command`). Exactly one of ``model_tag`` (an
     exact model-store tag, never ``:latest``) and ``package_dir`` (a package
     directory, for development) names what is served. The API token is not an
     argument: it comes from the environment (``RECFORGE_API_TOKEN``) only.

@@ -371,7 +371,8 @@ class Recforge:
         model_ref = bentoml.models.BentoModel(ARGS.model_tag)
 
     def __init__(self) -> None:
-        from recforge.engine import Engine, limit_threads
+        from recforge.engine import Engine
+        from recforge.threads import limit_threads
 
         if ARGS.package_dir:
             directory = Path(ARGS.package_dir)

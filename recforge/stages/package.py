@@ -1,13 +1,13 @@
 """package: the trained pipeline -> BentoML model store -> a Bento.
 
-1. :func:`recforge.packaging.store_package` copies the served artifacts (every
+1. :func:`recforge.bento.store_package` copies the served artifacts (every
    model's ``full`` part, embeddings and encoder states, profiles, id maps,
    items, histories, params without secrets, metrics), each copied checked,
    into the model-store entry ``recforge-model:d<data hash>-p<params hash>-c<content
    hash>`` (the content hash covers every file: an entry is reused only for the
    same files and never rewritten); its manifest lists exactly the package's
    files with their sha256, checked again when the service loads it.
-2. :func:`recforge.packaging.build_bento` runs ``bentoml build`` on a staging
+2. :func:`recforge.bento.build_bento` runs ``bentoml build`` on a staging
    copy of ``service/`` with the service's arguments (``--arg``), the exact
    model tag among them, so the Bento bundles and serves exactly this model
    (never ``:latest``).
@@ -34,7 +34,7 @@ def run_package(params: Params, variant: str | None = None, *, build: bool | Non
     """
     os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
     from recforge.artifacts import write_json
-    from recforge.packaging import build_bento, serve_args, store_package
+    from recforge.bento import build_bento, serve_args, store_package
 
     tag, manifest = store_package(params)
     args = serve_args(params, model_tag=tag)

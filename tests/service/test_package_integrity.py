@@ -218,7 +218,7 @@ STORE = """
 import json, sys
 from pathlib import Path
 from recforge.errors import RecforgeError
-from recforge.packaging import store_package
+from recforge.bento import store_package
 from recforge.params import load_params
 
 overrides = json.loads(sys.argv[1])

@@ -8,10 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from recforge.engine import Engine, _val_score
+from recforge.engine import Engine
 from recforge.packaging import build_package
 from recforge.params import load_params
 from recforge.pipeline import run_pipeline
+from recforge.selection import val_score
 from tests.conftest import TINY, tmp_overrides
 
 MODELS = (
@@ -91,8 +92,8 @@ def test_auto_serves_the_reranker_when_best_on_validation(trained):
     params, directory, _ = trained
     engine = Engine.load(directory, device="cpu")  # serve.model: auto, from the packaged params
     k = params.evaluate.k
-    singles = {name: _val_score(engine.metrics, name, k) for name in engine.models}
-    rerank_best = _val_score(engine.metrics, "rerank", k) >= max(singles.values())
+    singles = {name: val_score(engine.metrics, name, k) for name in engine.models}
+    rerank_best = val_score(engine.metrics, "rerank", k) >= max(singles.values())
     meta = engine.metadata()
     assert meta["model_reason"].startswith("auto: ")
     if rerank_best:
@@ -123,7 +124,7 @@ def test_package_and_serve_take_the_same_params_flags_as_run(tmp_path, monkeypat
     import yaml
     from typer.testing import CliRunner
 
-    import recforge.packaging
+    import recforge.bento
     import recforge.stages.package
     from recforge import cli
 
@@ -140,7 +141,7 @@ def test_package_and_serve_take_the_same_params_flags_as_run(tmp_path, monkeypat
         return ["true"], {}
 
     monkeypatch.setattr(recforge.stages.package, "run_package", fake_package)
-    monkeypatch.setattr(recforge.packaging, "serve_command", fake_serve)
+    monkeypatch.setattr(recforge.bento, "serve_command", fake_serve)
     monkeypatch.setattr(cli.os, "execvpe", lambda *a: None)
     runner = CliRunner()
     for command in (["package", "--no-build"], ["serve"]):

@@ -226,7 +226,7 @@ def test_bento_pins_the_exact_model_tag(server):
 
 def test_serve_command_passes_typed_arguments(server, tmp_path):
     """`recforge serve` serves the Bento when params ask for what it was built with, else service/ with --arg."""
-    from recforge.packaging import serve_command
+    from recforge.bento import serve_command
     from recforge.params import load_params
 
     root = server["root"]
@@ -380,7 +380,7 @@ def test_explanations_are_bounded_per_request(server):
 
 
 def test_serve_on_a_public_host_makes_a_token_and_trusts_that_host(server, capsys, monkeypatch):
-    from recforge.packaging import serve_command
+    from recforge.bento import serve_command
     from recforge.params import load_params
 
     monkeypatch.delenv("RECFORGE_API_TOKEN", raising=False)
