@@ -151,8 +151,9 @@ def _not_scalar(value) -> bool:
 def _to_seconds(column: pd.Series, source: Path | str, name: str = "timestamp", lines: list[int] | None = None):
     """Integer Unix seconds from numbers or dates; a missing value stays missing (nullable Int64) for the gate."""
     if pd.api.types.is_integer_dtype(column) and not pd.api.types.is_bool_dtype(column):
-        if column.dtype == np.uint64 and len(column) and column.max() > _INT64_MAX:
-            position = int(np.flatnonzero(column.to_numpy() > _INT64_MAX)[0])
+        limit = np.iinfo(np.int64).max  # an int: compared as float, 2**63 .. 2**63 + 1023 passed and wrapped
+        if column.dtype == np.uint64 and len(column) and column.max() > limit:
+            position = int(np.flatnonzero(column.to_numpy() > limit)[0])
             raise RecforgeError(f"{_where(source, name, position, lines)}: timestamp out of range")
         return column.astype(np.int64 if not column.hasnans else "Int64")
     if pd.api.types.is_datetime64_any_dtype(column):
@@ -336,10 +337,6 @@ def _json_kind(value) -> str:
     return {list: "a list", str: "a string", bool: "a boolean", type(None): "null"}.get(type(value), "a number")
 
 
-def _read_json_lines(path: Path) -> list[dict]:
-    return _json_rows(path)[0]
-
-
 def _json_frame(path: Path) -> tuple[pd.DataFrame, list[int]]:
     rows, lines = _json_rows(path)
     try:
@@ -437,8 +434,8 @@ def _table(root: Path, params: DataParams) -> Tables:
     path = root if root.is_file() else _first(root, ["interactions.parquet", "interactions.csv"])
     frame = _read_table(path)
     mapping = {"user_id": "user_id", "item_id": "item_id", "timestamp": "timestamp", "rating": "rating"}
+    unknown = sorted(set(params.column_map) - set(mapping) - {"title", "text", "genres"})  # before the update
     mapping.update(params.column_map)
-    unknown = sorted(set(params.column_map) - set(mapping) - {"title", "text", "genres"})
     if unknown:
         raise RecforgeError(f"data.column_map: unknown canonical column(s) {', '.join(unknown)}")
     required = [mapping[c] for c in ("user_id", "item_id", "timestamp")]
