@@ -9,6 +9,7 @@ before any downstream output is written.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -303,10 +304,8 @@ def _plain(value: Any) -> Any:
     if value is None or value is pd.NA or value is pd.NaT:
         return None
     if hasattr(value, "item"):
-        try:
-            return value.item()
-        except (ValueError, AttributeError):
-            pass
+        with contextlib.suppress(ValueError, AttributeError):
+            value = value.item()  # numpy scalar -> Python; a NaN among them still becomes None below
     if isinstance(value, float) and value != value:
         return None
     if isinstance(value, (list, tuple)):

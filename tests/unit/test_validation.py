@@ -169,3 +169,16 @@ def test_mixed_id_types_fail_the_gate(tmp_path):
     checks = run_suites(raw_suites(Tables(frame, items), params), max_examples=5)
     failed = [(c.table, c.kwargs["column"], c.examples) for c in checks if not c.success]
     assert failed == [("interactions (id types)", "user_id", ["str: u1"])]
+
+
+def test_report_values_are_json_even_for_numpy_nan() -> None:
+    """A NaN example (numpy float) became NaN in validation.json, which is not JSON."""
+    import json
+
+    import numpy as np
+
+    from recforge.validation import _plain
+
+    assert _plain(np.float64("nan")) is None
+    assert _plain(np.float32(1.5)) == 1.5
+    assert json.loads(json.dumps([_plain(np.float64("nan")), _plain(np.int64(3))], allow_nan=False)) == [None, 3]
