@@ -8,7 +8,7 @@ import time
 import pandas as pd
 import pytest
 
-from recforge.data import loaders
+from recforge.data import parsing
 from recforge.data.loaders import kcore_filter, load, prepare
 from recforge.data.synthetic import generate
 from recforge.errors import RecforgeError
@@ -238,7 +238,7 @@ def test_amazon_rating_that_is_no_number_names_the_line(tmp_path):
 
 
 def test_json_line_longer_than_the_limit_is_refused(tmp_path, monkeypatch):
-    monkeypatch.setattr(loaders, "MAX_JSON_LINE_BYTES", 1000)
+    monkeypatch.setattr(parsing, "MAX_JSON_LINE_BYTES", 1000)
     (tmp_path / "reviews.json").write_text(json.dumps({**clean_reviews()[0], "reviewText": "x" * 2000}) + "\n")
     with pytest.raises(RecforgeError, match=r"reviews\.json:1: line longer than"):
         load(DataParams(format="amazon-reviews", path=str(tmp_path)))

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from recforge.data import loaders
+from recforge.data import loaders, parsing
 from recforge.data.loaders import Tables, load, prepare
 from recforge.errors import RecforgeError
 from recforge.params import DataParams
@@ -29,9 +29,9 @@ def test_integer_timestamps_stay_exact_and_missing_stays_missing():
     # catches integer seconds sent through float (2**53 + 1 rounded), and a missing value in a nullable
     # integer column not kept as <NA> for the data gate (or the column not int64 when none is missing)
     big = pd.Series([2**53 + 1, 5], dtype=np.int64)
-    out = loaders._to_seconds(big, "f")
+    out = parsing._to_seconds(big, "f")
     assert out.dtype == np.int64 and out.tolist() == [2**53 + 1, 5]
-    nullable = loaders._to_seconds(pd.Series([7, None], dtype="Int64"), "f")
+    nullable = parsing._to_seconds(pd.Series([7, None], dtype="Int64"), "f")
     assert str(nullable.dtype) == "Int64" and nullable[0] == 7 and nullable.isna().tolist() == [False, True]
 
 
@@ -40,10 +40,10 @@ def test_uint64_timestamps_beyond_int64_name_the_row_or_line():
     # and the error not naming the first bad row / line and the column. Found a bug: the check compared
     # with float(2**63 - 1) == 2**63, so 2**63 passed and wrapped to a negative timestamp
     top = pd.Series([2**63 - 1], dtype=np.uint64)
-    assert loaders._to_seconds(top, "f").tolist() == [2**63 - 1]
+    assert parsing._to_seconds(top, "f").tolist() == [2**63 - 1]
     bad = pd.Series([1, 2**63, 2**64 - 1], dtype=np.uint64)
-    assert _err(lambda: loaders._to_seconds(bad, "f", "ts")) == "f: data row 2, column ts: timestamp out of range"
-    message = _err(lambda: loaders._to_seconds(bad, "f", "ts", lines=[4, 9, 12]))
+    assert _err(lambda: parsing._to_seconds(bad, "f", "ts")) == "f: data row 2, column ts: timestamp out of range"
+    message = _err(lambda: parsing._to_seconds(bad, "f", "ts", lines=[4, 9, 12]))
     assert message == "f:9: ts: timestamp out of range"
 
 
@@ -51,34 +51,34 @@ def test_datetime_columns_become_utc_seconds():
     # catches naive datetimes not read as UTC (or compared with an aware epoch: TypeError), and aware ones
     # not converted to UTC
     naive = pd.Series(pd.to_datetime(["2020-01-01 00:00:00", "2020-01-02 00:00:00"]))
-    assert loaders._to_seconds(naive, "f").tolist() == [1577836800, 1577923200]
+    assert parsing._to_seconds(naive, "f").tolist() == [1577836800, 1577923200]
     aware = pd.Series(pd.to_datetime(["2020-01-01 01:00:00"]).tz_localize("Europe/Paris"))
-    assert loaders._to_seconds(aware, "f").tolist() == [1577836800]
+    assert parsing._to_seconds(aware, "f").tolist() == [1577836800]
 
 
 def test_float_and_text_numbers_truncate_and_keep_index():
     # catches fractions rounded or kept (a float result), a missing value in numeric text sending the
     # column to date parsing, and the result losing the column's index (misaligned on assignment)
-    floats = loaders._to_seconds(pd.Series([1.7, np.nan, -1.5]), "f")
+    floats = parsing._to_seconds(pd.Series([1.7, np.nan, -1.5]), "f")
     assert str(floats.dtype) == "Int64" and floats.tolist()[0] == 1 and floats.isna().tolist()[1] and floats[2] == -1
-    whole = loaders._to_seconds(pd.Series([1.9, 2.0]), "f")
+    whole = parsing._to_seconds(pd.Series([1.9, 2.0]), "f")
     assert whole.dtype == np.int64 and whole.tolist() == [1, 2]
-    text = loaders._to_seconds(pd.Series(["1", "2"], index=[5, 6], dtype=object), "f")
+    text = parsing._to_seconds(pd.Series(["1", "2"], index=[5, 6], dtype=object), "f")
     assert text.index.tolist() == [5, 6] and text.tolist() == [1, 2] and text.dtype == np.int64
-    gaps = loaders._to_seconds(pd.Series(["3", None], dtype=object), "f")
+    gaps = parsing._to_seconds(pd.Series(["3", None], dtype=object), "f")
     assert gaps[0] == 3 and gaps.isna().tolist() == [False, True]
 
 
 def test_float_timestamp_at_the_int64_limit_is_refused():
     # catches 2**63 (not representable as int64) accepted and wrapped around, and the message not showing it
-    message = _err(lambda: loaders._to_seconds(pd.Series([1.0, 2.0**63]), "f"))
+    message = _err(lambda: parsing._to_seconds(pd.Series([1.0, 2.0**63]), "f"))
     assert message.startswith("f: data row 2, column timestamp: timestamp out of range: ")
     assert "9.223372036854776e+18" in message
 
 
 def test_default_column_name_in_messages():
     # catches the default column name in error messages changed (users look for the `timestamp` column)
-    message = _err(lambda: loaders._to_seconds(pd.Series(["x"], dtype=object), "f"))
+    message = _err(lambda: parsing._to_seconds(pd.Series(["x"], dtype=object), "f"))
     assert message == "f: data row 1, column timestamp: neither a number nor a date: 'x'"
 
 
@@ -86,13 +86,13 @@ def test_dates_with_mixed_offsets_and_formats_name_the_bad_row():
     # catches the fallback parse done without utc (mixed offsets then fail as a whole and row 1 is blamed)
     # or without format='mixed' (a valid date in another format blamed), and the mixed-format message lost
     offsets = pd.Series(["2020-01-01T00:00+01:00", "2020-01-01T00:00+02:00", "yesterday"], dtype=object)
-    assert _err(lambda: loaders._to_seconds(offsets, "f")).startswith("f: data row 3, column timestamp:")
+    assert _err(lambda: parsing._to_seconds(offsets, "f")).startswith("f: data row 3, column timestamp:")
     formats = pd.Series(["2020-01-01", "01/02/2020", "yesterday"], dtype=object)
-    assert _err(lambda: loaders._to_seconds(formats, "f")) == (
+    assert _err(lambda: parsing._to_seconds(formats, "f")) == (
         "f: data row 3, column timestamp: neither a number nor a date: 'yesterday'"
     )
     mixed = pd.Series(["2020-01-01", "01/02/2020"], dtype=object)
-    assert _err(lambda: loaders._to_seconds(mixed, "f")) == (
+    assert _err(lambda: parsing._to_seconds(mixed, "f")) == (
         "f: timestamp column mixes date formats or time zones; give Unix seconds or ISO dates"
     )
 
@@ -406,15 +406,15 @@ def test_amazon_metadata_path_wins_over_the_directory_and_numeric_asins_match(tm
 def test_dates_before_the_epoch_floor_to_the_second():
     # catches datetime conversion dividing instead of floor-dividing: half a second before 1970 is second -1
     dates = pd.Series(pd.to_datetime(["1969-12-31 23:59:59.5"]))
-    assert loaders._to_seconds(dates, "f").tolist() == [-1]
+    assert parsing._to_seconds(dates, "f").tolist() == [-1]
 
 
 def test_first_line_of_an_error():
     # catches the exception's first line replaced by its type name (or the reverse for an empty message), and
     # the 300-character cut
-    assert loaders._first_line(ValueError(" a\nb ")) == "a"
-    assert loaders._first_line(ValueError("")) == "ValueError"
-    assert loaders._first_line(ValueError("x" * 400)) == "x" * 300
+    assert parsing._first_line(ValueError(" a\nb ")) == "a"
+    assert parsing._first_line(ValueError("")) == "ValueError"
+    assert parsing._first_line(ValueError("x" * 400)) == "x" * 300
 
 
 def test_flatten_categories_and_ids_and_text():
@@ -424,14 +424,14 @@ def test_flatten_categories_and_ids_and_text():
     assert loaders._flatten_categories("Books") == "Books" and loaders._flatten_categories(None) == ""
     ids = loaders._ids(pd.Series([True, {"a": 1}, "s", None])).tolist()
     assert ids[:3] == ["true", '{"a": 1}', "s"] and pd.isna(ids[3])
-    assert loaders._text(pd.Series([[1, 2], None, 3, "t"])).tolist() == ["[1, 2]", "", "3", "t"]
+    assert parsing._text(pd.Series([[1, 2], None, 3, "t"])).tolist() == ["[1, 2]", "", "3", "t"]
 
 
 def test_numbers_refuse_booleans_and_keep_the_index():
     # catches a boolean column accepted as 0/1 ratings, and parsed values losing the column's index
-    message = _err(lambda: loaders._numbers(pd.Series([True, False]), "f", "rating"))
+    message = _err(lambda: parsing._numbers(pd.Series([True, False]), "f", "rating"))
     assert message == "f: data row 1, column rating: not a number: True"
-    assert loaders._numbers(pd.Series(["1.5", None], index=[4, 5], dtype=object), "f", "r").index.tolist() == [4, 5]
+    assert parsing._numbers(pd.Series(["1.5", None], index=[4, 5], dtype=object), "f", "r").index.tolist() == [4, 5]
 
 
 @pytest.mark.parametrize(
@@ -451,23 +451,23 @@ def test_json_lines_errors_and_blank_lines(tmp_path, monkeypatch):
     # limit shown in MiB, and a corrupt gzip file without its reason
     path = tmp_path / "r.json"
     path.write_bytes(b'{"a": 1}\n\n{"a": 2}\n')
-    assert loaders._json_rows(path) == ([{"a": 1}, {"a": 2}], [1, 3])
+    assert parsing._json_rows(path) == ([{"a": 1}, {"a": 2}], [1, 3])
     path.write_bytes(b'{"a": 1}\n{"\xff": 1}\n')
-    assert _err(lambda: loaders._json_rows(path)) == f"{path}:2: not UTF-8 (byte b'\\xff' at column 3)"
+    assert _err(lambda: parsing._json_rows(path)) == f"{path}:2: not UTF-8 (byte b'\\xff' at column 3)"
     path.write_text('{"a": }\n')
-    assert _err(lambda: loaders._json_rows(path)) == f"{path}:1: malformed JSON line (Expecting value)"
+    assert _err(lambda: parsing._json_rows(path)) == f"{path}:1: malformed JSON line (Expecting value)"
     path.write_text("[" * 100_000 + "]" * 100_000 + "\n")
-    assert _err(lambda: loaders._json_rows(path)) == f"{path}:1: malformed JSON line (RecursionError)"
-    monkeypatch.setattr(loaders, "MAX_JSON_LINE_BYTES", 2**20)
+    assert _err(lambda: parsing._json_rows(path)) == f"{path}:1: malformed JSON line (RecursionError)"
+    monkeypatch.setattr(parsing, "MAX_JSON_LINE_BYTES", 2**20)
     path.write_bytes(b'{"a": "' + b"x" * (2**20 - 10) + b'"}\n')  # exactly the limit, newline included
-    assert len(path.read_bytes()) == 2**20 and loaders._json_rows(path)[1] == [1]
+    assert len(path.read_bytes()) == 2**20 and parsing._json_rows(path)[1] == [1]
     path.write_bytes(b'{"a": "' + b"x" * (2**20 - 9) + b'"}\n')
-    assert _err(lambda: loaders._json_rows(path)) == f"{path}:1: line longer than 1 MiB"
+    assert _err(lambda: parsing._json_rows(path)) == f"{path}:1: line longer than 1 MiB"
     import gzip
 
     gz = tmp_path / "r.json.gz"
     gz.write_bytes(gzip.compress(b'{"a": 1}\n' * 1000)[:-20])
-    message = _err(lambda: loaders._json_rows(gz))
+    message = _err(lambda: parsing._json_rows(gz))
     assert message.startswith(f"{gz}: truncated or corrupt gzip file after line ") and message.endswith(
         "(Compressed file ended before the end-of-stream marker was reached)"
     )
@@ -477,16 +477,16 @@ def test_csv_read_errors_name_file_and_cause(tmp_path):
     # catches the empty-file, encoding (which encoding, which byte, where) and malformed-file messages lost
     path = tmp_path / "ratings.csv"
     path.write_text("")
-    assert _err(lambda: loaders._read_csv(path)) == f"{path}: empty file"
+    assert _err(lambda: parsing._read_csv(path)) == f"{path}: empty file"
     path.write_bytes(b"a,b\n1,\xff\n")
-    message = _err(lambda: loaders._read_csv(path))
+    message = _err(lambda: parsing._read_csv(path))
     assert message.startswith(f"{path}: not UTF-8 text (byte b'\\xff' at offset ") and message.endswith(
         " of a read block)"
     )
-    assert _err(lambda: loaders._read_csv(path, encoding="ascii")).startswith(f"{path}: not ascii text (byte b'\\xff'")
+    assert _err(lambda: parsing._read_csv(path, encoding="ascii")).startswith(f"{path}: not ascii text (byte b'\\xff'")
     path.write_text('a,b\n"1,2\n')
-    assert _err(lambda: loaders._read_csv(path)).startswith(f"{path}: malformed file (Error tokenizing data.")
-    assert _err(lambda: loaders._need(tmp_path)) == f"{tmp_path}: not a file"
+    assert _err(lambda: parsing._read_csv(path)).startswith(f"{path}: malformed file (Error tokenizing data.")
+    assert _err(lambda: parsing._need(tmp_path)) == f"{tmp_path}: not a file"
     bad = tmp_path / "x.parquet"
     bad.write_bytes(b"not parquet")
     assert _err(lambda: loaders._read_table(bad)) == f"{bad}: malformed Parquet file (ArrowInvalid)"
@@ -496,21 +496,21 @@ def test_fields_and_columns_messages(tmp_path):
     # catches the expected field names, or the found columns (cut after 20 with ', ...'), misprinted
     path = tmp_path / "u.data"
     path.write_text("1\t2\t3\n")
-    assert _err(lambda: loaders._read_fields(path, ["a", "b"], sep="\t")) == (
+    assert _err(lambda: parsing._read_fields(path, ["a", "b"], sep="\t")) == (
         f"{path}: expected 2 fields per line (a, b), found 3"
     )
     twenty = pd.DataFrame(columns=[f"c{i}" for i in range(20)])
-    message = _err(lambda: loaders._require_columns(twenty, ["x", "y"], "src"))
+    message = _err(lambda: parsing._require_columns(twenty, ["x", "y"], "src"))
     assert message == f"src: missing column(s) x, y (found: {', '.join(f'c{i}' for i in range(20))})"
     more = pd.DataFrame(columns=[f"c{i}" for i in range(21)])
-    message = _err(lambda: loaders._require_columns(more, ["x"], "src"))
+    message = _err(lambda: parsing._require_columns(more, ["x"], "src"))
     assert message == f"src: missing column(s) x (found: {', '.join(f'c{i}' for i in range(20))}, ...)"
 
 
 def test_show_cuts_long_values_at_60():
     # catches long values not cut (a huge cell floods the error) or cut at another length
-    assert loaders._show("x" * 58) == repr("x" * 58)
-    assert loaders._show("x" * 59) == repr("x" * 59)[:57] + "..."
+    assert parsing._show("x" * 58) == repr("x" * 58)
+    assert parsing._show("x" * 59) == repr("x" * 59)[:57] + "..."
 
 
 def test_table_items_path_wins_and_item_key_falls_back(tmp_path):
@@ -528,7 +528,7 @@ def test_table_items_path_wins_and_item_key_falls_back(tmp_path):
 def test_uint64_error_names_the_first_row_beyond_int64():
     # catches the row search counting the largest int64 itself as out of range
     bad = pd.Series([2**63 - 1, 2**63], dtype=np.uint64)
-    assert _err(lambda: loaders._to_seconds(bad, "f")) == "f: data row 2, column timestamp: timestamp out of range"
+    assert _err(lambda: parsing._to_seconds(bad, "f")) == "f: data row 2, column timestamp: timestamp out of range"
 
 
 def test_movielens_1m_numeric_titles_and_empty_genres_are_text(tmp_path):
