@@ -27,6 +27,19 @@ TINY = [
     "data.synthetic.num_interactions=2400",
     "data.synthetic.num_topics=4",
 ]
+# a small two-stage configuration: three candidate models (one sequential) and a quick LambdaRank
+TINY_RERANK_MODELS = (
+    "recommenders={popularity: {}, itemknn: {neighbors: 20}, "
+    "gru: {plugin: sequential, cell: gru, dim: 16, max_len: 10, epochs: 2, min_epochs: 1, batch_size: 64}}"
+)
+TINY_RERANK = [
+    "rerank.enabled=true",
+    "rerank.folds=2",
+    "rerank.candidates_per_model=15",
+    "rerank.num_boost_round=40",
+    "rerank.early_stopping_rounds=10",
+    "encode.encoders=[tfidf]",
+]
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from recforge.packaging import build_package, model_version, params_hash
 from recforge.params import load_params
 from recforge.pipeline import run_pipeline
 from recforge.schemas import BadRequestError, NotFoundError
-from tests.conftest import TINY, tmp_overrides
+from tests.conftest import TINY, TINY_RERANK, TINY_RERANK_MODELS, tmp_overrides
 
 
 @pytest.fixture(scope="module")
@@ -131,19 +131,7 @@ def test_served_reranker_matches_the_offline_test_lists(tmp_path):
     import numpy as np
     import pandas as pd
 
-    models = (
-        "recommenders={popularity: {}, itemknn: {neighbors: 20}, "
-        "gru: {plugin: sequential, cell: gru, dim: 16, max_len: 10, epochs: 2, min_epochs: 1, batch_size: 64}}"
-    )
-    rerank = [
-        "rerank.enabled=true",
-        "rerank.folds=2",
-        "rerank.candidates_per_model=15",
-        "rerank.num_boost_round=40",
-        "rerank.early_stopping_rounds=10",
-        "encode.encoders=[tfidf]",
-        "serve.model=rerank",
-    ]
+    models, rerank = TINY_RERANK_MODELS, [*TINY_RERANK, "serve.model=rerank"]
     params = load_params(None, tmp_overrides(tmp_path) + TINY + [models] + rerank)
     run_pipeline(params)
     build_package(params, tmp_path / "package")

@@ -12,7 +12,6 @@ Bounded in examples per operation so the whole run stays well under a minute.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -35,6 +34,7 @@ from schemathesis.specs.openapi.checks import (  # noqa: E402
 )
 
 from tests.conftest import PROJECT_ROOT, TINY, tmp_overrides  # noqa: E402
+from tests.service.server import served  # noqa: E402
 from tests.service.test_service import MODELS, RECFORGE, free_port  # noqa: E402
 
 TOKEN = "schemathesis-token"
@@ -61,40 +61,13 @@ def live(tmp_path_factory):
     assert done.returncode == 0, done.stderr[-3000:]
     build_package(load_params(None, overrides), root / "package")
     port = free_port()
-    log = open(root / "serve.log", "w")  # noqa: SIM115 - the server writes to it until the fixture ends
     bentoml_cli = str(Path(sys.executable).with_name("bentoml"))
-    process = subprocess.Popen(
-        [bentoml_cli, "serve", "service:Recforge", "--working-dir", str(PROJECT_ROOT / "service")]
-        + ["--host", "127.0.0.1", "--port", str(port), "--arg", f"package_dir={root / 'package'}"]
-        + ["--arg", "device=cpu", "--arg", "access_log=false"],
-        cwd=root,
-        env={**env, "RECFORGE_API_TOKEN": TOKEN},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"server exited: {(root / 'serve.log').read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"server not ready in 120 s: {(root / 'serve.log').read_text()[-3000:]}")
-            time.sleep(0.5)
+    command = [bentoml_cli, "serve", "service:Recforge", "--working-dir", str(PROJECT_ROOT / "service")]
+    command += ["--host", "127.0.0.1", "--port", str(port), "--arg", f"package_dir={root / 'package'}"]
+    command += ["--arg", "device=cpu", "--arg", "access_log=false"]
+    env = {**env, "RECFORGE_API_TOKEN": TOKEN}
+    with served(command, port=port, cwd=root, env=env, log_path=root / "serve.log") as base:
         yield {"base": base, "log": root / "serve.log"}
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-        log.close()
 
 
 def run_schemathesis(base: str, token: str | None) -> dict:

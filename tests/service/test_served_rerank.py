@@ -13,21 +13,10 @@ from recforge.packaging import build_package
 from recforge.params import load_params
 from recforge.pipeline import run_pipeline
 from recforge.selection import val_score
-from tests.conftest import TINY, tmp_overrides
+from tests.conftest import TINY, TINY_RERANK, TINY_RERANK_MODELS, tmp_overrides
 
-MODELS = (
-    "recommenders={popularity: {}, itemknn: {neighbors: 20}, "
-    "gru: {plugin: sequential, cell: gru, dim: 16, max_len: 10, epochs: 2, min_epochs: 1, batch_size: 64}}"
-)
-RERANK = [
-    "rerank.enabled=true",
-    "rerank.folds=2",
-    "rerank.candidates_per_model=15",
-    "rerank.num_boost_round=40",
-    "rerank.early_stopping_rounds=10",
-    "encode.encoders=[tfidf]",
-    "evaluate.list_length=20",
-]
+MODELS = TINY_RERANK_MODELS
+RERANK = [*TINY_RERANK, "evaluate.list_length=20"]
 
 
 @pytest.fixture(scope="module")

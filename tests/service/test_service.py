@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -22,6 +21,7 @@ import httpx
 import pytest
 
 from tests.conftest import PROJECT_ROOT, TINY, tmp_overrides
+from tests.service.server import served
 
 RECFORGE = str(Path(sys.executable).parent / "recforge")
 TOKEN = "test-token-123"
@@ -54,38 +54,12 @@ def server(tmp_path_factory):
         assert done.returncode == 0, done.stderr[-3000:]
     packaged = json.loads((root / "reports" / "package.json").read_text())
     port = free_port()
-    log = open(root / "serve.log", "w")  # noqa: SIM115 - the server writes to it until the fixture ends
-    process = subprocess.Popen(
-        [RECFORGE, "serve", "--port", str(port), *flags],
-        cwd=root,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    try:
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"server exited: {(root / 'serve.log').read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"server not ready in 120 s: {(root / 'serve.log').read_text()[-3000:]}")
-            time.sleep(0.5)
-        with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30) as client:
-            yield {"client": client, "base": base, "root": root, "packaged": packaged, "env": env}
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-        log.close()
+    command = [RECFORGE, "serve", "--port", str(port), *flags]
+    with (
+        served(command, port=port, cwd=root, env=env, log_path=root / "serve.log") as base,
+        httpx.Client(base_url=base, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30) as client,
+    ):
+        yield {"client": client, "base": base, "root": root, "packaged": packaged, "env": env}
 
 
 def post(server, path: str, body) -> httpx.Response:
