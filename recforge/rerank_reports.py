@@ -18,6 +18,7 @@ from recforge.artifacts import atomic_path, write_text
 from recforge.features import (
     LLM_PREFIXES,
     TEXT_PREFIXES,
+    TIMELINE_FEATURES,
     feature_columns,
     group_sizes,
     labels_for,
@@ -106,6 +107,9 @@ def ablations(
         variants.append(("without text/LLM features", [f for f in features if f not in text and f not in llm], None))
     if llm:
         variants.append(("without LLM feature", [f for f in features if f not in llm], None))
+    timeline = [f for f in features if f in TIMELINE_FEATURES]
+    if timeline:
+        variants.append(("without timeline features", [f for f in features if f not in timeline], None))
     if len(models) > 1:
         for name in models:
             drop = set(model_columns(val_frame, name))
