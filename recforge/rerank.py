@@ -97,13 +97,13 @@ def part_data(
 
 def written_profiles(params: Params, part: str, encoders: Sequence[str]) -> dict[str, np.ndarray]:
     """The encode stage's user profile vectors of ``part`` for those of ``encoders`` it wrote."""
-    from recforge.profiles import UserProfiles
+    from recforge.profiles import load_profiles
 
     directory = Path(params.paths.profiles_dir) / part
     if not (directory / "users.json").exists():
         return {}
     available = [name for name in encoders if (directory / f"{name}.npz").exists()]
-    return dict(UserProfiles.load(directory, available).vectors) if available else {}
+    return dict(load_profiles(params, part, available).vectors) if available else {}
 
 
 def iter_part(
