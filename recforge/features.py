@@ -42,6 +42,7 @@ DENSE_TRANSITIONS_MAX = (
 # feature groups (for ablations): name -> predicate on a column name
 TEXT_PREFIXES = ("sim_",)
 LLM_PREFIXES = ("llm_",)
+SENTIMENT_PREFIXES = ("sent_",)
 # features that read the global timeline (other users' events relative to this user's cut-off):
 # under leave-last-out they can carry information from after the user's last event
 TIMELINE_FEATURES = ("item_age_days", "item_pop_recent", "item_pop_user_window")

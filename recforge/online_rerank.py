@@ -46,7 +46,7 @@ class OnlineReranker:
     @classmethod
     def load(cls, package: Package, models: dict[str, Any]) -> tuple[OnlineReranker | None, str | None]:
         """(the re-ranker, None), or (None, why it cannot be served) when the package's re-ranker cannot run online."""
-        from recforge.features import FeatureContext, PartData
+        from recforge.features import LLM_PREFIXES, SENTIMENT_PREFIXES, FeatureContext, PartData
         from recforge.profiles import settings_from_params
 
         folder = package.directory / RERANK
@@ -56,7 +56,7 @@ class OnlineReranker:
         if meta.get("fallback"):
             return None, f"no re-ranker was trained (the lists used {meta['fallback']})"
         missing = [m for m in meta["models"] if m not in models]
-        offline_only = [f for f in meta["features"] if f.startswith(("llm_", "sent_"))]
+        offline_only = [f for f in meta["features"] if f.startswith(LLM_PREFIXES + SENTIMENT_PREFIXES)]
         if missing:
             return None, f"candidate models {missing} are not in the package"
         if offline_only:
@@ -74,6 +74,7 @@ class OnlineReranker:
             embeddings={name: package.embeddings(name) for name in meta["encoders"]},
             text_fields=params.encode.fields,
             profile_settings=settings_from_params(params),
+            profiles=package.profiles(list(meta["encoders"])),  # as the rerank stage reads them offline
         )
         model, _ = load_model_dir(folder, registry.rerankers, meta=meta)
         stored = package.rerank_lists()
