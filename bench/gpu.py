@@ -30,7 +30,6 @@ import asyncio
 import json
 import os
 import random
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -41,7 +40,17 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from serve import TEXTS, bodies_for, free_port, markdown, run_cell, start_trivial, stop, wait_ready  # noqa: E402
+from serve import (  # noqa: E402
+    TEXTS,
+    bentoml_serve,
+    bodies_for,
+    free_port,
+    markdown,
+    run_cell,
+    start_trivial,
+    stop,
+    wait_ready,
+)
 
 
 def percentiles(times: list[float]) -> dict:
@@ -111,28 +120,10 @@ def http_check(package: Path, users: list, items: list, seconds: float, log_path
     import httpx
 
     port, trivial_port = free_port(), free_port()
-    env = {**os.environ, "BENTOML_DO_NOT_TRACK": "True"}
+    env = {**os.environ}
     env.pop("RECFORGE_API_TOKEN", None)
-    bentoml_cli = Path(sys.executable).with_name("bentoml")
-    command = [
-        str(bentoml_cli) if bentoml_cli.exists() else "bentoml",
-        "serve",
-        "service:Recforge",
-        "--working-dir",
-        str(ROOT / "service"),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--arg",
-        f"package_dir={package}",
-        "--arg",
-        f"device={device}",
-        "--arg",
-        "access_log=false",
-    ]
-    with open(log_path, "w") as log:
-        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    args = {"package_dir": package, "device": device, "access_log": False}
+    process = bentoml_serve("service:Recforge", ROOT / "service", port, args, log_path, env)
     trivial = start_trivial(trivial_port, log_path.with_suffix(".trivial.log"))
     base = f"http://127.0.0.1:{port}"
     try:

@@ -179,32 +179,34 @@ def start_server(
         )
 
 
-def start_trivial(port: int, log_path: Path, *, workers: int = 1, access_log: bool = False) -> subprocess.Popen:
-    """The ceiling service (bench/trivial_service.py) on 127.0.0.1:``port``."""
+def bentoml_serve(
+    target: str,
+    working_dir: Path,
+    port: int,
+    args: dict[str, object],
+    log_path: Path,
+    env: dict[str, str] | None = None,
+) -> subprocess.Popen:
+    """``bentoml serve TARGET`` from ``working_dir`` on 127.0.0.1:``port`` with typed ``--arg``s, logging to ``log_path``."""
     bentoml_cli = Path(sys.executable).with_name("bentoml")
-    command = [
-        str(bentoml_cli) if bentoml_cli.exists() else "bentoml",
-        "serve",
-        "trivial_service:Trivial",
-        "--working-dir",
-        str(ROOT / "bench"),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--arg",
-        f"workers={workers}",
-        "--arg",
-        f"access_log={str(access_log).lower()}",
-    ]
-    with open(log_path, "w") as log:
+    command = [str(bentoml_cli) if bentoml_cli.exists() else "bentoml", "serve", target]
+    command += ["--working-dir", str(working_dir), "--host", "127.0.0.1", "--port", str(port)]
+    for key, value in args.items():
+        command += ["--arg", f"{key}={str(value).lower() if isinstance(value, bool) else value}"]
+    with open(log_path, "w") as log:  # the server keeps its own copy of the descriptor
         return subprocess.Popen(
             command,
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            env={**os.environ, "BENTOML_DO_NOT_TRACK": "True"},
+            env={**(os.environ if env is None else env), "BENTOML_DO_NOT_TRACK": "True"},
         )
+
+
+def start_trivial(port: int, log_path: Path, *, workers: int = 1, access_log: bool = False) -> subprocess.Popen:
+    """The ceiling service (bench/trivial_service.py) on 127.0.0.1:``port``."""
+    args = {"workers": workers, "access_log": access_log}
+    return bentoml_serve("trivial_service:Trivial", ROOT / "bench", port, args, log_path)
 
 
 def stop(process: subprocess.Popen | None) -> None:
