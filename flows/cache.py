@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from fnmatch import fnmatch
 from pathlib import Path
 
-from recforge.artifacts import read_json, write_json
+from recforge.artifacts import read_json, sha256_file, write_json
 from recforge.params import Params
 from recforge.stages import IGNORED_INPUTS, get_stage, select
 
@@ -50,10 +50,9 @@ def hash_paths(paths: Iterable[Path]) -> str:
         root = Path(root)
         digest.update(f"\x00{root.name}".encode())
         for file in _files(root):
-            digest.update(f"\x01{file.relative_to(root) if file != root else file.name}".encode())
-            with open(file, "rb") as handle:
-                for block in iter(lambda: handle.read(1 << 20), b""):
-                    digest.update(block)
+            digest.update(
+                f"\x01{file.relative_to(root) if file != root else file.name}\x02{sha256_file(file)}".encode()
+            )
     return digest.hexdigest()
 
 
