@@ -75,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="/tmp/bench-rerank")
     parser.add_argument("--retrain", action="store_true", help="re-run ingest .. train even if lists exist")
     parser.add_argument("--no-ablations", action="store_true")
+    parser.add_argument("--tag", default="", help="suffix of the results file (bench/results/rerank_<data><tag>.md)")
     parser.add_argument("-S", "--set", dest="overrides", action="append", default=[])
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -101,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     name = Path(args.path).name if args.path else args.format
     results = Path(__file__).resolve().parent / "results"
     results.mkdir(exist_ok=True)
-    (results / f"rerank_{name}.md").write_text(
+    (results / f"rerank_{name}{args.tag}.md").write_text(
         f"<!-- {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: python bench/rerank.py "
         + " ".join(argv if argv is not None else sys.argv[1:])
         + " -->\n"

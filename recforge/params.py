@@ -144,8 +144,9 @@ class RerankParams(_Section):
     candidates (None: all configured). ``encoders``: encoders giving
     similarity features (None: encode.encoders). ``folds``: LambdaRank models
     over user-disjoint folds of the validation users, averaged. ``llm_scorer``:
-    add the local LLM's log P(yes) feature for each user's top
-    ``llm_candidates`` (slow on CPU, off by default). ``ablations``: also retrain without each feature group and
+    add the local LLM's listwise feature for each user's top ``llm_candidates``
+    (one forward pass per user, recforge.llm_scorer; off by default). ``ablations``: also retrain without each
+    feature group and
     each recommender (reports/rerank_ablation.*; bench/rerank.py turns it on). ``sentiment``: review
     sentiment features when interactions carry a ``review`` column.
     ``options``: extra re-ranker plugin options (e.g. min_data_in_leaf).
@@ -169,9 +170,10 @@ class RerankParams(_Section):
     sentiment: bool = True
     llm_scorer: bool = False
     llm_model: str | None = None
-    llm_candidates: int = Field(20, ge=1)
-    llm_history: int = Field(5, ge=1)
-    llm_batch_size: int = Field(16, ge=1)
+    llm_candidates: int = Field(20, ge=1, le=26)  # lettered options A-Z in one prompt per user
+    llm_history: int = Field(5, ge=1, le=50)
+    llm_title_words: int = Field(6, ge=1, le=30)  # titles are cut to this many words in the prompt
+    llm_batch_size: int = Field(8, ge=1, le=256)
     options: dict[str, Any] = Field(default_factory=dict)
 
 
