@@ -17,7 +17,9 @@ of :mod:`recforge.schemas`.
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,6 +52,46 @@ from recforge.text import item_titles
 
 log = logging.getLogger(__name__)
 
+EXPLANATION_CACHE_SIZE = 10_000  # (user, item) explanations kept by the service
+
+
+class ExplanationCache:
+    """A bounded, thread-safe LRU of explanation texts keyed by (dense user, item index).
+
+    A package is immutable once loaded, so the same (user, item) always gets
+    the same evidence: an explanation (generated or template) is computed once.
+    """
+
+    def __init__(self, size: int = EXPLANATION_CACHE_SIZE) -> None:
+        self.size = max(0, int(size))
+        self._entries: OrderedDict[tuple[int, int], str] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: tuple[int, int]) -> str | None:
+        with self._lock:
+            text = self._entries.get(key)
+            if text is None:
+                self.misses += 1
+                return None
+            self._entries.move_to_end(key)
+            self.hits += 1
+            return text
+
+    def put(self, key: tuple[int, int], text: str) -> None:
+        if self.size == 0:
+            return
+        with self._lock:
+            self._entries[key] = text
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.size:
+                self._entries.popitem(last=False)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._entries)
+
 
 @dataclass
 class Engine:
@@ -76,6 +118,8 @@ class Engine:
     similar_model: str | None = None
     explainer: Any = None
     explainer_name: str = "builtin"
+    profiles: Any = None  # the packaged user profiles (keywords, genres) explanations read; None: none packaged
+    explanations: ExplanationCache = field(default_factory=ExplanationCache)
     # models with cached user states (UserStates): name -> states [n_users, dim]
     states: dict[str, np.ndarray] = field(default_factory=dict)
     reranker: OnlineReranker | None = None
@@ -159,6 +203,7 @@ class Engine:
         evidence_encoder = next((name for name in explain.explanation_encoders(self.params) if name in encoders), None)
         vectors = package.embeddings(evidence_encoder) if evidence_encoder is not None else None
         self.item_table = explain.ItemTable.build(self.items, self.params.encode.fields, vectors)
+        self.profiles = explain.read_profiles(package.directory / "profiles")  # the encode stage's, as packaged
         lead = (
             self.primary
             if self.primary in self.models
@@ -392,14 +437,21 @@ class Engine:
         )
 
     def evidence(self, user: int, index: int) -> dict[str, Any]:
-        """:func:`recforge.explain.evidence` for dense ``user`` and item ``index`` over the packaged history."""
-        return explain.evidence(self.item_table, self._history(user), index)
+        """:func:`recforge.explain.evidence` for dense ``user`` and item ``index`` over the packaged history
+        and the packaged profile keywords."""
+        keywords = explain.profile_keywords(self.profiles, user, self.maps.user_ids[user])
+        return explain.evidence(self.item_table, self._history(user), index, user_keywords=keywords)
 
     def _explain(self, user: int, index: int) -> dict[str, Any]:
+        """Evidence and explanation; the text comes from the explanation cache when this (user, item)
+        was explained before (the explainer runs once per pair while the pair stays cached)."""
         found = self.evidence(user, index)
-        text = explain.explain_text(
-            self.explainer, plain(self.maps.user_ids[user]), self._item_id(index), found, name=self.explainer_name
-        )
+        text = self.explanations.get((user, index))
+        if text is None:
+            text = explain.explain_text(
+                self.explainer, plain(self.maps.user_ids[user]), self._item_id(index), found, name=self.explainer_name
+            )
+            self.explanations.put((user, index), text)
         return {"explanation": text, "evidence": found}
 
     def metadata(self) -> dict[str, Any]:

@@ -16,6 +16,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 
 EVIDENCE_ITEMS = 3  # history items named as evidence
 MAX_KEYWORDS = 8
+MAX_USER_KEYWORDS = 6  # the profile's top keywords carried as evidence
 
 
 @dataclass
@@ -66,14 +68,45 @@ def explanation_encoders(params: Params) -> list[str]:
     return feature_encoders(params)
 
 
-def evidence(table: ItemTable, history: np.ndarray, item: int, *, k: int = EVIDENCE_ITEMS) -> dict[str, Any]:
+def profile_keywords(profiles: Any, user: int, user_id: Any) -> list[str]:
+    """Dense ``user``'s top profile keywords from loaded :class:`recforge.profiles.UserProfiles`
+    (``[]`` when there are none, or the profiles are of other users)."""
+    if profiles is None or not profiles.keywords or not 0 <= user < len(profiles.user_ids):
+        return []
+    if str(profiles.user_ids[user]) != str(user_id):  # rows follow the dense user index of the same maps
+        return []
+    return [str(w) for w in profiles.keywords[user][:MAX_USER_KEYWORDS]]
+
+
+def read_profiles(directory: str | Path) -> Any:
+    """The profiles (keywords and genres only, no vectors) in ``directory``, or None when it has none."""
+    from recforge.profiles import UserProfiles
+
+    directory = Path(directory)
+    if not (directory / "users.json").exists():
+        return None
+    try:
+        return UserProfiles.load(directory, [])
+    except (RecforgeError, ValueError, KeyError) as exc:
+        log.warning("%s: profiles unreadable (%s); explanations go without profile keywords", directory, exc)
+        return None
+
+
+def evidence(
+    table: ItemTable,
+    history: np.ndarray,
+    item: int,
+    *,
+    k: int = EVIDENCE_ITEMS,
+    user_keywords: Sequence[str] = (),
+) -> dict[str, Any]:
     """Grounding for an explanation of dense ``item`` for a user with dense item ``history``.
 
     The ``k`` history items most similar to the item (cosine over
     ``table.vectors`` when present, else the share of the item's genres and
     keywords they have; ties to the lower index), the genres they share with
-    it, and the keywords they share with it that are not genre words.
-    JSON-friendly.
+    it, the keywords they share with it that are not genre words, and the
+    user's profile keywords as given (:func:`profile_keywords`). JSON-friendly.
     """
     history = np.asarray(history)
     sequence = np.unique(history)
@@ -107,6 +140,7 @@ def evidence(table: ItemTable, history: np.ndarray, item: int, *, k: int = EVIDE
         ],
         "shared_genres": shared_genres,
         "shared_keywords": shared_keywords[:MAX_KEYWORDS],
+        "user_keywords": [str(w) for w in user_keywords][:MAX_USER_KEYWORDS],
         "history_length": int(len(history)),
     }
 
@@ -165,7 +199,8 @@ def workspace_evidence(params: Params, user_id: Any, item_id: Any, *, part: str 
     """Evidence for original ``user_id`` / ``item_id`` from the workspace.
 
     The history is train + val (``part='full'``, what is served) or train
-    (``'val'``); similarity uses the embeddings of the first of :func:`explanation_encoders` that has them.
+    (``'val'``); similarity uses the embeddings of the first of :func:`explanation_encoders` that has them;
+    the user's keywords come from the profiles of the same part (``<profiles_dir>/full`` or ``/val``).
     """
     from recforge.workspace import Workspace
 
@@ -185,7 +220,9 @@ def workspace_evidence(params: Params, user_id: Any, item_id: Any, *, part: str 
         except RecforgeError:  # not encoded: the next one, else shared terms
             continue
     table = ItemTable.build(workspace.items, params.encode.fields, vectors)
-    return evidence(table, history.sequences[user], item)
+    profiles = read_profiles(Path(params.paths.profiles_dir) / part)
+    keywords = profile_keywords(profiles, user, maps.user_ids[user])
+    return evidence(table, history.sequences[user], item, user_keywords=keywords)
 
 
 def explain_recommendation(

@@ -162,14 +162,15 @@ def resolve_model_path(model: str | Path | None) -> Path:
     return path
 
 
-def load_causal_lm(model: str | Path | None = None, *, device: str = "cpu") -> tuple[Any, Any]:
-    """(tokenizer, model) of a local causal LM in eval mode, loaded once per process.
+def load_causal_lm(model: str | Path | None = None, *, device: str = "cpu", dtype: str = "float32") -> tuple[Any, Any]:
+    """(tokenizer, model) of a local causal LM in eval mode, loaded once per process (per device and dtype).
 
     ``model`` is a local Hugging Face directory, a ``.gguf`` file, or None for
-    SmolLM2-135M-Instruct. The tokenizer always has a pad token.
+    SmolLM2-135M-Instruct. ``dtype``: float32 (CPU), or bfloat16 / float16 on a GPU.
+    The tokenizer always has a pad token.
     """
     path = resolve_model_path(model)
-    key = (str(path.resolve()), device)
+    key = (str(path.resolve()), device) if dtype == "float32" else (str(path.resolve()), f"{device}:{dtype}")
     with _lock:
         if key not in _loaded:
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -179,11 +180,11 @@ def load_causal_lm(model: str | Path | None = None, *, device: str = "cpu") -> t
             tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)  # nosec B615
             if tokenizer.pad_token is None:
                 tokenizer.pad_token = tokenizer.eos_token
-            lm = AutoModelForCausalLM.from_pretrained(path, dtype="float32", local_files_only=True)  # nosec B615
+            lm = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True)  # nosec B615
             lm = lm.to(device)
             lm.eval()
             _loaded[key] = (tokenizer, lm)
-            log.info("loaded causal LM %s on %s", path, device)
+            log.info("loaded causal LM %s on %s (%s)", path, device, dtype)
         return _loaded[key]
 
 

@@ -73,5 +73,8 @@ def test_llm_output_is_capped_and_grounding_checked():
     assert len(cleaned) <= 63 and cleaned.endswith("...")
     two = registry.explainers.create("llm", max_chars=1000).clean(long)
     assert two == "You will love Space Robots because Robot Wars was great. It has robots."
-    assert llm.grounded("Like Robot Wars, this is fun.", EVIDENCE)
+    assert llm.grounded("Like Robot Wars, Space Robots is fun.", EVIDENCE)
     assert not llm.grounded("A fine film for everyone.", EVIDENCE)
+    # strict: the recommended item must be named, and no title outside the evidence
+    assert not llm.grounded("Like Robot Wars, this is fun.", EVIDENCE)
+    assert not llm.grounded('Like "Robot Wars" and "Alien Planet", Space Robots is fun.', EVIDENCE)
