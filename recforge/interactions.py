@@ -9,7 +9,7 @@ the original ids, which are what users see on disk and over HTTP.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 
 import numpy as np
@@ -87,7 +87,12 @@ def _lookup(index: pd.Index, raw: object) -> int:
 
 @dataclass(frozen=True)
 class Interactions:
-    """A set of (user, item, timestamp, rating) events in dense indices."""
+    """A set of (user, item, timestamp, rating) events in dense indices.
+
+    ``weights`` (one per event, or None) are training confidences, e.g. from
+    review sentiment (``recforge.sentiment.training_events``); models that take
+    confidences read them through :attr:`weighted_csr`. ``csr`` stays binary.
+    """
 
     user_ids: np.ndarray
     item_ids: np.ndarray
@@ -95,6 +100,7 @@ class Interactions:
     ratings: np.ndarray | None
     n_users: int
     n_items: int
+    weights: np.ndarray | None = None
 
     @classmethod
     def from_frame(cls, frame: pd.DataFrame, maps: IdMaps) -> Interactions:
@@ -124,6 +130,9 @@ class Interactions:
         ratings = None
         if self.ratings is not None and other.ratings is not None:
             ratings = np.concatenate([self.ratings, other.ratings])
+        weights = None
+        if self.weights is not None or other.weights is not None:
+            weights = np.concatenate([_weights_or_ones(self), _weights_or_ones(other)])
         order = np.lexsort((items, times, users))
         return Interactions(
             user_ids=users[order],
@@ -132,7 +141,18 @@ class Interactions:
             ratings=None if ratings is None else ratings[order],
             n_users=self.n_users,
             n_items=self.n_items,
+            weights=None if weights is None else weights[order],
         )
+
+    def with_weights(self, weights: np.ndarray | None) -> Interactions:
+        """The same events with per-event training ``weights`` (aligned with the events; positive)."""
+        if weights is not None:
+            weights = np.asarray(weights, dtype=np.float32)
+            if weights.shape != (len(self),):
+                raise ValueError(f"{len(weights)} weights for {len(self)} events")
+            if not (np.isfinite(weights).all() and (weights > 0).all()):
+                raise ValueError("event weights must be finite and positive")
+        return replace(self, weights=weights)
 
     @cached_property
     def csr(self) -> sp.csr_matrix:
@@ -142,6 +162,21 @@ class Interactions:
         matrix.sum_duplicates()
         matrix.data[:] = 1.0
         return matrix
+
+    @cached_property
+    def weighted_csr(self) -> sp.csr_matrix:
+        """User x item matrix of the event weights (a pair seen more than once: their mean);
+        the binary :attr:`csr` when the events carry no weights."""
+        if self.weights is None:
+            return self.csr
+        shape = (self.n_users, self.n_items)
+        total = sp.csr_matrix((self.weights.astype(np.float64), (self.user_ids, self.item_ids)), shape=shape)
+        total.sum_duplicates()
+        count = sp.csr_matrix((np.ones(len(self)), (self.user_ids, self.item_ids)), shape=shape)
+        count.sum_duplicates()
+        # same (user, item) pattern in both, in the same canonical order
+        total.data = total.data / count.data
+        return total.astype(np.float32)
 
     @cached_property
     def bounds(self) -> np.ndarray:
@@ -160,6 +195,10 @@ class Interactions:
 
     def last_timestamp(self) -> int:
         return int(self.timestamps.max()) if len(self) else 0
+
+
+def _weights_or_ones(events: Interactions) -> np.ndarray:
+    return events.weights if events.weights is not None else np.ones(len(events), dtype=np.float32)
 
 
 def csr_to_arrays(matrix: sp.csr_matrix, prefix: str) -> dict[str, np.ndarray]:

@@ -45,6 +45,9 @@ class SyntheticParams(_Section):
     drift: float = Field(0.3, ge=0.0, le=1.0)
     popularity_skew: float = Field(1.0, ge=0.0)
     seed: int | None = None  # None: the top-level seed
+    # a ``review`` column whose sentiment tells liked events from bad experiences (recforge.data.synthetic)
+    reviews: bool = False
+    bad_experiences: float = Field(0.2, ge=0.0, lt=1.0)  # share of events that are bad experiences (with reviews)
 
 
 class DataParams(_Section):
@@ -177,6 +180,21 @@ class RerankParams(_Section):
     options: dict[str, Any] = Field(default_factory=dict)
 
 
+class TrainParams(_Section):
+    """How the train stage weights training events (recforge.sentiment.training_events).
+
+    ``sentiment_weighting``: weight each event by its review's sentiment,
+    ``clip(1 + sentiment_strength * compound, sentiment_floor, 1 + sentiment_strength)``,
+    when the interactions carry a ``review`` column (no effect otherwise). ALS,
+    item/user kNN and popularity use the weights; BPR drops negatively reviewed
+    events from its liked items; sequential and content models ignore them.
+    """
+
+    sentiment_weighting: bool = True
+    sentiment_strength: float = Field(1.0, ge=0.0)
+    sentiment_floor: float = Field(0.1, gt=0.0, le=1.0)
+
+
 class EvaluateParams(_Section):
     k: int = Field(10, ge=1)
     ks: list[int] = Field(default_factory=lambda: [1, 5, 10, 20])
@@ -256,6 +274,7 @@ class Params(_Section):
     split: SplitParams = Field(default_factory=SplitParams)
     encode: EncodeParams = Field(default_factory=EncodeParams)
     recommenders: dict[str, dict[str, Any]] = Field(default_factory=lambda: {"popularity": {}})
+    train: TrainParams = Field(default_factory=TrainParams)
     rerank: RerankParams = Field(default_factory=RerankParams)
     evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
     serve: ServeParams = Field(default_factory=ServeParams)

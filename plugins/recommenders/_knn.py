@@ -16,7 +16,7 @@ def knn_config(neighbors: int | None, shrink: float, weighting: str, k1: float, 
 
 
 def weight_rows(matrix: sp.csr_matrix, weighting: str = "none", *, k1: float = 1.2, b: float = 0.75) -> sp.csr_matrix:
-    """Reweight a binary ``docs x terms`` matrix.
+    """Reweight a ``docs x terms`` matrix (binary, or with event weights as values).
 
     ``tfidf`` multiplies each entry by its column's IDF; ``bm25`` also damps
     long rows (Okapi BM25 with saturation ``k1`` and length normalisation ``b``,

@@ -23,6 +23,10 @@ class ItemKNN:
     ``shrink`` (added to the cosine denominator: damps pairs with little
     support), ``weighting`` (none | tfidf | bm25 over the item x user matrix,
     so heavy users count less), ``k1``/``b`` (BM25).
+
+    Event weights (review sentiment, ``Interactions.weights``) are the values of
+    the item x user matrix the similarities come from, and of the history rows
+    that are scored (a disliked item votes less for its neighbours).
     """
 
     def __init__(
@@ -40,10 +44,11 @@ class ItemKNN:
 
     def fit(self, train: Interactions, *, context: FitContext) -> ItemKNN:
         cfg = self.config
-        item_users = weight_rows(train.csr.T.tocsr(), cfg["weighting"], k1=cfg["k1"], b=cfg["b"])
+        item_users = weight_rows(train.weighted_csr.T.tocsr(), cfg["weighting"], k1=cfg["k1"], b=cfg["b"])
         # row i of the similarity holds item i's neighbours; scoring sums rows of the history
         self.similarity = prune_rows(cosine(item_users, shrink=cfg["shrink"]), cfg["neighbors"])
-        self.seen = train.csr
+        # the history rows scoring sums carry the event weights (binary without them)
+        self.seen = train.weighted_csr
         return self
 
     def _score(self, rows: sp.csr_matrix) -> np.ndarray:

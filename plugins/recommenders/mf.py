@@ -3,6 +3,12 @@ ALS (weighted least squares; an observed entry weighs ``alpha``) and BPR.
 
 Only the factor arrays are kept (saved as npz), so a saved model needs neither
 pickle nor implicit to score.
+
+Event weights (``Interactions.weights``, e.g. review sentiment): ALS takes them
+as the matrix values, so an entry's confidence is ``1 + alpha * weight``.
+implicit's BPR reads only which entries are non-zero, so there an event whose
+weight is below 1 (a negative review) is not a liked item; its item can then be
+drawn as a negative. The seen items (excluded from lists) are all events.
 """
 
 from __future__ import annotations
@@ -69,6 +75,11 @@ class MatrixFactorization:
         threads = int(cfg["threads"] or min(8, os.cpu_count() or 1))
         seed = cfg["seed"] if cfg["seed"] is not None else context.seed
         self.seen = train.csr
+        liked = train.weighted_csr
+        if cfg["algorithm"] == "bpr" and train.weights is not None:
+            liked = liked.copy()
+            liked.data[liked.data < 1.0] = 0.0
+            liked.eliminate_zeros()
         # implicit's own threads do the work; a threaded BLAS underneath only contends
         # (imported first so that the limit also covers the BLAS it loads)
         with threadpoolctl.threadpool_limits(1, "blas"):
@@ -90,7 +101,7 @@ class MatrixFactorization:
                     num_threads=threads,
                     random_state=seed,
                 )
-            model.fit(self.seen, show_progress=False)
+            model.fit(liked, show_progress=False)
         self.user_factors = np.asarray(model.user_factors, dtype=np.float32)
         self.item_factors = np.asarray(model.item_factors, dtype=np.float32)
         return self

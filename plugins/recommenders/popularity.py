@@ -17,7 +17,8 @@ class Popularity:
     """Scores every item by its (optionally time-decayed) interaction count.
 
     ``half_life_days``: an interaction this many days before the last training
-    event counts half; None counts all equally.
+    event counts half; None counts all equally. Event weights (review
+    sentiment, ``Interactions.weights``) multiply each interaction's count.
     """
 
     def __init__(self, half_life_days: float | None = None) -> None:
@@ -30,6 +31,8 @@ class Popularity:
         if self.half_life_days:
             age_days = (train.last_timestamp() - train.timestamps) / 86_400.0
             weights = 0.5 ** (age_days / self.half_life_days)
+        if train.weights is not None:
+            weights = weights * train.weights
         self.item_scores = np.bincount(train.item_ids, weights=weights, minlength=train.n_items)
         self.seen = train.csr
         return self

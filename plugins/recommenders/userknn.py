@@ -23,6 +23,10 @@ class UserKNN:
     Options: ``neighbors`` (users who vote), ``shrink`` (cosine denominator
     term), ``weighting`` (none | tfidf | bm25 over the user x item matrix, so
     popular items count less), ``k1``/``b`` (BM25).
+
+    Event weights (review sentiment, ``Interactions.weights``) are the values of
+    the user x item matrix: they shape the user similarities and each
+    neighbour's vote for an item.
     """
 
     def __init__(
@@ -35,7 +39,8 @@ class UserKNN:
 
     def fit(self, train: Interactions, *, context: FitContext) -> UserKNN:
         cfg = self.config
-        self.seen = train.csr
+        # the votes ``seen`` casts carry the event weights (binary without them)
+        self.seen = train.weighted_csr
         self.vectors = weight_rows(self.seen, cfg["weighting"], k1=cfg["k1"], b=cfg["b"])
         return self
 

@@ -6,6 +6,17 @@ drifts towards another mix over time; item choice inside a topic follows a
 Zipf-like popularity. So text encoders, CF and sequence models all have
 something real to learn, and a user who watched only one topic should be
 recommended that topic.
+
+With ``reviews`` on, a share ``bad_experiences`` of the events are bad
+experiences: the user tried a popular item of a topic outside their current
+taste and disliked it. Every event gets a short ``review`` whose sentiment
+follows that (positive for an event of the user's taste, negative for a bad
+experience), with noise: 15% of reviews are neutral and 10% have the wrong
+polarity. A bad experience's rating is drawn as for the event it replaced,
+so the rating does not tell it apart; only the review does. Bad experiences
+sit anywhere in a history, the held-out items included (so they are as hard
+to predict there as in real data). The review draws use their own random
+stream: with ``reviews`` off the tables are exactly those of earlier versions.
 """
 
 from __future__ import annotations
@@ -130,15 +141,82 @@ def _generate(params: SyntheticParams, num_interactions: int) -> tuple[pd.DataFr
     likes = mix[np.arange(len(picked)), item_topics[picked]]
     ratings = np.clip(np.round(2.0 + 6.0 * likes + rng.normal(0, 0.7, size=len(picked))), 1, 5)
 
-    interactions = pd.DataFrame(
-        {
-            "user_id": user_of_event.astype(np.int64) + 1,
-            "item_id": picked + 1,
-            "rating": ratings.astype(np.float32),
-            "timestamp": timestamps.astype(np.int64),
-        }
-    )
-    return _top_up(interactions.drop_duplicates(["user_id", "item_id"]), n_items, rng), items
+    columns = {
+        "user_id": user_of_event.astype(np.int64) + 1,
+        "item_id": picked + 1,
+        "rating": ratings.astype(np.float32),
+        "timestamp": timestamps.astype(np.int64),
+    }
+    if params.reviews:
+        review_rng = np.random.default_rng(None if params.seed is None else [params.seed, 7])
+        bad = review_rng.random(len(picked)) < params.bad_experiences
+        picked = picked.copy()
+        picked[bad] = _bad_items(mix[bad], cum, order, bounds, n_items, review_rng)
+        columns["item_id"] = picked + 1
+        columns["review"] = _reviews(~bad, review_rng)
+    interactions = pd.DataFrame(columns)
+    interactions = _top_up(interactions.drop_duplicates(["user_id", "item_id"]), n_items, rng)
+    if params.reviews:
+        interactions["review"] = interactions["review"].fillna("")  # top-up events have no review
+    return interactions, items
+
+
+_POSITIVE = (
+    ["great", "wonderful", "excellent", "amazing", "lovely", "brilliant", "enjoyable", "fantastic"],
+    ["I loved it", "really enjoyed it", "would recommend it", "a perfect pick", "happy I tried it"],
+)
+_NEGATIVE = (
+    ["boring", "awful", "terrible", "dull", "disappointing", "poor", "annoying", "bad"],
+    ["I hated it", "a waste of time", "would not recommend it", "sad I tried it", "never again"],
+)
+# no topic names in reviews: VADER reads some ("romance", "horror") as sentiment
+_NOUNS = ["title", "pick", "choice", "one"]
+_NEUTRAL = [
+    "Finished it over the weekend.",
+    "Picked it up last month.",
+    "Borrowed it last year.",
+    "Read it on the train.",
+]
+NEUTRAL_SHARE, FLIP_SHARE = 0.15, 0.10
+
+
+def _bad_items(
+    mix: np.ndarray, cum: np.ndarray, order: np.ndarray, bounds: np.ndarray, n_items: int, rng: np.random.Generator
+) -> np.ndarray:
+    """A popular item of a topic the user has (almost) no taste for, per row of ``mix``."""
+    n_topics = mix.shape[1]
+    if len(mix) == 0:
+        return np.empty(0, dtype=np.int64)
+    outside = (mix < 0.5 / n_topics).astype(np.float64)
+    outside[outside.sum(axis=1) == 0] = 1.0  # a user who likes every topic: any topic
+    topics = _sample_rows(outside, rng)
+    u = rng.random(len(topics))
+    items = rng.integers(0, n_items, size=len(topics))  # topics without items keep these
+    for t in range(n_topics):
+        events = np.nonzero(topics == t)[0]
+        lo, hi = bounds[t], bounds[t + 1]
+        if hi > lo and len(events):
+            idx = np.searchsorted(cum[lo:hi], u[events], side="left")
+            items[events] = order[lo + np.minimum(idx, hi - lo - 1)]
+    return items
+
+
+def _reviews(good: np.ndarray, rng: np.random.Generator) -> list[str]:
+    """One short review per event: positive where ``good``, negative elsewhere, with neutral and flipped noise."""
+    n = len(good)
+    draw = rng.random(n)
+    neutral = draw < NEUTRAL_SHARE
+    positive = good ^ (draw >= 1.0 - FLIP_SHARE)
+    adjective, phrase, noun = rng.integers(0, 1 << 16, size=(3, n))
+    reviews = []
+    for i in range(n):
+        if neutral[i]:
+            reviews.append(_NEUTRAL[noun[i] % len(_NEUTRAL)])
+            continue
+        adjectives, phrases = _POSITIVE if positive[i] else _NEGATIVE
+        word = adjectives[adjective[i] % len(adjectives)]
+        reviews.append(f"{word.capitalize()} {_NOUNS[noun[i] % len(_NOUNS)]}, {phrases[phrase[i] % len(phrases)]}.")
+    return reviews
 
 
 def _top_up(interactions: pd.DataFrame, n_items: int, rng: np.random.Generator, minimum: int = 5) -> pd.DataFrame:

@@ -214,8 +214,16 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         "train",
         # the FitContext a model gets: item text fields, user text fields and the profile weighting
-        params=("recommenders.${key}", *FIT_CONTEXT_KEYS, "evaluate.list_length", "seed"),
-        deps=("recforge/stages/train.py", "plugins/recommenders", CANONICAL, SPLIT, EMBEDDINGS),
+        # and the event weighting (review sentiment; recforge.sentiment)
+        params=("recommenders.${key}", *FIT_CONTEXT_KEYS, "train", "evaluate.list_length", "seed"),
+        deps=(
+            "recforge/stages/train.py",
+            "recforge/sentiment.py",
+            "plugins/recommenders",
+            CANONICAL,
+            SPLIT,
+            EMBEDDINGS,
+        ),
         outs=("${paths.models_dir}/${key}", "${paths.lists_dir}/${key}"),
         variants="recommenders",
         foreach=True,

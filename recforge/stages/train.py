@@ -5,6 +5,10 @@ Protocol (no stage ever trains on a test target):
   validation metrics, tuning and the re-ranker's training data;
 - the ``full`` model is refitted on train + val; its lists for the test users
   feed the test metrics, and it is the model that gets served.
+
+Both fits get the events weighted by review sentiment when the interactions
+carry review text and ``train.sentiment_weighting`` is on
+(recforge.sentiment.training_events); otherwise the plain events.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from recforge.interactions import IdMaps
 from recforge.params import Params
 from recforge.protocols import FitContext, Refittable
 from recforge.ranking import batched
+from recforge.sentiment import training_events, weight_summary
 from recforge.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -41,7 +46,7 @@ def train_model(workspace: Workspace, name: str) -> dict:
     params = workspace.params
     plugin = params.plugin_of(name)
     options = params.model_options(name)
-    train, val = workspace.events("train"), workspace.events("val")
+    train, val = training_events(workspace, "train"), workspace.events("val")
     model_dir = Path(params.paths.models_dir) / name
     lists_dir = Path(params.paths.lists_dir) / name
     length = params.evaluate.list_length
@@ -66,7 +71,8 @@ def train_model(workspace: Workspace, name: str) -> dict:
         full_options.update(model.refit_options())
     started = time.perf_counter()
     full = registry.recommenders.create(plugin, **full_options)
-    full.fit(workspace.events("train+val"), context=workspace.context(validation=None))
+    train_val = training_events(workspace, "train+val")
+    full.fit(train_val, context=workspace.context(validation=None))
     full_fit_s = time.perf_counter() - started
     test_lists = recommend_frame(full, workspace.frame("test")["user_id"].unique(), workspace.maps, length)
 
@@ -77,6 +83,8 @@ def train_model(workspace: Workspace, name: str) -> dict:
         "refit_options": full_options,
         "fit_seconds": {"val": round(val_fit_s, 3), "full": round(full_fit_s, 3)},
     }
+    if train_val.weights is not None:
+        meta["event_weights"] = weight_summary(train_val)
     if tuning is not None:
         meta["configured_options"] = params.model_options(name)
         meta["tuning"] = tuning.to_dict()
