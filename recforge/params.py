@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -146,7 +146,8 @@ class RerankParams(_Section):
     ``models``: recommenders whose top-``candidates_per_model`` lists form the
     candidates (None: all configured). ``encoders``: encoders giving
     similarity features (None: encode.encoders). ``folds``: LambdaRank models
-    over user-disjoint folds of the validation users, averaged. ``llm_scorer``:
+    over user-disjoint folds of the validation users, averaged; ``repeats``: the
+    fold split repeated with new seeds (both ``auto``: recforge.sizing). ``llm_scorer``:
     add the local LLM's listwise feature for each user's top ``llm_candidates``
     (one forward pass per user, recforge.llm_scorer; off by default). ``ablations``: also retrain without each
     feature group and
@@ -167,7 +168,8 @@ class RerankParams(_Section):
     learning_rate: float = Field(0.05, gt=0.0)
     num_boost_round: int = Field(500, ge=1)
     early_stopping_rounds: int = Field(50, ge=1)
-    folds: int = Field(5, ge=1)
+    folds: Annotated[int, Field(ge=1)] | Literal["auto"] = 5  # auto: from the validation users (recforge.sizing)
+    repeats: Annotated[int, Field(ge=1)] | Literal["auto"] = 1  # fold splits drawn and trained again, averaged
     distributed: bool = False
     ablations: bool = False
     sentiment: bool = True

@@ -158,10 +158,25 @@ def training_table(
     return frame, labels, group_sizes(frame)
 
 
-def make_reranker(params: Params, features: list[str] | None = None):
+def positive_users(labels: np.ndarray, groups: np.ndarray) -> int:
+    """How many groups (users, in consecutive blocks of ``groups`` rows) have a positive label."""
+    if not len(groups):
+        return 0
+    starts = np.concatenate([[0], np.cumsum(groups)[:-1]]).astype(np.int64)
+    return int((np.add.reduceat(np.asarray(labels, dtype=np.float64), starts) > 0).sum())
+
+
+def make_reranker(params: Params, features: list[str] | None = None, positive_users: int | None = None):
+    """The configured re-ranker plugin; ``auto`` folds/repeats are chosen from ``positive_users`` (the
+    validation users whose held-out item is among the candidates; recforge.sizing)."""
+    from recforge.sizing import is_auto, rerank_folds, rerank_repeats
+
     cfg = params.rerank
+    if (is_auto(cfg.folds) or is_auto(cfg.repeats)) and positive_users is None:
+        raise ValueError("rerank.folds/repeats 'auto' need the number of validation users with a positive")
     options: dict[str, Any] = {
-        "folds": cfg.folds,
+        "folds": rerank_folds(cfg.folds, positive_users or 0),
+        "repeats": rerank_repeats(cfg.repeats, positive_users or 0),
         "num_leaves": cfg.num_leaves,
         "learning_rate": cfg.learning_rate,
         "num_boost_round": cfg.num_boost_round,

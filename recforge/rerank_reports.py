@@ -30,7 +30,7 @@ from recforge.metrics import evaluate
 from recforge.params import Params
 from recforge.ranking import reciprocal_rank_fusion
 from recforge.reports import markdown_table
-from recforge.rerank import make_reranker, ranked_lists
+from recforge.rerank import make_reranker, positive_users, ranked_lists
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ class CandidateRecall:
 
 
 def _fit_and_score(params, val_frame, labels, groups, test_frame, features):
-    reranker = make_reranker(params, features)
+    reranker = make_reranker(params, features, positive_users(labels, groups))
     reranker.fit(val_frame, labels, groups)
     return reranker, reranker.oof_scores, reranker.rerank(test_frame)
 

@@ -29,11 +29,23 @@ from recforge.interactions import Interactions, csr_from_arrays, csr_to_arrays
 from recforge.metrics import ranking_metrics
 from recforge.protocols import FitContext
 from recforge.ranking import batched, history_row, top_k
+from recforge.sizing import AUTO, is_auto, sequence_sizes
 from recforge.vectors import l2_normalize
 
 log = logging.getLogger(__name__)
 
 CELLS = ("gru", "lstm", "sasrec")
+SIZES = ("max_len", "batch_size", "epochs")  # may be "auto": chosen from the training data (recforge.sizing)
+
+
+def _size(value: int | str, name: str) -> int | str:
+    if is_auto(value):
+        return AUTO
+    if isinstance(value, bool) or not isinstance(value, int | float | str) or not str(value).isdigit():
+        raise ValueError(f"{name} must be a positive integer or 'auto', got {value!r}")
+    if int(value) < 1:
+        raise ValueError(f"{name} must be a positive integer or 'auto', got {value!r}")
+    return int(value)
 
 
 def _torch():
@@ -122,7 +134,9 @@ class Sequential:
     ``batch_size`` (windows per step), ``epochs`` (the maximum with validation,
     the exact count without), ``min_epochs``, ``patience``, ``threads`` (torch
     intra-op threads; default half the cores, up to 8), ``device`` (default: the
-    context's, i.e. CUDA when present), ``seed``.
+    context's, i.e. CUDA when present), ``seed``. ``max_len``, ``batch_size``
+    and ``epochs`` may be ``auto``: chosen from the training histories by
+    :func:`recforge.sizing.sequence_sizes` and saved as numbers.
     """
 
     def __init__(
@@ -132,11 +146,11 @@ class Sequential:
         layers: int = 2,
         heads: int = 2,
         dropout: float = 0.2,
-        max_len: int = 50,
+        max_len: int | str = 50,
         lr: float = 3e-3,
         weight_decay: float = 0.0,
-        batch_size: int = 128,
-        epochs: int = 30,
+        batch_size: int | str = 128,
+        epochs: int | str = 30,
         min_epochs: int = 5,
         patience: int = 5,
         threads: int | None = None,
@@ -151,11 +165,11 @@ class Sequential:
             layers=int(layers),
             heads=int(heads),
             dropout=float(dropout),
-            max_len=int(max_len),
+            max_len=_size(max_len, "max_len"),
             lr=float(lr),
             weight_decay=float(weight_decay),
-            batch_size=int(batch_size),
-            epochs=int(epochs),
+            batch_size=_size(batch_size, "batch_size"),
+            epochs=_size(epochs, "epochs"),
             min_epochs=int(min_epochs),
             patience=int(patience),
             threads=threads,
@@ -169,6 +183,7 @@ class Sequential:
         self.history: list[dict[str, float]] = []
         self._device = "cpu"
         self._output: tuple[np.ndarray, np.ndarray] | None = None  # numpy output layer for recommend_states
+        self._auto: list[str] = []  # the sizes the last fit chose from the data
 
     # -- training -----------------------------------------------------------
 
@@ -194,6 +209,9 @@ class Sequential:
         seed = cfg["seed"] if cfg["seed"] is not None else context.seed
         torch.manual_seed(seed)
         rng = np.random.default_rng(seed)
+        self._auto = [k for k in SIZES if is_auto(cfg[k])]
+        if self._auto:  # sizes from the training histories (recforge.sizing); saved resolved
+            cfg.update(sequence_sizes([len(s) for s in train.sequences], **{k: cfg[k] for k in SIZES}))
         self._device = cfg["device"] or context.device or "cpu"
         self.n_items = train.n_items
         self.seen = train.csr
@@ -261,8 +279,10 @@ class Sequential:
         )
 
     def refit_options(self) -> dict[str, Any]:
-        """The best validation epoch count, for the train+val refit (no validation there)."""
-        return {"epochs": int(self.best_epoch or self.config["epochs"])}
+        """The best validation epoch count, for the train+val refit (no validation there); sizes chosen
+        from the data (``auto``) are passed on too, so the refit reads windows of the same shape."""
+        sizes = {k: self.config[k] for k in self._auto if k != "epochs"}
+        return {**sizes, "epochs": int(self.best_epoch or self.config["epochs"])}
 
     # -- scoring ------------------------------------------------------------
 

@@ -3,9 +3,13 @@
 With only a few hundred validation users whose target is among the
 candidates, one train/early-stop split is noisy. ``fit`` therefore splits the
 groups (users) into ``folds`` disjoint parts; model ``f`` trains on the other
-parts and early-stops on part ``f``. ``rerank`` averages the models' scores;
-``oof_scores`` holds, for the training rows, the score of the one model that
-did not train on that user (honest validation lists). Groups without a
+parts and early-stops on part ``f``. With ``repeats`` > 1 the whole fold
+split is drawn again (seed + r) and trained again, as in repeated
+cross-validation: a small validation set gives a noisy ensemble, and averaging
+over several fold splits removes much of the seed-to-seed spread. ``rerank``
+averages all models' scores; ``oof_scores`` holds, for the training rows, the
+mean over repeats of the score of the model that did not train on that user
+(honest validation lists). Groups without a
 positive label carry no ranking signal and are left out of training.
 """
 
@@ -39,6 +43,7 @@ class LambdaRankReranker:
     def __init__(
         self,
         folds: int = 5,
+        repeats: int = 1,
         num_leaves: int = 31,
         learning_rate: float = 0.05,
         num_boost_round: int = 500,
@@ -60,6 +65,7 @@ class LambdaRankReranker:
     ) -> None:
         self.config = {
             "folds": int(folds),
+            "repeats": int(repeats),
             "num_leaves": int(num_leaves),
             "learning_rate": float(learning_rate),
             "num_boost_round": int(num_boost_round),
@@ -82,6 +88,7 @@ class LambdaRankReranker:
         self.boosters: list[Any] = []
         self.best_iterations: list[int] = []
         self.oof_scores = None
+        self._repeat = 0  # the repeat being trained (its fold split and LightGBM seed: seed + repeat)
 
     def _lgb_params(self) -> dict[str, Any]:
         cfg = self.config
@@ -97,7 +104,7 @@ class LambdaRankReranker:
             "bagging_freq": 1,
             "lambdarank_truncation_level": cfg["lambdarank_truncation_level"],
             "lambda_l2": cfg["lambda_l2"],
-            "seed": cfg["seed"],
+            "seed": cfg["seed"] + self._repeat,
             "deterministic": True,
             "force_row_wise": True,
             "verbose": -1,
@@ -126,11 +133,37 @@ class LambdaRankReranker:
         useful = np.flatnonzero(positive)
         if len(useful) < 2:
             raise ValueError("fewer than two groups with a positive label: nothing to learn from")
+        if self.config["repeats"] < 1:
+            raise ValueError("repeats must be at least 1")
         n_folds = max(1, min(self.config["folds"], len(useful) // 2))
-        rng = np.random.default_rng(self.config["seed"])
+        row_group = np.repeat(np.arange(len(groups)), groups)
+        boosters, best_iterations, oofs = [], [], []
+        for repeat in range(self.config["repeats"]):
+            self._repeat = repeat
+            oofs.append(self._fit_folds(X, labels, groups, useful, row_group, n_folds))
+            boosters += self.boosters
+            best_iterations += self.best_iterations
+        self._repeat = 0
+        self.boosters, self.best_iterations = boosters, best_iterations
+        oof = np.mean(oofs, axis=0) if n_folds > 1 else np.full(len(X), np.nan)
+        # rows of users without a positive (or the single-fold case) get the ensemble's score
+        missing = np.flatnonzero(np.isnan(oof))
+        for part in batched(len(missing), PREDICT_ROWS):
+            oof[missing[part]] = self._predict(X[missing[part]])
+        self.oof_scores = oof
+        log.info(
+            "lambdarank: %d folds x %d repeats, best iterations %s",
+            n_folds,
+            self.config["repeats"],
+            self.best_iterations,
+        )
+        return self
+
+    def _fit_folds(self, X, labels, groups, useful, row_group, n_folds: int) -> np.ndarray:
+        """One fold split (seed + repeat): sets ``boosters``/``best_iterations``, returns its out-of-fold scores."""
+        rng = np.random.default_rng(self.config["seed"] + self._repeat)
         fold_of_group = np.full(len(groups), -1)
         fold_of_group[useful] = rng.permutation(len(useful)) % n_folds
-        row_group = np.repeat(np.arange(len(groups)), groups)
         self.boosters, self.best_iterations = [], []
         oof = np.full(len(X), np.nan)
 
@@ -160,13 +193,7 @@ class LambdaRankReranker:
         if n_folds > 1:
             for booster, best, rows_va in zip(self.boosters, self.best_iterations, held_rows, strict=True):
                 oof[rows_va] = booster.predict(X[rows_va], num_iteration=best)
-        # rows of users without a positive (or the single-fold case) get the ensemble's score
-        missing = np.flatnonzero(np.isnan(oof))
-        for part in batched(len(missing), PREDICT_ROWS):
-            oof[missing[part]] = self._predict(X[missing[part]])
-        self.oof_scores = oof
-        log.info("lambdarank: %d folds, best iterations %s", n_folds, self.best_iterations)
-        return self
+        return oof
 
     def _fit_lockstep(self, datasets: list) -> None:
         """Grow every fold's model one round at a time and stop all of them together.
@@ -226,7 +253,7 @@ class LambdaRankReranker:
             num_leaves=cfg["num_leaves"],
             learning_rate=cfg["learning_rate"],
             n_estimators=cfg["num_boost_round"],
-            seed=cfg["seed"],
+            seed=cfg["seed"] + self._repeat,
             min_child_samples=cfg["min_data_in_leaf"],
         )
         booster = model.booster_

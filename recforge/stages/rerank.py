@@ -46,6 +46,7 @@ from recforge.rerank import (
     feature_encoders,
     iter_part,
     make_reranker,
+    positive_users,
     ranked_lists,
     training_table,
 )
@@ -124,7 +125,7 @@ def run_rerank(params: Params, variant: str | None = None) -> dict[str, Any] | N
 def _fit(params: Params, val_frame: pd.DataFrame, labels: np.ndarray, groups: np.ndarray, features: list[str]):
     """(re-ranker, out-of-fold validation scores); (None, RRF) when validation has too little signal."""
     try:
-        reranker = make_reranker(params, features)
+        reranker = make_reranker(params, features, positive_users(labels, groups))
         reranker.fit(val_frame, labels, groups)
         return reranker, reranker.oof_scores
     except ValueError as exc:  # too little validation signal (tiny data): fall back to rank fusion

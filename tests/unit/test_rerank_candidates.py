@@ -135,6 +135,7 @@ def test_make_reranker_passes_the_settings(monkeypatch):
     assert captured == {
         "name": "lambdarank",
         "folds": 2,
+        "repeats": 1,
         "num_leaves": 5,
         "learning_rate": 0.2,
         "num_boost_round": 9,
