@@ -17,6 +17,7 @@ import pandas as pd
 from recforge.artifacts import atomic_path, write_text
 from recforge.features import (
     LLM_PREFIXES,
+    SENTIMENT_PREFIXES,
     TEXT_PREFIXES,
     TIMELINE_FEATURES,
     feature_columns,
@@ -103,13 +104,20 @@ def ablations(
     variants: list[tuple[str, list[str], str | None]] = []
     text = [f for f in features if f.startswith(TEXT_PREFIXES)]
     llm = [f for f in features if f.startswith(LLM_PREFIXES)]
-    if text or llm:
-        variants.append(("without text/LLM features", [f for f in features if f not in text and f not in llm], None))
-    if llm:
-        variants.append(("without LLM feature", [f for f in features if f not in llm], None))
+    profile = [f for f in features if f.startswith(TEXT_PREFIXES) and f.endswith("_profile")]  # sim_<enc>_profile
+    sentiment = [f for f in features if f.startswith(SENTIMENT_PREFIXES)]
     timeline = [f for f in features if f in TIMELINE_FEATURES]
-    if timeline:
-        variants.append(("without timeline features", [f for f in features if f not in timeline], None))
+    groups = [
+        ("without text/LLM features", text + llm),
+        ("without LLM features", llm),
+        ("without text similarity features", text),
+        ("without profile features", profile),
+        ("without sentiment features", sentiment),
+        ("without timeline features", timeline),
+    ]
+    for label, drop in groups:
+        if drop and (label != "without text/LLM features" or (text and llm)):
+            variants.append((label, [f for f in features if f not in drop], None))
     if len(models) > 1:
         for name in models:
             drop = set(model_columns(val_frame, name))

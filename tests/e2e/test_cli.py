@@ -162,3 +162,28 @@ def test_explain_end_to_end_with_the_real_language_model(tmp_path):
     title = pd.read_parquet(tmp_path / "data/canonical/items.parquet").set_index("item_id").at[item, "title"]
     assert lines["template"].startswith(f'"{title}" is recommended'), lines
     assert lines["llm"] and lines["llm"] != lines["template"], "the llm explainer fell back to the template"
+
+
+def test_real_data_with_the_demo_settings_points_to_the_quality_profile(tmp_path):
+    # catches the hint missing on real data with params.yaml, shown for the synthetic demo or for a run
+    # that already names a profile, or a hint naming a profile that does not exist
+    from recforge.data.synthetic import generate
+    from recforge.params import SyntheticParams
+
+    interactions, _ = generate(SyntheticParams(num_users=60, num_items=40, num_interactions=900, seed=2))
+    data = tmp_path / "events.csv"
+    interactions[["user_id", "item_id", "rating", "timestamp"]].to_csv(data, index=False)
+    quick = ["recommenders={popularity: {}}", "encode.encoders=[]", "rerank.enabled=false"]
+    real = ["data.format=table", f"data.path={data}", "validate.require_text=false", *quick]
+    result = recforge("run", *_sets(tmp_path, real), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    hints = [line for line in result.stderr.splitlines() if "configs/quality.yaml" in line]
+    assert len(hints) == 1 and hints[0].startswith("hint:"), result.stderr
+    assert (PROJECT_ROOT / "configs" / "quality.yaml").exists()
+    synthetic = recforge("run", *_sets(tmp_path, quick), cwd=tmp_path)
+    assert synthetic.returncode == 0 and "configs/quality.yaml" not in synthetic.stderr
+    profile = tmp_path / "mine.yaml"
+    profile.write_text("seed: 0\n")
+    named = recforge("run", "-p", str(profile), *_sets(tmp_path, real), cwd=tmp_path)
+    assert named.returncode == 0, named.stderr
+    assert "configs/quality.yaml" not in named.stderr

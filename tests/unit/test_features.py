@@ -143,16 +143,18 @@ def test_llm_scorer_prompts_top_candidates_and_caches(tiny, tmp_path):
     calls: list[list[str]] = []
 
     class CountingScorer(LLMScorer):
-        def score(self, texts):  # the language model is replaced by prompt length; caching is what is tested
+        def score(self, texts, keys=None):  # the language model replaced by option counts; caching is tested
             calls.append(list(texts))
-            return np.array([float(len(t)) for t in texts])
+            out = [[0.0] * (t.count("\n") - 2) for t in texts]
+            self.cache.update(zip(keys or [], out, strict=False))
+            return out
 
     frame = build_features(candidate_frame(tiny.lists, tiny.maps, per_model=5), tiny)
     scorer = CountingScorer(params)
     values = scorer(frame, tiny)
-    # one candidate per user (the best by rrf), the rest NaN; the prompt names the last two history titles
+    # one option per user (the best by rrf), the rest NaN; the prompt names the last two history titles
     assert np.isfinite(values).sum() == 2
-    assert any('"Epsilon"' in t and "Gamma; Beta" in t for t in calls[0])
+    assert any("A. Epsilon" in t and "History: Gamma; Beta." in t for t in calls[0])
     again = CountingScorer(params)(frame, tiny)
     np.testing.assert_array_equal(again, values)
     assert len(calls) == 1  # the second scorer read every score from the on-disk cache

@@ -90,9 +90,13 @@ def test_outputs_in_the_common_formats(pipeline):
     # the two inputs see different halves of the truth: their union finds clearly more than either
     assert expected["union"] > max(expected[name] for name in INPUTS) + 0.05, expected
     ablation = pd.read_csv(reports / "rerank_ablation.csv")
-    assert {"without popularity", "without content", "without text/LLM features", "without timeline features"} <= set(
-        ablation["variant"]
-    )
+    assert {
+        "without popularity",
+        "without content",
+        "without text similarity features",
+        "without profile features",
+        "without timeline features",
+    } <= set(ablation["variant"])
     reranker, meta = load_reranker(params)
     assert meta["training"]["part"] == "val" and meta["features"] == reranker.features
 
