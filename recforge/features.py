@@ -258,6 +258,59 @@ class FeatureContext:
                 np.bincount(history.user_ids, weights=sentiment, minlength=history.n_users),
             )
 
+    def for_history(
+        self,
+        items: np.ndarray,
+        *,
+        timestamps: np.ndarray | None = None,
+        ratings: np.ndarray | None = None,
+    ) -> FeatureContext:
+        """A context for one user outside the history (dense user 0), e.g. an anonymous session.
+
+        Item-side tables (popularity, first appearance, ratings, transitions,
+        embeddings, term incidences) are shared with this context; the user-side
+        ones are computed from ``items`` (dense, time order) alone, as
+        ``__init__`` computes them per user. Without ``timestamps`` the events
+        are placed one second apart, ending at the history's last timestamp
+        ("now" for the package). O(len(items)), so the service can re-rank a
+        session per request.
+        """
+        import copy
+
+        from recforge.profiles import ProfileSettings, profile_vector
+
+        items = np.asarray(items, dtype=np.int64)
+        n = len(items)
+        if timestamps is None:
+            timestamps = self.data.history.last_timestamp() - (n - 1 - np.arange(n, dtype=np.int64))
+        timestamps = np.asarray(timestamps, dtype=np.int64)
+        ctx = copy.copy(self)
+        ctx.counts = np.array([float(n)])
+        ctx.last_ts = np.array([timestamps[-1] if n else 0], dtype=np.int64)
+        ctx.first_ts = np.array([timestamps[0] if n else 0], dtype=np.int64)
+        ctx.last = np.full((1, LAST_N), -1, dtype=np.int64)
+        recent = items[::-1][:LAST_N]
+        ctx.last[0, : len(recent)] = recent
+        distinct = np.unique(items)
+        n_items = self.data.history.n_items
+        ctx.seen = sp.csr_matrix(
+            (np.ones(len(distinct)), (np.zeros(len(distinct), dtype=np.int64), distinct)), shape=(1, n_items)
+        )
+        ctx.inverse_lengths = np.array([1.0 / max(len(distinct), 1)])
+        settings = self.data.profile_settings or ProfileSettings()
+        ctx.embeddings = {
+            key: (
+                vectors,
+                np.asarray(
+                    profile_vector(items, vectors, settings, timestamps=timestamps, ratings=ratings), dtype=np.float32
+                )[None, :],
+            )
+            for key, (vectors, _) in self.embeddings.items()
+        }
+        if self.sentiment is not None:  # no review text for a session: the user's mean sentiment is unknown
+            ctx.sentiment = (self.sentiment[0], np.zeros(1))
+        return ctx
+
     def add(
         self,
         frame: pd.DataFrame,

@@ -463,3 +463,28 @@ def test_item_keywords_are_the_content_words_of_descriptive_fields():
     words = item_keywords(items, ("title", "genres", "text", "tags", "missing"))
     assert [sorted(w) for w in words] == [["ocean", "robots", "sky"], ["heist"]]
     assert item_keywords(items, ("title",)) == [[], []]  # only a title: no keyword field
+
+
+def test_context_for_a_history_gives_the_features_of_the_user_with_that_history(tiny):
+    # catches a user-side table of the session context left from the whole history (another user's
+    # last items, span, profile or seen items), or an item-side one rebuilt from the session alone
+    from recforge.features import FeatureContext
+
+    tiny.sentiment = np.linspace(-1.0, 1.0, len(tiny.history))
+    context = FeatureContext(tiny)
+    frame = candidate_frame(tiny.lists, tiny.maps, per_model=5)
+    known = context.add(frame)
+    h = tiny.history
+    for user in np.unique(frame["user"]):
+        rows = slice(h.bounds[user], h.bounds[user + 1])
+        session = context.for_history(h.item_ids[rows], timestamps=h.timestamps[rows], ratings=h.ratings[rows])
+        mine = frame[frame["user"] == user]
+        online = session.add(mine.assign(user=0))
+        expected = known.loc[mine.index].drop(columns=["user", "sent_user"])
+        got = online.drop(columns=["user", "sent_user"])
+        pd.testing.assert_frame_equal(got, expected, check_exact=False, rtol=1e-6)
+        assert (online["sent_user"] == 0).all()  # a session has no reviews
+    # without timestamps the session ends "now" (the history's last event), one second apart
+    session = context.for_history(np.array([0, 1]))
+    assert session.last_ts.tolist() == [h.last_timestamp()] and session.first_ts.tolist() == [h.last_timestamp() - 1]
+    assert context.counts.tolist() == [3.0, 2.0, 1.0]  # the shared context is untouched
