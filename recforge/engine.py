@@ -402,6 +402,16 @@ class Engine:
         known = np.array([i for i in indices if i >= 0], dtype=np.int64)
         if not len(known) or self.fold_in_model is None:
             return self._answer(self._popular(k, exclude=known), "popularity", fallback="popular", unknown=unknown)
+        if self.primary == RERANK and self.reranker is not None:
+            # the second stage for a session: each candidate model folds the history in, then the features
+            # of a user with exactly this history (recforge.online_rerank.OnlineReranker.rank_history)
+            per_model = self.reranker.per_model
+            lists = {
+                name: self.models[name].recommend_history(known, k=per_model, exclude_seen=True)
+                for name in self.reranker.models
+            }
+            items, scores = self.reranker.rank_history(known, lists, k)
+            return self._answer(self._rows(items, scores), RERANK, unknown=unknown)
         items, scores = self.models[self.fold_in_model].recommend_history(known, k=k, exclude_seen=True)
         return self._answer(self._rows(items, scores), self.fold_in_model, unknown=unknown)
 
@@ -467,7 +477,11 @@ class Engine:
             "models": self.manifest["models"],
             "text_path": self.text_model
             or (f"text:{self.manifest['encoders'][0]}" if self.text_encoder is not None else "popularity"),
-            "history_path": self.fold_in_model or "popularity",
+            "history_path": (
+                RERANK
+                if self.primary == RERANK and self.reranker is not None and self.fold_in_model is not None
+                else self.fold_in_model or "popularity"
+            ),
             "similar_items_path": self.similar_model
             or ("embeddings" if self.item_vectors is not None else "popularity"),
             "explainer": self.explainer_name,

@@ -14,6 +14,7 @@ from recforge.interactions import IdMaps
 from recforge.packaging import Package
 
 RERANK = "rerank"  # the served name of the second stage, and its folder in a package
+SESSION = "<session>"  # the user id of an anonymous session in its candidate frame
 
 
 @dataclass
@@ -104,10 +105,21 @@ class OnlineReranker:
         hi = min(hi, lo + k)
         return items[lo:hi], scores[lo:hi]
 
-    def rank(self, user: int, lists: dict[str, tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Top-``k`` (dense items, scores) from each candidate model's (items, scores) for dense ``user``."""
+    def rank(
+        self,
+        user: int,
+        lists: dict[str, tuple[np.ndarray, np.ndarray]],
+        k: int,
+        *,
+        context: Any = None,
+        maps: IdMaps | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` (dense items, scores) from each candidate model's (items, scores) for dense ``user``
+        (of ``maps`` and ``context``: the package's users by default, a session's for :meth:`rank_history`)."""
         from recforge.features import candidate_frame
 
+        context = context if context is not None else self.context
+        maps = maps if maps is not None else self.maps
         frames = {}
         for name, (items, scores) in lists.items():
             items, scores = np.ravel(items), np.ravel(scores)
@@ -115,16 +127,25 @@ class OnlineReranker:
             items, scores = items[keep], scores[keep]
             frames[name] = pd.DataFrame(
                 {
-                    "user_id": self.maps.user_ids[np.full(len(items), user)],
-                    "item_id": self.maps.item_ids[items],
+                    "user_id": maps.user_ids[np.full(len(items), user)],
+                    "item_id": maps.item_ids[items],
                     "rank": np.arange(1, len(items) + 1),
                     "score": scores,
                 }
             )
         if not any(len(f) for f in frames.values()):
             return np.zeros(0, np.int64), np.zeros(0)
-        frame = self.context.add(candidate_frame(frames, self.maps, self.per_model))
+        frame = context.add(candidate_frame(frames, maps, self.per_model))
         scores = np.asarray(self.model.rerank(frame), dtype=np.float64)
         items = frame["item"].to_numpy()
         order = np.lexsort((items, -scores))[:k]
         return items[order], scores[order]
+
+    def rank_history(
+        self, history: np.ndarray, lists: dict[str, tuple[np.ndarray, np.ndarray]], k: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` for an anonymous session: dense ``history`` items (time order) and each candidate
+        model's fold-in (items, scores) for it; the features of a user with exactly that history
+        (:meth:`recforge.features.FeatureContext.for_history`), then the fold models' mean score."""
+        session = IdMaps(user_ids=pd.Index([SESSION], name="user_id"), item_ids=self.maps.item_ids)
+        return self.rank(0, lists, k, context=self.context.for_history(history), maps=session)

@@ -139,3 +139,45 @@ def test_package_and_serve_take_the_same_params_flags_as_run(tmp_path, monkeypat
         assert result.exit_code == 0, result.output
         params = seen[command[0]]
         assert (params.seed, params.serve.port, params.serve.model, params.evaluate.k) == (11, 3999, "gru", 5)
+
+
+def test_a_session_is_reranked_like_a_user_with_that_history(trained):
+    # catches /recommend/history answered by one fold-in model while the re-ranker is served, the session's
+    # features taken from another user (a known user's last items or profile), or candidates not folded in
+    from recforge.features import candidate_frame
+
+    _, directory, _ = trained
+    engine = Engine.load(directory, device="cpu", model="rerank")
+    reranker = engine.reranker
+    assert engine.metadata()["history_path"] == "rerank"
+    differs = 0
+    for user in range(0, len(engine.maps.user_ids), 7):
+        history = engine._history(user)[-30:]
+        answer = engine.recommend_history([engine._item_id(i) for i in history], 10)
+        assert answer.model == "rerank"
+        # the same ranking recomputed from its definition: every model's fold-in top lists, the union's
+        # features for a user whose history is exactly the session, the fold models' mean score
+        lists = {}
+        for name in reranker.models:
+            items, scores = engine.models[name].recommend_history(history, k=reranker.per_model, exclude_seen=True)
+            items, scores = np.ravel(items), np.ravel(scores)
+            keep = (items >= 0) & np.isfinite(scores)
+            lists[name] = pd.DataFrame(
+                {
+                    "user_id": 7,
+                    "item_id": engine.maps.item_ids[items[keep]],
+                    "rank": np.arange(1, keep.sum() + 1),
+                    "score": scores[keep],
+                }
+            )
+        from recforge.interactions import IdMaps
+
+        maps = IdMaps(user_ids=pd.Index([7]), item_ids=engine.maps.item_ids)
+        frame = reranker.context.for_history(history).add(candidate_frame(lists, maps, reranker.per_model))
+        scores = reranker.model.rerank(frame)
+        order = np.lexsort((frame["item"].to_numpy(), -scores))[:10]
+        assert [i.item_id for i in answer.items] == frame["item_id"].to_numpy()[order].tolist()
+        assert not set(engine.maps.item_index([i.item_id for i in answer.items])) & set(history.tolist())
+        single = engine.models[engine.fold_in_model].recommend_history(history, k=10, exclude_seen=True)[0]
+        differs += np.ravel(single).tolist() != engine.maps.item_index([i.item_id for i in answer.items]).tolist()
+    assert differs > 0  # the second stage changes some sessions' lists
