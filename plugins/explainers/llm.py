@@ -7,7 +7,8 @@ items, a few shared terms and the user's profile keywords), the answer primed
 with ``You may like "<item>" because, like "<closest history item>", it`` (the
 model only continues it: fewer tokens, and it starts grounded), greedy
 decoding of at most ``max_new_tokens`` tokens, stopped as soon as the
-``sentences``-th sentence (default 2) ends. A static KV cache did not help on CPU (measured), so generation
+``sentences``-th sentence ends (default 1: at 2 sentences and 40 tokens the
+second one was mostly cut off, or repeated the first, on ml-latest-small). A static KV cache did not help on CPU (measured), so generation
 uses the default dynamic cache. On CUDA the model runs in bfloat16 (float16
 where bfloat16 is unsupported).
 
@@ -98,6 +99,8 @@ def display_title(title: str) -> str:
         article = match.group(2)
         joiner = "" if article.endswith("'") else " "
         text = f"{article.capitalize()}{joiner}{match.group(1)}"
+    if len(text.split()) > MAX_TITLE_WORDS and ":" in text:
+        text = text.split(":")[0].strip()  # "The Lord of the Rings: The Return of the King" -> its main part
     parts = text.split()
     return " ".join(parts[:MAX_TITLE_WORDS]) if parts else str(title)
 
@@ -130,7 +133,8 @@ class _SentenceStop:
         import torch
 
         text = self.tokenizer.decode(input_ids[0, self.start :], skip_special_tokens=True)
-        done = len(SENTENCE_END.findall(text)) >= self.sentences
+        ends = [m for m in SENTENCE_END.finditer(text) if text[: m.start()].count('"') % 2 == 0]
+        done = len(ends) >= self.sentences
         return torch.full((input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device)
 
 
@@ -148,7 +152,7 @@ class LLMExplainer:
         kind: str = "movie",
         prime: bool = True,
         dtype: str | None = None,
-        sentences: int = 2,
+        sentences: int = 1,
     ) -> None:
         self.model = model
         self.max_new_tokens = int(max_new_tokens)
@@ -237,7 +241,13 @@ class LLMExplainer:
     def clean(self, text: str) -> str:
         """At most two sentences, at most ``max_chars`` characters, cut at a word boundary."""
         text = " ".join(text.split())
-        sentences = re.split(r"(?<=[.!?])\s+", text)
+        # sentence ends outside quotes only: a quoted title may hold a period ("E.T. the Extra-Terrestrial")
+        sentences, start = [], 0
+        for match in re.finditer(r"(?<=[.!?])\s+|(?<=[.!?][\"”])\s+", text):
+            if text[: match.start()].count('"') % 2 == 0 and not text[match.end() : match.end() + 1].islower():
+                sentences.append(text[start : match.start()])
+                start = match.end()
+        sentences.append(text[start:])
         sentences = sentences[: self.sentences]
         if sentences and not re.search(r"[.!?][\"'”’)]*$", sentences[-1]):
             sentences = sentences[:-1]  # drop a sentence cut off by the token or time limit

@@ -67,12 +67,14 @@ def test_llm_falls_back_to_template_when_generation_fails():
 
 
 def test_llm_output_is_capped_and_grounding_checked():
-    llm = registry.explainers.create("llm", max_chars=60)
+    llm = registry.explainers.create("llm", max_chars=60, sentences=2)
     long = "You will love Space Robots because Robot Wars was great. It has robots. And more. " * 3
     cleaned = llm.clean(long)
     assert len(cleaned) <= 63 and cleaned.endswith("...")
-    two = registry.explainers.create("llm", max_chars=1000).clean(long)
+    two = registry.explainers.create("llm", max_chars=1000, sentences=2).clean(long)
     assert two == "You will love Space Robots because Robot Wars was great. It has robots."
+    one = registry.explainers.create("llm", max_chars=1000).clean(long)  # default: one sentence
+    assert one == "You will love Space Robots because Robot Wars was great."
     assert llm.grounded("Like Robot Wars, Space Robots is fun.", EVIDENCE)
     assert not llm.grounded("A fine film for everyone.", EVIDENCE)
     # strict: the recommended item must be named, and no title outside the evidence

@@ -59,8 +59,8 @@ def test_grounding_rejects_any_other_title(text, culprit):
 
 def test_rejected_text_falls_back_to_the_template():
     class Scripted(LLMExplainer):  # the real explainer with a scripted generation (no model involved)
-        def __init__(self, answer: str) -> None:
-            super().__init__()
+        def __init__(self, answer: str, sentences: int = 1) -> None:
+            super().__init__(sentences=sentences)
             self.answer = answer
 
         def _load(self):
@@ -73,12 +73,16 @@ def test_rejected_text_falls_back_to_the_template():
     bad = Scripted(HALLUCINATED[0][0])
     assert bad.explain("u", 3, evidence=EVIDENCE) == template and bad.last_source == "template"
     good = Scripted(GROUNDED[0] + " It is fun. And a third sentence.")
-    assert good.explain("u", 3, evidence=EVIDENCE) == GROUNDED[0] + " It is fun." and good.last_source == "llm"
+    assert good.explain("u", 3, evidence=EVIDENCE) == GROUNDED[0] and good.last_source == "llm"
+    two = Scripted(GROUNDED[0] + " It is fun. And a third sentence.", sentences=2)
+    assert two.explain("u", 3, evidence=EVIDENCE) == GROUNDED[0] + " It is fun." and two.last_source == "llm"
 
 
 def test_display_titles_and_a_short_prompt_with_profile_keywords():
     assert display_title("Shawshank Redemption, The (1994)") == "The Shawshank Redemption"
     assert display_title("Seven (a.k.a. Se7en) (1995)") == "Seven"
+    long = "Lord of the Rings: The Return of the King, The (2003)"
+    assert display_title(long) == "The Lord of the Rings"
     assert display_title("Amelie (Fabuleux destin d'Amélie Poulain, Le) (2001)") == "Amelie"
     explainer = LLMExplainer()
     prompt = explainer.prompt(EVIDENCE)
