@@ -86,11 +86,23 @@ def candidate_frame(lists: Mapping[str, pd.DataFrame], maps: IdMaps, per_model: 
     the item) and ``<model>_gap`` (score minus the model's best score for the
     user). Rows are sorted by user, then item.
     """
-    n_items = len(maps.item_ids)
-    blocks = []
+    dense = {}
     for name, frame in lists.items():
         top = frame[frame["rank"] <= per_model]
         users, items = maps.user_index(top["user_id"]), maps.item_index(top["item_id"])
+        dense[name] = (users, items, top["score"].to_numpy(np.float32), top["rank"].to_numpy(np.float32))
+    return dense_candidate_frame(dense, maps)
+
+
+def dense_candidate_frame(
+    lists: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]], maps: IdMaps
+) -> pd.DataFrame:
+    """:func:`candidate_frame` from dense (users, items, scores, ranks) per model, already cut to the
+    top ``per_model``; rows whose user or item is -1 (unknown) are dropped. The online re-ranker calls
+    this directly (no id round trip per request)."""
+    n_items = len(maps.item_ids)
+    blocks = []
+    for name, (users, items, scores, ranks) in lists.items():
         valid = (users >= 0) & (items >= 0)
         keys = users[valid].astype(np.int64) * n_items + items[valid]
         keys, first = np.unique(keys, return_index=True)  # one row per (user, item): its first occurrence
@@ -98,8 +110,8 @@ def candidate_frame(lists: Mapping[str, pd.DataFrame], maps: IdMaps, per_model: 
             (
                 safe_name(name),
                 keys,
-                top["score"].to_numpy(np.float32)[valid][first],
-                top["rank"].to_numpy(np.float32)[valid][first],
+                np.asarray(scores, dtype=np.float32)[valid][first],
+                np.asarray(ranks, dtype=np.float32)[valid][first],
             )
         )
     if not blocks:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,6 +13,9 @@ from recforge import registry
 from recforge.artifacts import load_model_dir, read_meta
 from recforge.interactions import IdMaps
 from recforge.packaging import Package
+from recforge.protocols import CompiledScoring
+
+log = logging.getLogger(__name__)
 
 RERANK = "rerank"  # the served name of the second stage, and its folder in a package
 SESSION = "<session>"  # the user id of an anonymous session in its candidate frame
@@ -78,6 +82,11 @@ class OnlineReranker:
             profiles=package.profiles(list(meta["encoders"])),  # as the rerank stage reads them offline
         )
         model, _ = load_model_dir(folder, registry.rerankers, meta=meta)
+        if isinstance(model, CompiledScoring):  # native trees for the per-request scoring (same scores)
+            from recforge.llm import models_dir
+
+            compiled = model.compile_for_serving(folder, models_dir() / "compiled-rerankers")
+            log.info("online re-ranker: %s", "compiled trees" if compiled else "LightGBM trees")
         stored = package.rerank_lists()
         if stored is not None and len(stored[0]) != len(package.maps.user_ids) + 1:
             return None, "the precomputed lists do not cover the package's users; repackage"
@@ -116,26 +125,20 @@ class OnlineReranker:
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` (dense items, scores) from each candidate model's (items, scores) for dense ``user``
         (of ``maps`` and ``context``: the package's users by default, a session's for :meth:`rank_history`)."""
-        from recforge.features import candidate_frame
+        from recforge.features import dense_candidate_frame
 
         context = context if context is not None else self.context
         maps = maps if maps is not None else self.maps
-        frames = {}
+        dense = {}
         for name, (items, scores) in lists.items():
             items, scores = np.ravel(items), np.ravel(scores)
             keep = (items >= 0) & np.isfinite(scores)
-            items, scores = items[keep], scores[keep]
-            frames[name] = pd.DataFrame(
-                {
-                    "user_id": maps.user_ids[np.full(len(items), user)],
-                    "item_id": maps.item_ids[items],
-                    "rank": np.arange(1, len(items) + 1),
-                    "score": scores,
-                }
-            )
-        if not any(len(f) for f in frames.values()):
+            items, scores = items[keep][: self.per_model], scores[keep][: self.per_model]
+            ranks = np.arange(1, len(items) + 1, dtype=np.float32)
+            dense[name] = (np.full(len(items), user, dtype=np.int64), items.astype(np.int64), scores, ranks)
+        if not any(len(block[1]) for block in dense.values()):
             return np.zeros(0, np.int64), np.zeros(0)
-        frame = context.add(candidate_frame(frames, maps, self.per_model))
+        frame = context.add(dense_candidate_frame(dense, maps))
         scores = np.asarray(self.model.rerank(frame), dtype=np.float64)
         items = frame["item"].to_numpy()
         order = np.lexsort((items, -scores))[:k]

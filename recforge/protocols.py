@@ -127,6 +127,19 @@ class Recommender(Protocol):
 
 
 @runtime_checkable
+class CompiledScoring(Protocol):
+    """Optional (re-rankers): compile the saved model to native code for serving.
+
+    ``compile_for_serving(directory, cache_dir)`` compiles the model files in
+    ``directory`` (as written by ``save``), keeping compiled objects in
+    ``cache_dir`` keyed by the model files' content, and returns True when
+    ``rerank`` now scores through them (the same scores), False when it cannot.
+    """
+
+    def compile_for_serving(self, directory: Path, cache_dir: Path) -> bool: ...
+
+
+@runtime_checkable
 class SimilarItems(Protocol):
     """Optional: items most similar to one item (best first, the item itself excluded)."""
 

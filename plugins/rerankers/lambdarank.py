@@ -88,6 +88,7 @@ class LambdaRankReranker:
         self.boosters: list[Any] = []
         self.best_iterations: list[int] = []
         self.oof_scores = None
+        self.compiled: list[Any] = []  # lleaves models of the saved fold files, when compiled for serving
         self._repeat = 0  # the repeat being trained (its fold split and LightGBM seed: seed + repeat)
 
     def _lgb_params(self) -> dict[str, Any]:
@@ -259,9 +260,43 @@ class LambdaRankReranker:
         booster = model.booster_
         return booster, int(booster.current_iteration())
 
+    def compile_for_serving(self, directory: Path, cache_dir: Path) -> bool:
+        """Compile the saved ``fold_<i>.txt`` files to native code with lleaves (LLVM), one object per file in
+        ``cache_dir`` named by the file's SHA-256; ``rerank`` then scores through them, single-threaded.
+
+        Same trees, same scores (lleaves reproduces LightGBM's prediction to ~1e-15), 3-5x faster for the
+        few hundred rows of one request. Compiling takes about a second per fold model, once per model
+        content. False (LightGBM keeps scoring) when lleaves is not installed or compiling fails.
+        """
+        try:
+            import lleaves
+        except ImportError:
+            return False
+        from recforge.artifacts import sha256_file
+
+        compiled = []
+        try:
+            cache_dir = Path(cache_dir)
+            cache_dir.mkdir(parents=True, exist_ok=True)
+            for i in range(len(self.boosters)):
+                path = Path(directory) / f"fold_{i}.txt"
+                model = lleaves.Model(model_file=str(path))
+                model.compile(cache=str(cache_dir / f"{sha256_file(path)}.o"))
+                compiled.append(model)
+        except Exception as exc:  # noqa: BLE001 - any compiler failure: LightGBM keeps scoring
+            log.warning(
+                "lambdarank: compiling the fold models failed (%s: %s); scoring with LightGBM", type(exc).__name__, exc
+            )
+            return False
+        self.compiled = compiled
+        return True
+
     def _predict(self, X: np.ndarray) -> np.ndarray:
         if not self.boosters:
             raise RuntimeError("rerank() before fit()")
+        if self.compiled:
+            X64 = np.ascontiguousarray(X, dtype=np.float64)
+            return sum(model.predict(X64, n_jobs=1) for model in self.compiled) / len(self.compiled)
         total = np.zeros(len(X))
         for part in batched(len(X), PREDICT_ROWS):
             for booster, best in zip(self.boosters, self.best_iterations, strict=True):

@@ -114,3 +114,22 @@ def test_lambdarank_repeats_train_new_fold_splits_and_average_them():
     np.testing.assert_allclose(twice.oof_scores, (once.oof_scores + second.oof_scores) / 2, rtol=1e-6)
     assert not np.allclose(once.oof_scores, second.oof_scores)
     np.testing.assert_allclose(twice.rerank(frame), (once.rerank(frame) + second.rerank(frame)) / 2, rtol=1e-6)
+
+
+def test_compiled_trees_score_like_lightgbm(tmp_path):
+    # catches compiled scoring that drifts from the saved model (another iteration count, fold files mixed up,
+    # a missing 1/n), and a compile cache that is not keyed by the model's content
+    pytest.importorskip("lleaves")
+    frame, labels, groups = _ranking_table(users=40)
+    options = {"folds": 2, "num_boost_round": 15, "early_stopping_rounds": 5, "min_data_in_leaf": 2, "threads": 1}
+    model = LambdaRankReranker(repeats=2, **options).fit(frame, labels, groups)
+    model.save(tmp_path / "model")
+    loaded = LambdaRankReranker.load(tmp_path / "model")
+    expected = loaded.rerank(frame)
+    assert loaded.compile_for_serving(tmp_path / "model", tmp_path / "cache")
+    assert len(loaded.compiled) == 4
+    np.testing.assert_allclose(loaded.rerank(frame), expected, rtol=0, atol=1e-9)
+    from recforge.artifacts import sha256_file
+
+    objects = sorted(p.name for p in (tmp_path / "cache").iterdir())
+    assert objects == sorted({f"{sha256_file(tmp_path / 'model' / f'fold_{i}.txt')}.o" for i in range(4)})
