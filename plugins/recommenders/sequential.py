@@ -134,7 +134,9 @@ class Sequential:
     ``batch_size`` (windows per step), ``epochs`` (the maximum with validation,
     the exact count without), ``min_epochs``, ``patience``, ``threads`` (torch
     intra-op threads; default half the cores, up to 8), ``device`` (default: the
-    context's, i.e. CUDA when present), ``seed``. ``max_len``, ``batch_size``
+    context's, i.e. CUDA when present), ``seed`` (default: the run's), ``seed_offset``
+    (added to it: a second copy of a model with another initialisation follows
+    the run's seed too). ``max_len``, ``batch_size``
     and ``epochs`` may be ``auto``: chosen from the training histories by
     :func:`recforge.sizing.sequence_sizes` and saved as numbers.
     """
@@ -156,6 +158,7 @@ class Sequential:
         threads: int | None = None,
         device: str | None = None,
         seed: int | None = None,
+        seed_offset: int = 0,
     ) -> None:
         if cell not in CELLS:
             raise ValueError(f"cell must be one of {CELLS}, got {cell!r}")
@@ -175,6 +178,7 @@ class Sequential:
             threads=threads,
             device=device,
             seed=seed,
+            seed_offset=int(seed_offset),
         )
         self.net = None
         self.n_items = 0
@@ -206,7 +210,7 @@ class Sequential:
         torch = _torch()
         cfg = self.config
         _set_threads(cfg["threads"])
-        seed = cfg["seed"] if cfg["seed"] is not None else context.seed
+        seed = (cfg["seed"] if cfg["seed"] is not None else context.seed) + cfg.get("seed_offset", 0)
         torch.manual_seed(seed)
         rng = np.random.default_rng(seed)
         self._auto = [k for k in SIZES if is_auto(cfg[k])]

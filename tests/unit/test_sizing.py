@@ -133,3 +133,18 @@ def test_compiled_trees_score_like_lightgbm(tmp_path):
 
     objects = sorted(p.name for p in (tmp_path / "cache").iterdir())
     assert objects == sorted({f"{sha256_file(tmp_path / 'model' / f'fold_{i}.txt')}.o" for i in range(4)})
+
+
+def test_sequential_seed_offset_follows_the_run_seed():
+    # catches seed_offset ignored (two copies of a model identical) or replacing the run's seed
+    interactions, items = generate(SyntheticParams(num_users=60, num_items=30, num_interactions=900, seed=1))
+    maps = IdMaps.build(interactions, items)
+    events = Interactions.from_frame(interactions, maps)
+    options = {"cell": "gru", "dim": 8, "threads": 1, "device": "cpu", "epochs": 1, "max_len": 10}
+
+    def fit(seed: int, **extra):
+        context = FitContext(items=items, maps=maps, seed=seed, device="cpu")
+        return Sequential(**options, **extra).fit(events, context=context).recommend(np.arange(5), k=5)[1]
+
+    np.testing.assert_array_equal(fit(3, seed_offset=2), fit(5))
+    assert not np.array_equal(fit(3, seed_offset=2), fit(3))
