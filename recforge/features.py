@@ -224,7 +224,8 @@ class FeatureContext:
             self.last[valid, offset] = history.item_ids[position[valid]]
 
         self.item_counts = history.item_counts
-        recent = history.timestamps > history.last_timestamp() - GLOBAL_RECENT_DAYS * DAY
+        self.now = history.last_timestamp()  # the history's last event (a session ends here)
+        recent = history.timestamps > self.now - GLOBAL_RECENT_DAYS * DAY
         self.pop_recent = np.bincount(history.item_ids[recent], minlength=history.n_items)
         self.first_seen = np.full(history.n_items, np.iinfo(np.int64).max, dtype=np.int64)
         np.minimum.at(self.first_seen, history.item_ids, history.timestamps.astype(np.int64))
@@ -294,7 +295,7 @@ class FeatureContext:
         items = np.asarray(items, dtype=np.int64)
         n = len(items)
         if timestamps is None:
-            timestamps = self.data.history.last_timestamp() - (n - 1 - np.arange(n, dtype=np.int64))
+            timestamps = self.now - (n - 1 - np.arange(n, dtype=np.int64))
         timestamps = np.asarray(timestamps, dtype=np.int64)
         ctx = copy.copy(self)
         ctx.counts = np.array([float(n)])
@@ -481,6 +482,14 @@ def labels_for(frame: pd.DataFrame, truth: pd.DataFrame | pd.MultiIndex) -> np.n
     keys = truth if isinstance(truth, pd.MultiIndex) else truth_keys(truth)
     rows = pd.MultiIndex.from_frame(frame[["user_id", "item_id"]])
     return rows.isin(keys).astype(np.int32)
+
+
+def positive_groups(labels: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """Per group (user, ``groups[g]`` consecutive rows), whether any of its rows has a positive label."""
+    if not len(groups):
+        return np.zeros(0, dtype=bool)
+    starts = np.concatenate([[0], np.cumsum(groups)[:-1]]).astype(np.int64)
+    return np.add.reduceat(np.asarray(labels, dtype=np.float64), starts) > 0
 
 
 def group_sizes(frame: pd.DataFrame) -> np.ndarray:

@@ -168,8 +168,8 @@ class RerankParams(_Section):
     learning_rate: float = Field(0.05, gt=0.0)
     num_boost_round: int = Field(500, ge=1)
     early_stopping_rounds: int = Field(50, ge=1)
-    folds: Annotated[int, Field(ge=1)] | Literal["auto"] = 5  # auto: from the validation users (recforge.sizing)
-    repeats: Annotated[int, Field(ge=1)] | Literal["auto"] = 1  # fold splits drawn and trained again, averaged
+    folds: Annotated[int, Field(ge=1, le=50)] | Literal["auto"] = 5  # auto: from the validation users (recforge.sizing)
+    repeats: Annotated[int, Field(ge=1, le=20)] | Literal["auto"] = 1  # fold splits drawn and trained again, averaged
     distributed: bool = False
     ablations: bool = False
     sentiment: bool = True
@@ -193,7 +193,7 @@ class TrainParams(_Section):
     """
 
     sentiment_weighting: bool = True
-    sentiment_strength: float = Field(1.0, ge=0.0)
+    sentiment_strength: float = Field(1.0, ge=0.0, le=10.0)
     sentiment_floor: float = Field(0.1, gt=0.0, le=1.0)
 
 

@@ -29,6 +29,7 @@ from recforge.features import (
     candidate_frame,
     group_sizes,
     labels_for,
+    positive_groups,
 )
 from recforge.params import Params
 from recforge.workspace import Workspace
@@ -160,10 +161,7 @@ def training_table(
 
 def positive_users(labels: np.ndarray, groups: np.ndarray) -> int:
     """How many groups (users, in consecutive blocks of ``groups`` rows) have a positive label."""
-    if not len(groups):
-        return 0
-    starts = np.concatenate([[0], np.cumsum(groups)[:-1]]).astype(np.int64)
-    return int((np.add.reduceat(np.asarray(labels, dtype=np.float64), starts) > 0).sum())
+    return int(positive_groups(labels, groups).sum())
 
 
 def make_reranker(params: Params, features: list[str] | None = None, positive_users: int | None = None):

@@ -38,14 +38,25 @@ CELLS = ("gru", "lstm", "sasrec")
 SIZES = ("max_len", "batch_size", "epochs")  # may be "auto": chosen from the training data (recforge.sizing)
 
 
+SIZE_LIMITS = {"max_len": 10_000, "batch_size": 65_536, "epochs": 10_000}
+SEED_OFFSET_MAX = 2**31
+
+
 def _size(value: int | str, name: str) -> int | str:
+    """A size option: 'auto', or an integer in [1, SIZE_LIMITS[name]] (one-line error otherwise)."""
     if is_auto(value):
         return AUTO
-    if isinstance(value, bool) or not isinstance(value, int | float | str) or not str(value).isdigit():
-        raise ValueError(f"{name} must be a positive integer or 'auto', got {value!r}")
-    if int(value) < 1:
-        raise ValueError(f"{name} must be a positive integer or 'auto', got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int | str) or not str(value).isdigit():
+        raise ValueError(f"{name} must be an integer in [1, {SIZE_LIMITS[name]}] or 'auto', got {value!r}")
+    if not 1 <= int(value) <= SIZE_LIMITS[name]:
+        raise ValueError(f"{name} must be an integer in [1, {SIZE_LIMITS[name]}] or 'auto', got {value!r}")
     return int(value)
+
+
+def _seed_offset(value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= SEED_OFFSET_MAX:
+        raise ValueError(f"seed_offset must be an integer in [0, {SEED_OFFSET_MAX}], got {value!r}")
+    return value
 
 
 def _torch():
@@ -178,7 +189,7 @@ class Sequential:
             threads=threads,
             device=device,
             seed=seed,
-            seed_offset=int(seed_offset),
+            seed_offset=_seed_offset(seed_offset),
         )
         self.net = None
         self.n_items = 0

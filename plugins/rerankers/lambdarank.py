@@ -17,16 +17,19 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from recforge.features import positive_groups
 from recforge.ranking import batched
 
 log = logging.getLogger(__name__)
 
+COMPILE_LOCK_S = 600.0  # longest wait for another process compiling the same cache (then LightGBM scores)
 PREDICT_ROWS = 1_000_000  # rows scored per LightGBM predict call (bounds the copies made for scoring)
 
 
@@ -129,9 +132,7 @@ class LambdaRankReranker:
         groups = np.asarray(groups, dtype=np.int64)
         if groups.sum() != len(X) or len(labels) != len(X):
             raise ValueError(f"rows {len(X)}, labels {len(labels)}, sum(groups) {groups.sum()} must agree")
-        starts = np.concatenate([[0], np.cumsum(groups)[:-1]])
-        positive = np.add.reduceat(labels, starts) > 0 if len(groups) else np.array([], bool)
-        useful = np.flatnonzero(positive)
+        useful = np.flatnonzero(positive_groups(labels, groups))
         if len(useful) < 2:
             raise ValueError("fewer than two groups with a positive label: nothing to learn from")
         if self.config["repeats"] < 1:
@@ -273,16 +274,26 @@ class LambdaRankReranker:
         except ImportError:
             return False
         from recforge.artifacts import sha256_file
+        from recforge.locking import workspace_lock
 
         compiled = []
         try:
             cache_dir = Path(cache_dir)
             cache_dir.mkdir(parents=True, exist_ok=True)
-            for i in range(len(self.boosters)):
-                path = Path(directory) / f"fold_{i}.txt"
-                model = lleaves.Model(model_file=str(path))
-                model.compile(cache=str(cache_dir / f"{sha256_file(path)}.o"))
-                compiled.append(model)
+            # one compiler at a time (service workers start together); an object appears whole or not at all
+            with workspace_lock(cache_dir.parent / f".{cache_dir.name}-lock", timeout=COMPILE_LOCK_S):
+                for i in range(len(self.boosters)):
+                    path = Path(directory) / f"fold_{i}.txt"
+                    final = cache_dir / f"{sha256_file(path)}.o"
+                    model = lleaves.Model(model_file=str(path))
+                    if final.exists():
+                        model.compile(cache=str(final))  # loads the cached object
+                    else:
+                        staging = cache_dir / f".{final.name}.{os.getpid()}.tmp"
+                        staging.unlink(missing_ok=True)
+                        model.compile(cache=str(staging))  # compiles and writes the object there
+                        os.replace(staging, final)
+                    compiled.append(model)
         except Exception as exc:  # noqa: BLE001 - any compiler failure: LightGBM keeps scoring
             log.warning(
                 "lambdarank: compiling the fold models failed (%s: %s); scoring with LightGBM", type(exc).__name__, exc
