@@ -203,7 +203,7 @@ class Engine:
         evidence_encoder = next((name for name in explain.explanation_encoders(self.params) if name in encoders), None)
         vectors = package.embeddings(evidence_encoder) if evidence_encoder is not None else None
         self.item_table = explain.ItemTable.build(self.items, self.params.encode.fields, vectors)
-        self.profiles = explain.read_profiles(package.directory / "profiles")  # the encode stage's, as packaged
+        self.profiles = explain.read_profiles(package.profiles_dir)  # the encode stage's, as packaged
         lead = (
             self.primary
             if self.primary in self.models
@@ -402,7 +402,7 @@ class Engine:
         known = np.array([i for i in indices if i >= 0], dtype=np.int64)
         if not len(known) or self.fold_in_model is None:
             return self._answer(self._popular(k, exclude=known), "popularity", fallback="popular", unknown=unknown)
-        if self.primary == RERANK and self.reranker is not None:
+        if self.reranks_sessions:
             # the second stage for a session: each candidate model folds the history in, then the features
             # of a user with exactly this history (recforge.online_rerank.OnlineReranker.rank_history)
             per_model = self.reranker.per_model
@@ -446,6 +446,11 @@ class Engine:
             evidence=result["evidence"],
         )
 
+    @property
+    def reranks_sessions(self) -> bool:
+        """Whether /recommend/history runs the second stage (the re-ranker is served and models fold in)."""
+        return self.primary == RERANK and self.reranker is not None and self.fold_in_model is not None
+
     def evidence(self, user: int, index: int) -> dict[str, Any]:
         """:func:`recforge.explain.evidence` for dense ``user`` and item ``index`` over the packaged history
         and the packaged profile keywords."""
@@ -477,11 +482,7 @@ class Engine:
             "models": self.manifest["models"],
             "text_path": self.text_model
             or (f"text:{self.manifest['encoders'][0]}" if self.text_encoder is not None else "popularity"),
-            "history_path": (
-                RERANK
-                if self.primary == RERANK and self.reranker is not None and self.fold_in_model is not None
-                else self.fold_in_model or "popularity"
-            ),
+            "history_path": RERANK if self.reranks_sessions else self.fold_in_model or "popularity",
             "similar_items_path": self.similar_model
             or ("embeddings" if self.item_vectors is not None else "popularity"),
             "explainer": self.explainer_name,

@@ -82,11 +82,8 @@ def read_profiles(directory: str | Path) -> Any:
     """The profiles (keywords and genres only, no vectors) in ``directory``, or None when it has none."""
     from recforge.profiles import UserProfiles
 
-    directory = Path(directory)
-    if not (directory / "users.json").exists():
-        return None
     try:
-        return UserProfiles.load(directory, [])
+        return UserProfiles.load_optional(Path(directory), [])
     except (RecforgeError, ValueError, KeyError) as exc:
         log.warning("%s: profiles unreadable (%s); explanations go without profile keywords", directory, exc)
         return None

@@ -408,16 +408,19 @@ class Package:
         with np.load(path, allow_pickle=False) as data:
             return data["indptr"], data["items"].astype(np.int64), data["scores"], int(data["length"])
 
+    @property
+    def profiles_dir(self) -> Path:
+        """Where the package keeps the encode stage's user profiles (train+val)."""
+        return self.directory / "profiles"
+
     def profiles(self, encoders: list[str]) -> dict[str, np.ndarray]:
         """The packaged user profile vectors (train+val, as the encode stage wrote them) of those ``encoders``
         that have them; empty when the package carries no profiles."""
         from recforge.profiles import UserProfiles
 
-        directory = self.directory / "profiles"
-        if not (directory / "users.json").exists():
-            return {}
-        available = [name for name in encoders if (directory / f"{name}.npz").exists()]
-        return dict(UserProfiles.load(directory, available).vectors) if available else {}
+        available = [name for name in encoders if (self.profiles_dir / f"{name}.npz").exists()]
+        loaded = UserProfiles.load_optional(self.profiles_dir, available) if available else None
+        return dict(loaded.vectors) if loaded is not None else {}
 
     def embeddings(self, name: str) -> np.ndarray:
         path = self.directory / "embeddings" / f"{name}.npy"

@@ -276,6 +276,12 @@ class UserProfiles:
             )
 
     @classmethod
+    def load_optional(cls, directory: Path, encoders: Sequence[str] | None = None) -> UserProfiles | None:
+        """:meth:`load`, or None when ``directory`` holds no profiles (encode ran with ``encode.profiles: false``,
+        or a package without them)."""
+        return cls.load(directory, encoders) if (Path(directory) / "users.json").exists() else None
+
+    @classmethod
     def load(cls, directory: Path, encoders: Sequence[str] | None = None) -> UserProfiles:
         directory = Path(directory)
         meta_path = directory / "users.json"
