@@ -147,7 +147,7 @@ class RerankParams(_Section):
     candidates (None: all configured). ``encoders``: encoders giving
     similarity features (None: encode.encoders). ``folds``: LambdaRank models
     over user-disjoint folds of the validation users, averaged; ``repeats``: the
-    fold split repeated with new seeds (both ``auto``: recforge.sizing). ``llm_scorer``:
+    fold split repeated with new seeds; ``num_leaves``: the trees' size (all three ``auto``: recforge.sizing). ``llm_scorer``:
     add the local LLM's listwise feature for each user's top ``llm_candidates``
     (one forward pass per user, recforge.llm_scorer; off by default). ``ablations``: also retrain without each
     feature group and
@@ -164,7 +164,8 @@ class RerankParams(_Section):
     encoders: list[str] | None = None
     candidates_per_model: int = Field(50, ge=1)
     block_users: int = Field(20_000, ge=1)
-    num_leaves: int = Field(31, ge=2)
+    # auto: from the validation users with a positive candidate (recforge.sizing.rerank_leaves)
+    num_leaves: Annotated[int, Field(ge=2, le=131_072)] | Literal["auto"] = 31
     learning_rate: float = Field(0.05, gt=0.0)
     num_boost_round: int = Field(500, ge=1)
     early_stopping_rounds: int = Field(50, ge=1)

@@ -165,17 +165,17 @@ def positive_users(labels: np.ndarray, groups: np.ndarray) -> int:
 
 
 def make_reranker(params: Params, features: list[str] | None = None, positive_users: int | None = None):
-    """The configured re-ranker plugin; ``auto`` folds/repeats are chosen from ``positive_users`` (the
+    """The configured re-ranker plugin; ``auto`` folds/repeats/num_leaves are chosen from ``positive_users`` (the
     validation users whose held-out item is among the candidates; recforge.sizing)."""
-    from recforge.sizing import is_auto, rerank_folds, rerank_repeats
+    from recforge.sizing import is_auto, rerank_folds, rerank_leaves, rerank_repeats
 
     cfg = params.rerank
-    if (is_auto(cfg.folds) or is_auto(cfg.repeats)) and positive_users is None:
-        raise ValueError("rerank.folds/repeats 'auto' need the number of validation users with a positive")
+    if any(is_auto(value) for value in (cfg.folds, cfg.repeats, cfg.num_leaves)) and positive_users is None:
+        raise ValueError("rerank.folds/repeats/num_leaves 'auto' need the number of validation users with a positive")
     options: dict[str, Any] = {
         "folds": rerank_folds(cfg.folds, positive_users or 0),
         "repeats": rerank_repeats(cfg.repeats, positive_users or 0),
-        "num_leaves": cfg.num_leaves,
+        "num_leaves": rerank_leaves(cfg.num_leaves, positive_users or 0),
         "learning_rate": cfg.learning_rate,
         "num_boost_round": cfg.num_boost_round,
         "early_stopping_rounds": cfg.early_stopping_rounds,

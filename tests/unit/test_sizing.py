@@ -48,23 +48,28 @@ def test_sequence_sizes_in_between_and_given_values_kept():
 
 
 @pytest.mark.parametrize(
-    ("users", "folds", "repeats"), [(10, 5, 3), (1_999, 5, 3), (2_000, 5, 2), (10_000, 5, 1), (20_000, 3, 1)]
+    ("users", "folds", "repeats", "leaves"),
+    [(10, 5, 3, 7), (1_999, 5, 3, 7), (2_000, 5, 2, 15), (10_000, 5, 1, 15), (19_999, 5, 1, 15), (20_000, 3, 1, 31)],
 )
-def test_rerank_folds_and_repeats(users, folds, repeats):
+def test_rerank_folds_repeats_and_leaves(users, folds, repeats, leaves):
     assert sizing.rerank_folds("auto", users) == folds
     assert sizing.rerank_repeats("auto", users) == repeats
+    assert sizing.rerank_leaves("auto", users) == leaves
     assert sizing.rerank_folds(4, users) == 4 and sizing.rerank_repeats(2, users) == 2
+    assert sizing.rerank_leaves(63, users) == 63
 
 
 def test_make_reranker_resolves_auto_from_positive_users(monkeypatch):
     # catches auto passed through to the plugin (a string fold count) or resolved without the statistic
     captured = {}
     monkeypatch.setattr(rerank.registry.rerankers, "create", lambda name, **options: captured.update(options))
-    params = load_params(None, ["rerank.folds=auto", "rerank.repeats=auto"])
+    params = load_params(None, ["rerank.folds=auto", "rerank.repeats=auto", "rerank.num_leaves=auto"])
     rerank.make_reranker(params, positive_users=610)
-    assert captured["folds"] == 5 and captured["repeats"] == 3
+    assert captured["folds"] == 5 and captured["repeats"] == 3 and captured["num_leaves"] == 7
     with pytest.raises(ValueError, match="auto"):
         rerank.make_reranker(params)
+    with pytest.raises(ValueError, match="auto"):  # num_leaves alone is auto
+        rerank.make_reranker(load_params(None, ["rerank.num_leaves=auto"]))
     assert rerank.positive_users(np.array([0, 1, 0, 0, 0, 1.0]), np.array([3, 2, 1])) == 2
 
 
