@@ -92,19 +92,8 @@ def part_data(
         sentiment=sentiment,
         text_fields=params.encode.fields,
         profile_settings=settings_from_params(params),
-        profiles=written_profiles(params, PROFILE_PART[part], list(embeddings)),
+        profiles=workspace.written_profiles(PROFILE_PART[part], list(embeddings)),
     )
-
-
-def written_profiles(params: Params, part: str, encoders: Sequence[str]) -> dict[str, np.ndarray]:
-    """The encode stage's user profile vectors of ``part`` for those of ``encoders`` it wrote."""
-    from recforge.profiles import load_profiles
-
-    directory = Path(params.paths.profiles_dir) / part
-    if not (directory / "users.json").exists():
-        return {}
-    available = [name for name in encoders if (directory / f"{name}.npz").exists()]
-    return dict(load_profiles(params, part, available).vectors) if available else {}
 
 
 def iter_part(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from functools import cached_property
 from pathlib import Path
 
@@ -80,7 +81,21 @@ class Workspace:
 
         return stage_encoder(self.params, encoder, self.items)
 
-    def context(self, *, validation: Interactions | None = None) -> FitContext:
+    def written_profiles(self, part: str, encoders: Sequence[str]) -> dict[str, np.ndarray]:
+        """The encode stage's user profile vectors of ``part`` ('val': from train, 'full': from train + val)
+        for those of ``encoders`` it wrote (none when it wrote no profiles)."""
+        from recforge.profiles import PARTS, UserProfiles
+
+        if part not in PARTS:
+            raise RecforgeError(f"profile part must be one of {sorted(PARTS)}, not {part!r}")
+        directory = Path(self.paths.profiles_dir) / part
+        available = [name for name in encoders if (directory / f"{name}.npz").exists()]
+        profiles = UserProfiles.load_optional(directory, available) if available else None
+        return {} if profiles is None else dict(profiles.vectors)
+
+    def context(self, *, validation: Interactions | None = None, profiles: str | None = None) -> FitContext:
+        """What a model fitted here may use; ``profiles``: the profile part matching the events it is
+        fitted on ('val' for train, 'full' for train + val; None: no profiles offered)."""
         from recforge.profiles import settings_from_params
 
         encode = self.params.encode
@@ -94,6 +109,9 @@ class Workspace:
             user_fields=list(encode.user_fields),
             profile_settings=settings_from_params(self.params),
             validation=validation,
+            profiles=None
+            if profiles is None
+            else (lambda encoder: self.written_profiles(profiles, [encoder]).get(encoder)),
             seed=self.params.seed,
             device=resolve_device(self.params.device),
         )

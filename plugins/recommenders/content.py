@@ -68,6 +68,7 @@ class ContentRecommender:
         self.user_vectors: np.ndarray | None = None
         self.popularity: np.ndarray | None = None
         self.seen: sp.csr_matrix | None = None
+        self.profile_source = "computed"  # or "artifact": the encode stage's profiles (context.profiles)
 
     # ---- fitting -------------------------------------------------------------------------------------------
 
@@ -98,6 +99,25 @@ class ContentRecommender:
             vectors = np.asarray(encoder.encode(texts), dtype=np.float32)
         return encoder, vectors
 
+    def _artifact_profiles(self, train: Interactions, context: FitContext) -> np.ndarray | None:
+        """The encode stage's profiles of these events (``context.profiles``) when they are exactly what
+        this model would compute: the stage's item vectors (no own ``fields``, not centred) and its
+        profile weighting; None otherwise (the model computes them with the same functions)."""
+        if context.profiles is None or context.encoder_and_embeddings is None or self.fields is not None:
+            return None
+        base = context.profile_settings or ProfileSettings()
+        same = (self.settings.half_life_events, self.settings.half_life_days, self.settings.rating_weight) == (
+            base.half_life_events,
+            base.half_life_days,
+            base.rating_weight,
+        )
+        if self.center or not same:
+            return None
+        vectors = context.profiles(self.encoder_name)
+        if vectors is None or vectors.shape != (train.n_users, self.item_vectors.shape[1]):
+            return None
+        return np.asarray(vectors, dtype=np.float32)
+
     def fit(self, train: Interactions, *, context: FitContext) -> ContentRecommender:
         self.settings = self._resolve_settings(context.profile_settings)
         self.encoder, vectors = self._encoder_and_vectors(context)
@@ -105,7 +125,11 @@ class ContentRecommender:
         self.item_vectors = self._centered(vectors)
         if len(self.item_vectors) != train.n_items:
             raise RecforgeError(f"content: {len(self.item_vectors)} item embeddings for {train.n_items} items")
-        self.user_vectors = profile_vectors(train, self.item_vectors, self.settings)
+        self.user_vectors = self._artifact_profiles(train, context)
+        self.profile_source = "artifact" if self.user_vectors is not None else "computed"
+        if self.user_vectors is None:
+            self.user_vectors = profile_vectors(train, self.item_vectors, self.settings)
+        log.info("content[%s]: user profiles %s", self.encoder_name, self.profile_source)
         if self.user_text_weight > 0 and context.users is not None and context.maps is not None:
             texts, has_text = user_texts(context.users, context.maps, context.user_fields or ["text"])
             rows = np.nonzero(has_text)[0]

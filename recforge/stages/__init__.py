@@ -223,6 +223,7 @@ STAGES: tuple[Stage, ...] = (
             CANONICAL,
             SPLIT,
             EMBEDDINGS,
+            PROFILES,  # models that use user profiles read the encode stage's (FitContext.profiles)
         ),
         outs=("${paths.models_dir}/${key}", "${paths.lists_dir}/${key}"),
         variants="recommenders",

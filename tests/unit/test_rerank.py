@@ -209,7 +209,7 @@ def test_profile_features_read_the_written_profiles(pipeline, tmp_path):
 
     from recforge.features import FeatureContext
     from recforge.profiles import settings_from_params
-    from recforge.rerank import part_data, written_profiles
+    from recforge.rerank import part_data
 
     params, _ = pipeline
     workspace = Workspace(params)
@@ -233,7 +233,50 @@ def test_profile_features_read_the_written_profiles(pipeline, tmp_path):
         arrays["vectors"] = np.zeros_like(arrays["vectors"])
         np.savez(path, **arrays)
     moved = params.model_copy(update={"paths": params.paths.model_copy(update={"profiles_dir": str(copy)})})
-    assert not written_profiles(moved, "val", ["tfidf"])["tfidf"].any()
+    assert not Workspace(moved).written_profiles("val", ["tfidf"])["tfidf"].any()
     frame = build_part(Workspace(moved), "val", list(INPUTS))
     assert (frame["sim_tfidf_profile"] == 0).all()
     assert not (build_part(workspace, "val", list(INPUTS))["sim_tfidf_profile"] == 0).all()
+
+
+def test_content_model_reads_the_written_profiles(pipeline, tmp_path):
+    """The content model's user profiles are the encode stage's artifact (val part for the train fit, full part
+    for the refit), not a second computation: a changed artifact changes the model, a model whose settings differ
+    from the artifact's computes its own."""
+    import shutil
+
+    from recforge.stages.train import load_model, train_model
+
+    params, _ = pipeline
+    workspace = Workspace(params)
+    for part in ("val", "full"):
+        model = load_model(params, "content", part, workspace.context())
+        np.testing.assert_allclose(model.user_vectors, workspace.written_profiles(part, ["tfidf"])["tfidf"], atol=1e-6)
+    # permute the users' profile rows in a copy of the artifact: the refitted model follows the copy
+    copy = tmp_path / "profiles"
+    shutil.copytree(params.paths.profiles_dir, copy)
+    rng = np.random.default_rng(0)
+    permuted = {}
+    for part in ("val", "full"):
+        path = copy / part / "tfidf.npz"
+        with np.load(path) as stored:
+            arrays = dict(stored)
+        arrays["vectors"] = permuted[part] = arrays["vectors"][rng.permutation(len(arrays["vectors"]))]
+        np.savez(path, **arrays)
+    paths = {"profiles_dir": str(copy), "models_dir": str(tmp_path / "models"), "lists_dir": str(tmp_path / "lists")}
+    moved = params.model_copy(update={"paths": params.paths.model_copy(update=paths)})
+    train_model(Workspace(moved), "content")
+    for part in ("val", "full"):
+        model = load_model(moved, "content", part, Workspace(moved).context())
+        np.testing.assert_allclose(model.user_vectors, permuted[part], atol=1e-6)
+    # other settings than the artifact's: the model computes its own profiles (and ignores the artifact)
+    from recforge import registry
+
+    events = workspace.events("train")
+    own = registry.recommenders.create("content", encoder="tfidf", half_life_events=3.0)
+    own.fit(events, context=Workspace(moved).context(profiles="val"))
+    assert own.profile_source == "computed"
+    same = registry.recommenders.create("content", encoder="tfidf")
+    same.fit(events, context=Workspace(moved).context(profiles="val"))
+    assert same.profile_source == "artifact"
+    np.testing.assert_allclose(same.user_vectors, permuted["val"], atol=1e-6)
