@@ -68,12 +68,18 @@ def test_written_profiles_reads_only_the_encoders_written(workspace):  # noqa: F
     # catches the encode stage's profiles ignored (features recomputed from history with other weights),
     # profiles of the wrong part, an encoder without a file loaded (error) and a missing directory read
     params = workspace.params
-    assert rerank.written_profiles(params, "val", ["e"]) == {}
+    assert workspace.written_profiles("val", ["e"]) == {}
     _write_profiles(params, "val", ["e", "f"])
-    got = rerank.written_profiles(params, "val", ["e", "g"])
+    got = workspace.written_profiles("val", ["e", "g"])
     assert list(got) == ["e"] and got["e"].shape == (3, 5) and np.all(got["e"] == 1)
-    assert rerank.written_profiles(params, "val", ["g"]) == {}  # none of the asked encoders written
-    assert rerank.written_profiles(params, "full", ["e"]) == {}
+    assert workspace.written_profiles("val", ["g"]) == {}  # none of the asked encoders written
+    assert workspace.written_profiles("full", ["e"]) == {}
+    with pytest.raises(RecforgeError, match="profile part"):
+        workspace.written_profiles("test", ["e"])
+    # a model's FitContext offers the part it is fitted on: the val fit reads val, nothing else
+    assert np.all(workspace.context(profiles="val").profiles("e") == 1)
+    assert workspace.context(profiles="full").profiles("e") is None
+    assert workspace.context().profiles is None
     # part_data passes its feature encoders and the profile part of the part (val -> val, test -> full)
     assert list(rerank.part_data(workspace, "val", MODELS).profiles) == ["e"]
     assert rerank.part_data(workspace, "test", MODELS).profiles == {}
