@@ -7,6 +7,8 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
+from recforge.ranking import history_row, top_k
+
 WEIGHTINGS = ("none", "tfidf", "bm25")
 
 
@@ -71,3 +73,11 @@ def prune_rows(matrix: sp.csr_matrix, k: int | None, block_rows: int = 256) -> s
     return sp.csr_matrix(
         (np.concatenate(values), (np.concatenate(rows), np.concatenate(cols))), shape=matrix.shape, dtype=matrix.dtype
     )
+
+
+def similar_from_rows(similarity: sp.csr_matrix, item_id: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """SimilarItems from an item x item similarity: row ``item_id``'s top ``k``, the item itself excluded;
+    items without any similarity rank last (score 0) but are still valid neighbours."""
+    scores = np.asarray(similarity[int(item_id)].todense(), dtype=np.float32)
+    items, scores = top_k(scores, k, seen=history_row([item_id], similarity.shape[0]))
+    return items[0], scores[0]

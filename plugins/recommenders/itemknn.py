@@ -13,7 +13,7 @@ from recforge.interactions import Interactions, csr_from_arrays, csr_to_arrays
 from recforge.protocols import FitContext
 from recforge.ranking import history_row, top_k
 
-from recforge_plugins.recommenders._knn import cosine, knn_config, prune_rows, weight_rows
+from recforge_plugins.recommenders._knn import cosine, knn_config, prune_rows, similar_from_rows, weight_rows
 
 
 class ItemKNN:
@@ -64,12 +64,7 @@ class ItemKNN:
         return top_k(self._score(row), k, seen=row if exclude_seen else None)
 
     def similar_items(self, item_id, *, k):
-        row = self.similarity[int(item_id)]
-        scores = np.asarray(row.todense(), dtype=np.float32)
-        # items without any similarity rank last (score 0) but are still valid neighbours
-        itself = history_row([item_id], self.similarity.shape[0])
-        items, scores = top_k(scores, k, seen=itself)
-        return items[0], scores[0]
+        return similar_from_rows(self.similarity, item_id, k)
 
     def save(self, directory: Path) -> None:
         directory = Path(directory)

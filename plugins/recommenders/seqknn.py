@@ -33,7 +33,7 @@ from recforge.interactions import Interactions, csr_from_arrays, csr_to_arrays
 from recforge.protocols import FitContext
 from recforge.ranking import history_row, top_k
 
-from recforge_plugins.recommenders._knn import prune_rows
+from recforge_plugins.recommenders._knn import prune_rows, similar_from_rows
 
 WINDOW_MAX = 200
 HISTORY_MAX = 10_000
@@ -164,10 +164,7 @@ class SequentialKNN:
         return top_k(self._score(row), k, seen=seen)
 
     def similar_items(self, item_id, *, k):
-        scores = np.asarray(self.similarity[int(item_id)].todense(), dtype=np.float32)
-        itself = history_row([item_id], self.similarity.shape[0])
-        items, scores = top_k(scores, k, seen=itself)
-        return items[0], scores[0]
+        return similar_from_rows(self.similarity, item_id, k)
 
     def save(self, directory: Path) -> None:
         directory = Path(directory)
