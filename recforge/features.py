@@ -46,6 +46,9 @@ SENTIMENT_PREFIXES = ("sent_",)
 # features that read the global timeline (other users' events relative to this user's cut-off):
 # under leave-last-out they can carry information from after the user's last event
 TIMELINE_FEATURES = ("item_age_days", "item_pop_recent", "item_pop_user_window")
+# of those, the ones that can read events AFTER the user's cut-off (an item's first event may come later;
+# the global last 90 days end at the newest event); item_pop_user_window counts only events before it
+AFTER_CUTOFF_FEATURES = ("item_age_days", "item_pop_recent")
 
 
 def safe_name(name: str) -> str:
