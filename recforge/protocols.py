@@ -43,11 +43,12 @@ class FitContext:
       (encode.profile_*; a ``recforge.profiles.ProfileSettings``).
     - ``validation``: held-out events a model may use for early stopping and
       tuning; never test events.
-    - ``profiles(name)``: the user profile vectors [n_users, dim] the encode
-      stage wrote for encoder ``name`` from exactly the events being fitted
-      (train for the validation fit, train + val for the refit; the
-      ``profile_settings`` weighting), or None when it wrote none. Models
-      that use profiles read them here rather than computing their own.
+    - ``profiles(name, events)``: the user profile vectors [n_users, dim]
+      the encode stage wrote for encoder ``name`` from exactly ``events``
+      (the events being fitted: train for the validation fit, train + val
+      for the refit) with the ``profile_settings`` weighting, or None when it
+      wrote none or none fresh. Models that use profiles read them here
+      rather than computing their own.
     - ``seed``, ``device`` (``cpu`` | ``cuda``), ``progress(message, share)``
       for long fits.
 
@@ -64,7 +65,7 @@ class FitContext:
     user_fields: Sequence[str] | None = None
     profile_settings: ProfileSettings | None = None
     validation: Interactions | None = None
-    profiles: Callable[[str], np.ndarray | None] | None = None
+    profiles: Callable[[str, Interactions], np.ndarray | None] | None = None
     seed: int = 0
     device: str = "cpu"
     progress: Callable[[str, float], None] | None = None

@@ -81,21 +81,44 @@ class Workspace:
 
         return stage_encoder(self.params, encoder, self.items)
 
-    def written_profiles(self, part: str, encoders: Sequence[str]) -> dict[str, np.ndarray]:
-        """The encode stage's user profile vectors of ``part`` ('val': from train, 'full': from train + val)
-        for those of ``encoders`` it wrote (none when it wrote no profiles)."""
+    def _profiles(self, part: str, encoders: Sequence[str]):
+        """The encode stage's ``UserProfiles`` of ``part`` ('val': from train, 'full': from train + val) holding
+        those of ``encoders`` it wrote; None when it wrote none of them."""
         from recforge.profiles import PARTS, UserProfiles
 
         if part not in PARTS:
             raise RecforgeError(f"profile part must be one of {sorted(PARTS)}, not {part!r}")
         directory = Path(self.paths.profiles_dir) / part
         available = [name for name in encoders if (directory / f"{name}.npz").exists()]
-        profiles = UserProfiles.load_optional(directory, available) if available else None
+        return UserProfiles.load_optional(directory, available) if available else None
+
+    def written_profiles(self, part: str, encoders: Sequence[str]) -> dict[str, np.ndarray]:
+        """The encode stage's user profile vectors of ``part`` for those of ``encoders`` it wrote."""
+        profiles = self._profiles(part, encoders)
         return {} if profiles is None else dict(profiles.vectors)
 
-    def context(self, *, validation: Interactions | None = None, profiles: str | None = None) -> FitContext:
-        """What a model fitted here may use; ``profiles``: the profile part matching the events it is
-        fitted on ('val' for train, 'full' for train + val; None: no profiles offered)."""
+    def fitted_profiles(self, encoder: str, events: Interactions) -> np.ndarray | None:
+        """``encoder``'s profile vectors that the encode stage built from exactly ``events`` (the part, val or
+        full, whose per-user event counts are those of ``events``) with the current weighting
+        (``encode.profile_*``); None when there are none, or none fresh (say the split or the settings
+        changed after the encode stage ran), so a model computes its own."""
+        from recforge.profiles import PARTS, settings_from_params
+
+        counts = np.bincount(events.user_ids, minlength=events.n_users)
+        keys = ("half_life_events", "half_life_days", "rating_weight")
+        current = settings_from_params(self.params).to_dict()
+        for part in PARTS:
+            profiles = self._profiles(part, [encoder])
+            if profiles is None or profiles.counts is None or not np.array_equal(profiles.counts, counts):
+                continue
+            if all(profiles.settings.get(key) == current[key] for key in keys):
+                return profiles.vectors[encoder]
+        log.info(
+            "profiles: none for %s built from these events with these settings; the model computes its own", encoder
+        )
+        return None
+
+    def context(self, *, validation: Interactions | None = None) -> FitContext:
         from recforge.profiles import settings_from_params
 
         encode = self.params.encode
@@ -109,9 +132,7 @@ class Workspace:
             user_fields=list(encode.user_fields),
             profile_settings=settings_from_params(self.params),
             validation=validation,
-            profiles=None
-            if profiles is None
-            else (lambda encoder: self.written_profiles(profiles, [encoder]).get(encoder)),
+            profiles=self.fitted_profiles,
             seed=self.params.seed,
             device=resolve_device(self.params.device),
         )

@@ -100,7 +100,7 @@ class ContentRecommender:
         return encoder, vectors
 
     def _artifact_profiles(self, train: Interactions, context: FitContext) -> np.ndarray | None:
-        """The encode stage's profiles of these events (``context.profiles``) when they are exactly what
+        """The encode stage's profiles of ``train`` (``context.profiles``) when they are exactly what
         this model would compute: the stage's item vectors (no own ``fields``, not centred) and its
         profile weighting; None otherwise (the model computes them with the same functions)."""
         if context.profiles is None or context.encoder_and_embeddings is None or self.fields is not None:
@@ -113,7 +113,7 @@ class ContentRecommender:
         )
         if self.center or not same:
             return None
-        vectors = context.profiles(self.encoder_name)
+        vectors = context.profiles(self.encoder_name, train)
         if vectors is None or vectors.shape != (train.n_users, self.item_vectors.shape[1]):
             return None
         return np.asarray(vectors, dtype=np.float32)

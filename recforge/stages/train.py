@@ -58,10 +58,10 @@ def train_model(workspace: Workspace, name: str) -> dict:
         # model is the val model and its options are used from here on
         from recforge.tuning import tune_model
 
-        model, options, tuning = tune_model(plugin, options, train, workspace.context(validation=val, profiles="val"))
+        model, options, tuning = tune_model(plugin, options, train, workspace.context(validation=val))
     else:
         model = registry.recommenders.create(plugin, **options)
-        model.fit(train, context=workspace.context(validation=val, profiles="val"))
+        model.fit(train, context=workspace.context(validation=val))
     val_fit_s = time.perf_counter() - started
     val_lists = recommend_frame(model, workspace.frame("val")["user_id"].unique(), workspace.maps, length)
 
@@ -72,7 +72,7 @@ def train_model(workspace: Workspace, name: str) -> dict:
     started = time.perf_counter()
     full = registry.recommenders.create(plugin, **full_options)
     train_val = training_events(workspace, "train+val")
-    full.fit(train_val, context=workspace.context(validation=None, profiles="full"))
+    full.fit(train_val, context=workspace.context(validation=None))
     full_fit_s = time.perf_counter() - started
     test_lists = recommend_frame(full, workspace.frame("test")["user_id"].unique(), workspace.maps, length)
 

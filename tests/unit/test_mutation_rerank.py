@@ -76,10 +76,8 @@ def test_written_profiles_reads_only_the_encoders_written(workspace):  # noqa: F
     assert workspace.written_profiles("full", ["e"]) == {}
     with pytest.raises(RecforgeError, match="profile part"):
         workspace.written_profiles("test", ["e"])
-    # a model's FitContext offers the part it is fitted on: the val fit reads val, nothing else
-    assert np.all(workspace.context(profiles="val").profiles("e") == 1)
-    assert workspace.context(profiles="full").profiles("e") is None
-    assert workspace.context().profiles is None
+    # a FitContext offers profiles only when they were built from the events being fitted: these were not
+    assert workspace.context().profiles("e", workspace.events("train")) is None
     # part_data passes its feature encoders and the profile part of the part (val -> val, test -> full)
     assert list(rerank.part_data(workspace, "val", MODELS).profiles) == ["e"]
     assert rerank.part_data(workspace, "test", MODELS).profiles == {}

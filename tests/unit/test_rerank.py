@@ -273,11 +273,31 @@ def test_content_model_reads_the_written_profiles(pipeline, tmp_path):
     # other settings than the artifact's: the model computes its own profiles (and ignores the artifact)
     from recforge import registry
 
+    context = Workspace(moved).context()
     events = workspace.events("train")
     own = registry.recommenders.create("content", encoder="tfidf", half_life_events=3.0)
-    own.fit(events, context=Workspace(moved).context(profiles="val"))
+    own.fit(events, context=context)
     assert own.profile_source == "computed"
     same = registry.recommenders.create("content", encoder="tfidf")
-    same.fit(events, context=Workspace(moved).context(profiles="val"))
+    same.fit(events, context=context)
     assert same.profile_source == "artifact"
     np.testing.assert_allclose(same.user_vectors, permuted["val"], atol=1e-6)
+    # the part is the one built from the events being fitted: train + val gets the full part
+    both = registry.recommenders.create("content", encoder="tfidf").fit(workspace.events("train+val"), context=context)
+    np.testing.assert_allclose(both.user_vectors, permuted["full"], atol=1e-6)
+    # other events (one user's last event dropped) or another weighting: stale, not used
+    train = workspace.events("train")
+    keep = np.ones(len(train), bool)
+    keep[train.bounds[1] - 1] = False
+    fewer = type(train)(
+        user_ids=train.user_ids[keep],
+        item_ids=train.item_ids[keep],
+        timestamps=train.timestamps[keep],
+        ratings=None if train.ratings is None else train.ratings[keep],
+        n_users=train.n_users,
+        n_items=train.n_items,
+    )
+    assert Workspace(moved).fitted_profiles("tfidf", fewer) is None
+    stale = moved.model_copy(update={"encode": moved.encode.model_copy(update={"profile_rating_weight": 0.0})})
+    assert Workspace(stale).fitted_profiles("tfidf", train) is None
+    assert Workspace(moved).fitted_profiles("tfidf", train) is not None
