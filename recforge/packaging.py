@@ -418,8 +418,7 @@ class Package:
         that have them; empty when the package carries no profiles."""
         from recforge.profiles import UserProfiles
 
-        available = [name for name in encoders if (self.profiles_dir / f"{name}.npz").exists()]
-        loaded = UserProfiles.load_optional(self.profiles_dir, available) if available else None
+        loaded = UserProfiles.load_available(self.profiles_dir, encoders)
         return dict(loaded.vectors) if loaded is not None else {}
 
     def embeddings(self, name: str) -> np.ndarray:

@@ -38,6 +38,7 @@ from recforge.vectors import l2_normalize
 log = logging.getLogger(__name__)
 
 PARTS = {"val": "train", "full": "train+val"}
+WEIGHTING = ("half_life_events", "half_life_days", "rating_weight")  # ProfileSettings.weighting's keys
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,11 @@ class ProfileSettings:
     half_life_days: float | None = None
     rating_weight: float = 0.5
     keywords: int = 10
+
+    @property
+    def weighting(self) -> tuple[float | None, float | None, float]:
+        """The settings that change the profile vectors (``keywords`` does not), as WEIGHTING orders them."""
+        return (self.half_life_events, self.half_life_days, self.rating_weight)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -282,6 +288,13 @@ class UserProfiles:
         return cls.load(directory, encoders) if (Path(directory) / "users.json").exists() else None
 
     @classmethod
+    def load_available(cls, directory: Path, encoders: Sequence[str]) -> UserProfiles | None:
+        """:meth:`load` of those ``encoders`` whose vectors ``directory`` holds; None when it holds none of them
+        (or no profiles at all)."""
+        available = [name for name in encoders if (Path(directory) / f"{name}.npz").exists()]
+        return cls.load_optional(directory, available) if available else None
+
+    @classmethod
     def load(cls, directory: Path, encoders: Sequence[str] | None = None) -> UserProfiles:
         directory = Path(directory)
         meta_path = directory / "users.json"
@@ -349,8 +362,13 @@ def user_texts(
     return texts, has_text
 
 
-def load_profiles(params: Any, part: str = "full", encoders: Sequence[str] | None = None) -> UserProfiles:
-    """Profiles written by the encode stage (``part``: 'val' from train, 'full' from train + val)."""
+def part_dir(params: Any, part: str) -> Path:
+    """Where the encode stage writes the profiles of ``part`` ('val' from train, 'full' from train + val)."""
     if part not in PARTS:
         raise RecforgeError(f"profile part must be one of {sorted(PARTS)}, not {part!r}")
-    return UserProfiles.load(Path(params.paths.profiles_dir) / part, encoders)
+    return Path(params.paths.profiles_dir) / part
+
+
+def load_profiles(params: Any, part: str = "full", encoders: Sequence[str] | None = None) -> UserProfiles:
+    """Profiles written by the encode stage (``part``: 'val' from train, 'full' from train + val)."""
+    return UserProfiles.load(part_dir(params, part), encoders)

@@ -89,28 +89,26 @@ def sequence_sizes(lengths: Sequence[int] | np.ndarray, *, max_len: Any, batch_s
     return {"max_len": max_len, "batch_size": batch_size, "epochs": epochs}
 
 
-def rerank_folds(value: Any, positive_users: int) -> int:
-    """``rerank.folds``: 5 below 20,000 validation users with a positive candidate, 3 above."""
+def _by_positive_users(value: Any, positive_users: int, tiers: Sequence[tuple[int, int]], last: int, what: str) -> int:
+    """``value`` when it is a number; for ``auto`` the first tier ``(bound, choice)`` with
+    ``positive_users < bound``, else ``last`` (logged with the statistic it read)."""
     if not is_auto(value):
         return int(value)
-    folds = 5 if positive_users < 20_000 else 3
-    log.info("sizing: %d validation users with a positive candidate -> %d folds", positive_users, folds)
-    return folds
+    chosen = next((choice for bound, choice in tiers if positive_users < bound), last)
+    log.info("sizing: %d validation users with a positive candidate -> %d %s", positive_users, chosen, what)
+    return chosen
+
+
+def rerank_folds(value: Any, positive_users: int) -> int:
+    """``rerank.folds``: 5 below 20,000 validation users with a positive candidate, 3 above."""
+    return _by_positive_users(value, positive_users, [(20_000, 5)], 3, "folds")
 
 
 def rerank_leaves(value: Any, positive_users: int) -> int:
     """``rerank.num_leaves``: 7 below 2,000 validation users with a positive candidate, 15 below 20,000, else 31."""
-    if not is_auto(value):
-        return int(value)
-    leaves = 7 if positive_users < 2_000 else 15 if positive_users < 20_000 else 31
-    log.info("sizing: %d validation users with a positive candidate -> %d leaves per tree", positive_users, leaves)
-    return leaves
+    return _by_positive_users(value, positive_users, [(2_000, 7), (20_000, 15)], 31, "leaves per tree")
 
 
 def rerank_repeats(value: Any, positive_users: int) -> int:
     """``rerank.repeats``: repeated fold splits, 3 below 2,000 such users, 2 below 10,000, else 1."""
-    if not is_auto(value):
-        return int(value)
-    repeats = 3 if positive_users < 2_000 else 2 if positive_users < 10_000 else 1
-    log.info("sizing: %d validation users with a positive candidate -> %d repeats", positive_users, repeats)
-    return repeats
+    return _by_positive_users(value, positive_users, [(2_000, 3), (10_000, 2)], 1, "repeats")

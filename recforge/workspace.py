@@ -84,13 +84,9 @@ class Workspace:
     def _profiles(self, part: str, encoders: Sequence[str]):
         """The encode stage's ``UserProfiles`` of ``part`` ('val': from train, 'full': from train + val) holding
         those of ``encoders`` it wrote; None when it wrote none of them."""
-        from recforge.profiles import PARTS, UserProfiles
+        from recforge.profiles import UserProfiles, part_dir
 
-        if part not in PARTS:
-            raise RecforgeError(f"profile part must be one of {sorted(PARTS)}, not {part!r}")
-        directory = Path(self.paths.profiles_dir) / part
-        available = [name for name in encoders if (directory / f"{name}.npz").exists()]
-        return UserProfiles.load_optional(directory, available) if available else None
+        return UserProfiles.load_available(part_dir(self.params, part), encoders)
 
     def written_profiles(self, part: str, encoders: Sequence[str]) -> dict[str, np.ndarray]:
         """The encode stage's user profile vectors of ``part`` for those of ``encoders`` it wrote."""
@@ -102,16 +98,15 @@ class Workspace:
         full, whose per-user event counts are those of ``events``) with the current weighting
         (``encode.profile_*``); None when there are none, or none fresh (say the split or the settings
         changed after the encode stage ran), so a model computes its own."""
-        from recforge.profiles import PARTS, settings_from_params
+        from recforge.profiles import PARTS, WEIGHTING, settings_from_params
 
         counts = np.bincount(events.user_ids, minlength=events.n_users)
-        keys = ("half_life_events", "half_life_days", "rating_weight")
-        current = settings_from_params(self.params).to_dict()
+        current = settings_from_params(self.params).weighting
         for part in PARTS:
             profiles = self._profiles(part, [encoder])
             if profiles is None or profiles.counts is None or not np.array_equal(profiles.counts, counts):
                 continue
-            if all(profiles.settings.get(key) == current[key] for key in keys):
+            if tuple(profiles.settings.get(key) for key in WEIGHTING) == current:
                 return profiles.vectors[encoder]
         log.info(
             "profiles: none for %s built from these events with these settings; the model computes its own", encoder

@@ -105,13 +105,7 @@ class ContentRecommender:
         profile weighting; None otherwise (the model computes them with the same functions)."""
         if context.profiles is None or context.encoder_and_embeddings is None or self.fields is not None:
             return None
-        base = context.profile_settings or ProfileSettings()
-        same = (self.settings.half_life_events, self.settings.half_life_days, self.settings.rating_weight) == (
-            base.half_life_events,
-            base.half_life_days,
-            base.rating_weight,
-        )
-        if self.center or not same:
+        if self.center or self.settings.weighting != (context.profile_settings or ProfileSettings()).weighting:
             return None
         vectors = context.profiles(self.encoder_name, train)
         if vectors is None or vectors.shape != (train.n_users, self.item_vectors.shape[1]):
