@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 DAY = 86_400
 RECENT_DAYS = 30
-GLOBAL_RECENT_DAYS = 90
+LONG_RECENT_DAYS = 90
 LAST_N = 5  # trans_last5 / sim_*_last5 / sim_*_max5 look at the last LAST_N items
 WINDOW_BASE = np.int64(1) << np.int64(34)  # item * base + time: one sorted key per history event
 DENSE_TRANSITIONS_MAX = (
@@ -43,12 +43,16 @@ DENSE_TRANSITIONS_MAX = (
 TEXT_PREFIXES = ("sim_",)
 LLM_PREFIXES = ("llm_",)
 SENTIMENT_PREFIXES = ("sent_",)
-# features that read the global timeline (other users' events relative to this user's cut-off):
-# under leave-last-out they can carry information from after the user's last event
-TIMELINE_FEATURES = ("item_age_days", "item_pop_recent", "item_pop_user_window")
-# of those, the ones that can read events AFTER the user's cut-off (an item's first event may come later;
-# the global last 90 days end at the newest event); item_pop_user_window counts only events before it
-AFTER_CUTOFF_FEATURES = ("item_age_days", "item_pop_recent")
+# features that read the timeline: other users' events up to this user's cut-off (their last event).
+# Each reads only events at or before the cut-off, so none carries information from after it
+# (under leave-last-out, other users' later events are in the training history)
+TIMELINE_FEATURES = (
+    "item_age_days",
+    "item_last_gap_days",
+    "item_pop_day",
+    "item_pop_recent",
+    "item_pop_user_window",
+)
 
 
 def safe_name(name: str) -> str:
@@ -228,8 +232,6 @@ class FeatureContext:
 
         self.item_counts = history.item_counts
         self.now = history.last_timestamp()  # the history's last event (a session ends here)
-        recent = history.timestamps > self.now - GLOBAL_RECENT_DAYS * DAY
-        self.pop_recent = np.bincount(history.item_ids[recent], minlength=history.n_items)
         self.first_seen = np.full(history.n_items, np.iinfo(np.int64).max, dtype=np.int64)
         np.minimum.at(self.first_seen, history.item_ids, history.timestamps.astype(np.int64))
         self.rating_sums = (
@@ -337,9 +339,10 @@ class FeatureContext:
 
         Columns added: ``n_models`` (how many models proposed the item), ``rrf``
         (sum of 1/(10 + rank)), ``user_history``, ``user_span_days``,
-        ``item_pop`` / ``item_pop_recent`` (global last 90 days) /
-        ``item_pop_user_window`` (30 days before the user's last event),
-        ``item_age_days`` (user's last event minus the item's first event),
+        ``item_pop`` / ``item_pop_recent`` (90 days up to the user's last event) /
+        ``item_pop_user_window`` (30 days up to the user's last event),
+        ``item_age_days`` (user's last event minus the item's first event; NaN
+        when the item's first event comes after it),
         ``item_rating`` (mean), ``trans_last1`` / ``trans_last5`` (how often the
         candidate followed the user's last 1 / last 5 items in anyone's history,
         the last 5 weighted 1/5 each), per encoder ``sim_<enc>_profile`` /
@@ -382,9 +385,7 @@ class FeatureContext:
         columns["user_history"] = counts
         columns["user_span_days"] = (last_ts - self.first_ts[users]) / DAY
         columns["item_pop"] = np.log1p(item_counts)
-        columns["item_pop_recent"] = np.log1p(self.pop_recent[items])
-        columns["item_pop_user_window"] = np.log1p(self._window_counts(items, last_ts, RECENT_DAYS))
-        columns["item_age_days"] = np.where(known, (last_ts - self.first_seen[items]) / DAY, np.nan)
+        self._timeline(columns, items, last_ts)
         if self.rating_sums is not None:
             columns["item_rating"] = np.where(known, self.rating_sums[items] / np.maximum(item_counts, 1), np.nan)
 
@@ -430,12 +431,29 @@ class FeatureContext:
             return self.transitions[sources, targets].astype(np.float64)
         return _pairs(self.transitions, sources, targets)
 
-    def _window_counts(self, items: np.ndarray, ends: np.ndarray, days: float) -> np.ndarray:
-        """Per row, the number of history events of ``items[i]`` in ``(ends[i] - days, ends[i]]``."""
-        ends = ends.astype(np.int64) - self.time0
-        hi = _sorted_search(self.window_keys, items * WINDOW_BASE + ends)
-        lo = _sorted_search(self.window_keys, items * WINDOW_BASE + np.maximum(ends - int(days * DAY), 0))
-        return (hi - lo).astype(np.float64)
+    def _timeline(self, columns: dict[str, np.ndarray], items: np.ndarray, last_ts: np.ndarray) -> None:
+        """The item's timeline as it stood at the user's cut-off (their last event): no later event is read.
+
+        ``item_pop_day`` / ``item_pop_user_window`` / ``item_pop_recent``: events
+        in the 1 / 30 / 90 days up to the cut-off (log1p); ``item_last_gap_days``:
+        days from the item's latest event at or before the cut-off to it;
+        ``item_age_days``: days from its first event (NaN when it has none yet).
+        """
+        ends = last_ts.astype(np.int64) - self.time0
+        base = items.astype(np.int64) * WINDOW_BASE
+        hi = _sorted_search(self.window_keys, base + ends)
+        for name, days in (
+            ("item_pop_day", 1),
+            ("item_pop_user_window", RECENT_DAYS),
+            ("item_pop_recent", LONG_RECENT_DAYS),
+        ):
+            lo = _sorted_search(self.window_keys, base + np.maximum(ends - int(days * DAY), 0))
+            columns[name] = np.log1p((hi - lo).astype(np.float64))
+        previous = self.window_keys[np.maximum(hi - 1, 0)]
+        has = (hi > 0) & (previous // WINDOW_BASE == items)
+        columns["item_last_gap_days"] = np.where(has, (ends - previous % WINDOW_BASE) / DAY, np.nan)
+        first_seen = self.first_seen[items]
+        columns["item_age_days"] = np.where(first_seen <= last_ts, (last_ts - first_seen) / DAY, np.nan)
 
 
 def _sorted_search(keys: np.ndarray, queries: np.ndarray) -> np.ndarray:

@@ -16,7 +16,6 @@ import pandas as pd
 
 from recforge.artifacts import atomic_path, write_text
 from recforge.features import (
-    AFTER_CUTOFF_FEATURES,
     LLM_PREFIXES,
     SENTIMENT_PREFIXES,
     TEXT_PREFIXES,
@@ -108,7 +107,6 @@ def ablations(
     profile = [f for f in features if f.startswith(TEXT_PREFIXES) and f.endswith("_profile")]  # sim_<enc>_profile
     sentiment = [f for f in features if f.startswith(SENTIMENT_PREFIXES)]
     timeline = [f for f in features if f in TIMELINE_FEATURES]
-    after_cutoff = [f for f in features if f in AFTER_CUTOFF_FEATURES]
     groups = [
         ("without text/LLM features", text + llm),
         ("without LLM features", llm),
@@ -116,7 +114,6 @@ def ablations(
         ("without profile features", profile),
         ("without sentiment features", sentiment),
         ("without timeline features", timeline),
-        ("without features that read past the user's cut-off", after_cutoff),
     ]
     for label, drop in groups:
         if drop and (label != "without text/LLM features" or (text and llm)):

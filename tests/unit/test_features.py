@@ -81,9 +81,16 @@ def test_known_feature_values(tiny):
     # item 103 (dense 3) has one history event (user 30, day 5): popularity log1p(1)
     assert row(frame, 10, 103)["item_pop"] == pytest.approx(np.log1p(1))
     assert row(frame, 10, 104)["item_pop"] == 0
-    # user 10's last event is day 3; item 103 first appears on day 5 -> age -2 days; unseen items: NaN
-    assert row(frame, 10, 103)["item_age_days"] == pytest.approx(-2.0)
+    # user 10's last event is day 3; item 103's only event is on day 5, after that cut-off: the timeline
+    # features read nothing of it (no age, no recent events, no last event), like an unseen item (104)
+    r103 = row(frame, 10, 103)
+    assert np.isnan(r103["item_age_days"]) and np.isnan(r103["item_last_gap_days"])
+    assert r103["item_pop_recent"] == 0 and r103["item_pop_user_window"] == 0 and r103["item_pop_day"] == 0
     assert np.isnan(row(frame, 10, 104)["item_age_days"])
+    # user 20's last event is day 11: item 103 (day 5) is 6 days old and was last seen 6 days before
+    r = row(frame, 20, 103)
+    assert r["item_age_days"] == pytest.approx(6.0) and r["item_last_gap_days"] == pytest.approx(6.0)
+    assert r["item_pop_recent"] == pytest.approx(np.log1p(1)) and r["item_pop_day"] == 0
     # user 20's last event is day 11; item 102 was seen on day 3 -> 8 days old, within a 30-day window
     assert row(frame, 20, 102)["item_age_days"] == pytest.approx(8.0)
     assert row(frame, 20, 102)["item_pop_user_window"] == pytest.approx(np.log1p(1))
@@ -178,7 +185,6 @@ def _reference_features(data: PartData, lists: dict, per_model: int, profiles: d
         seq = g["i"].tolist()
         for a, b in zip(seq, seq[1:]):
             pairs[(a, b)] = pairs.get((a, b), 0) + 1
-    t_max = int(h.timestamps.max())
     genres = [set(g) for g in item_genres(data.items)]
     keywords = [set(k) for k in item_keywords(data.items, data.text_fields)]
 
@@ -214,10 +220,11 @@ def _reference_features(data: PartData, lists: dict, per_model: int, profiles: d
         row["user_history"] = len(mine)
         row["user_span_days"] = (last_t - int(mine["t"].min())) / DAY if len(mine) else 0.0
         row["item_pop"] = np.log1p(len(of_item))
-        row["item_pop_recent"] = np.log1p(int((of_item["t"] > t_max - 90 * DAY).sum()))
-        in_window = (of_item["t"] > last_t - 30 * DAY) & (of_item["t"] <= last_t)
-        row["item_pop_user_window"] = np.log1p(int(in_window.sum()))
-        row["item_age_days"] = (last_t - int(of_item["t"].min())) / DAY if len(of_item) else np.nan
+        before = of_item[of_item["t"] <= last_t]  # the item's events up to the user's cut-off
+        for name, days in (("item_pop_day", 1), ("item_pop_user_window", 30), ("item_pop_recent", 90)):
+            row[name] = np.log1p(int((before["t"] > last_t - days * DAY).sum()))
+        row["item_last_gap_days"] = (last_t - int(before["t"].max())) / DAY if len(before) else np.nan
+        row["item_age_days"] = (last_t - int(before["t"].min())) / DAY if len(before) else np.nan
         row["item_rating"] = of_item["r"].mean() if len(of_item) else np.nan
         row["trans_last1"] = float(pairs.get((last[0], i), 0)) if last else 0.0
         row["trans_last5"] = sum(pairs.get((a, i), 0) for a in last) / max(len(last), 1)
@@ -243,7 +250,8 @@ LAST = 5
 
 def test_every_feature_equals_its_definition_on_random_histories():
     # catches any feature computed wrongly: a window bound off by one (30 / 90 days, strict vs inclusive),
-    # a wrong last-5 slice or weight, trans_last5 zeroed, item_pop_recent wrong, sim_profile negated,
+    # a wrong last-5 slice or weight, trans_last5 zeroed, a timeline feature reading past the user's cut-off,
+    # item_pop_recent wrong, sim_profile negated,
     # keyword_overlap computing genre overlap, gaps against the wrong best score, a duplicate list row
     # counted twice, unknown ids or ranks beyond per_model kept, sentiment averaged over the wrong events
     from recforge.features import FeatureContext

@@ -96,7 +96,6 @@ def test_outputs_in_the_common_formats(pipeline):
         "without text similarity features",
         "without profile features",
         "without timeline features",
-        "without features that read past the user's cut-off",
     } <= set(ablation["variant"])
     reranker, meta = load_reranker(params)
     assert meta["training"]["part"] == "val" and meta["features"] == reranker.features
