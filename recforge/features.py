@@ -339,10 +339,9 @@ class FeatureContext:
 
         Columns added: ``n_models`` (how many models proposed the item), ``rrf``
         (sum of 1/(10 + rank)), ``user_history``, ``user_span_days``,
-        ``item_pop`` / ``item_pop_recent`` (90 days up to the user's last event) /
-        ``item_pop_user_window`` (30 days up to the user's last event),
-        ``item_age_days`` (user's last event minus the item's first event; NaN
-        when the item's first event comes after it),
+        ``item_pop``, the timeline features of :meth:`_timeline` (``item_pop_day``
+        / ``item_pop_user_window`` / ``item_pop_recent``, ``item_last_gap_days``,
+        ``item_age_days``: only events up to the user's last one),
         ``item_rating`` (mean), ``trans_last1`` / ``trans_last5`` (how often the
         candidate followed the user's last 1 / last 5 items in anyone's history,
         the last 5 weighted 1/5 each), per encoder ``sim_<enc>_profile`` /
