@@ -37,7 +37,7 @@ from recforge.data.parsing import (
     _to_seconds,
 )
 from recforge.errors import RecforgeError
-from recforge.params import DataParams
+from recforge.params import DataParams, SplitParams
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +45,18 @@ INTERACTION_COLUMNS = ["user_id", "item_id", "rating", "timestamp"]
 ITEM_COLUMNS = ["item_id", "title", "text", "genres"]
 
 
+REVIEWS_PER_ITEM = 5  # an item without descriptive text gets its first (earliest) training reviews
+REVIEWS_PER_USER = 10  # a user's own text: their latest training reviews
+
+
 @dataclass
 class Tables:
     interactions: pd.DataFrame
     items: pd.DataFrame
     users: pd.DataFrame | None = None
+    # reviews describe items and users: prepare() fills the items' missing text and the users' text from the
+    # reviews of TRAINING events only (the split's), so no held-out review reaches a feature
+    text_from_reviews: bool = False
 
 
 def load(params: DataParams) -> Tables:
@@ -183,17 +190,8 @@ def _amazon(root: Path, params: DataParams) -> Tables:
             items["genres"] = items["item_id"].map(meta["categories"].map(_flatten_categories)).fillna("")
         if "description" in meta:
             items["text"] = items["item_id"].map(_text(meta["description"])).fillna("")
-    # reviews describe items too: fall back to them where metadata has no text
-    review_by_item = interactions.groupby("item_id")["review"].agg(lambda r: " ".join(r.head(5)))
-    empty = items["text"].str.len() == 0
-    items.loc[empty, "text"] = items.loc[empty, "item_id"].map(review_by_item).fillna("")
-    # users' own text: their reviews except the last two, which leave-last-out holds out
-    # as validation and test targets (their text would leak the answer)
-    ordered = interactions.sort_values(["user_id", "timestamp", "item_id"], kind="stable")
-    users = (
-        ordered.groupby("user_id")["review"].agg(lambda r: " ".join(r.iloc[:-2].tail(10))).rename("text").reset_index()
-    )
-    return Tables(interactions, items[ITEM_COLUMNS], users)
+    # the items' missing text and the users' own text come from training reviews: prepare() (after the split)
+    return Tables(interactions, items[ITEM_COLUMNS], text_from_reviews=True)
 
 
 def _flatten_categories(value) -> str:
@@ -259,8 +257,10 @@ def _table(root: Path, params: DataParams) -> Tables:
     return Tables(interactions, items[ITEM_COLUMNS])
 
 
-def prepare(tables: Tables, params: DataParams) -> Tables:
-    """Apply the rating threshold, duplicate policy and iterative k-core filter."""
+def prepare(tables: Tables, params: DataParams, split: SplitParams | None = None) -> Tables:
+    """Apply the rating threshold, duplicate policy and iterative k-core filter; with review text
+    (``tables.text_from_reviews``), fill the item and user texts from the reviews of the events that
+    ``split`` (default: leave-last-out) puts in training."""
     interactions = tables.interactions
     if params.min_rating is not None and "rating" in interactions:
         interactions = interactions[interactions["rating"] >= params.min_rating]
@@ -279,7 +279,35 @@ def prepare(tables: Tables, params: DataParams) -> Tables:
     users = tables.users
     if users is not None:
         users = users[users["user_id"].isin(set(interactions["user_id"]))].reset_index(drop=True)
+    if tables.text_from_reviews and "review" in interactions and len(interactions):  # empty: the gate says so
+        items, users = review_texts(interactions, items, split or SplitParams())
     return Tables(interactions, items, users)
+
+
+def review_texts(
+    interactions: pd.DataFrame, items: pd.DataFrame, split: SplitParams
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Items whose text is empty get their earliest ``REVIEWS_PER_ITEM`` training reviews; every user gets
+    the text of their latest ``REVIEWS_PER_USER`` training reviews ("" without one).
+
+    Training = what ``recforge.split.split(interactions, split)`` keeps for training (the split stage
+    splits the same canonical table the same way), so the reviews of validation and test events, the
+    targets, are in no text an encoder, a profile or a feature reads.
+    """
+    from recforge.split import split as split_events
+
+    train = split_events(interactions, split)[0]
+    train = train[train["review"].fillna("").astype(str).str.len() > 0]
+    by_item = train.sort_values(["item_id", "timestamp", "user_id"], kind="stable").groupby("item_id")["review"]
+    first = by_item.agg(lambda r: " ".join(r.head(REVIEWS_PER_ITEM).astype(str)))
+    items = items.copy()
+    empty = items["text"].fillna("").str.len() == 0
+    items.loc[empty, "text"] = items.loc[empty, "item_id"].map(first).fillna("")
+    by_user = train.groupby("user_id", sort=False)["review"]  # train keeps the split's (user, time) order
+    latest = by_user.agg(lambda r: " ".join(r.tail(REVIEWS_PER_USER).astype(str)))
+    user_ids = pd.unique(interactions["user_id"])
+    users = pd.DataFrame({"user_id": user_ids, "text": pd.Series(user_ids).map(latest).fillna("").to_numpy()})
+    return items, users
 
 
 def kcore_filter(interactions: pd.DataFrame, k: int) -> pd.DataFrame:

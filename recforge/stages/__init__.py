@@ -180,8 +180,8 @@ FIT_CONTEXT_KEYS = (
 STAGES: tuple[Stage, ...] = (
     Stage(
         "ingest",
-        params=("data", "validate", "seed"),
-        deps=("recforge/stages/ingest.py", "recforge/data", "recforge/validation.py"),
+        params=("data", "validate", "split", "seed"),
+        deps=("recforge/stages/ingest.py", "recforge/data", "recforge/validation.py", "recforge/split.py"),
         outs=(CANONICAL,),
         input_params=("data.path", "data.metadata_path", "data.items_path"),
     ),

@@ -26,7 +26,7 @@ def run_ingest(params: Params, variant: str | None = None) -> None:
         checks = run_suites(raw_suites(raw, params), params.validate_.max_examples)
         if not all(check.success for check in checks):
             gate(checks, params, source)  # raises with the failed expectations
-    tables = prepare(raw, params.data)
+    tables = prepare(raw, params.data, params.split)  # the split: review texts read training reviews only
     if params.validate_.enabled:
         gate(checks + run_suites(prepared_suites(tables, params), params.validate_.max_examples), params, source)
     with atomic_dir(params.paths.canonical_dir) as staging:

@@ -81,7 +81,8 @@ def test_amazon_reviews_with_metadata(tmp_path):
     assert tables.interactions["review"].iloc[0] == "Loved it. Great book"
     item = tables.items.iloc[0]
     assert (item["title"], item["genres"], item["text"]) == ("AI Book", "Books|Computers", "About machine learning")
-    assert set(tables.users["user_id"]) == {"A1", "A2"}
+    # user texts (and missing item texts) come from training reviews, after the split: prepare()
+    assert tables.text_from_reviews and tables.users is None
 
 
 def test_amazon_malformed_line_names_file_and_line(tmp_path):
@@ -152,22 +153,48 @@ def test_synthetic_users_prefer_their_topics():
     assert top_share > 0.3  # 8 topics: users without preferences would give ~0.15
 
 
-def test_amazon_user_text_leaves_out_held_out_reviews(tmp_path):
-    reviews = [
+def _review_rows(user: str, items: list[str], start: int) -> list[dict]:
+    return [
         {
-            "reviewerID": "A1",
-            "asin": f"B{i}",
+            "reviewerID": user,
+            "asin": item,
             "overall": 4.0,
-            "unixReviewTime": 1400000000 + i,
-            "reviewText": f"text{i}",
+            "unixReviewTime": start + 10 * k,
+            "reviewText": f"w{user}{item}".lower(),  # one word per review: where it ends up is visible
             "summary": "",
         }
-        for i in range(3)
+        for k, item in enumerate(items)
     ]
-    (tmp_path / "reviews.json").write_text("\n".join(json.dumps(r) for r in reviews))
-    users = load(DataParams(format="amazon-reviews", path=str(tmp_path))).users
-    text = users.set_index("user_id").loc["A1", "text"]
-    assert "text0" in text and "text1" not in text and "text2" not in text
+
+
+@pytest.mark.parametrize("method", ["leave-last-out", "temporal"])
+def test_amazon_texts_hold_no_held_out_review(tmp_path, method):
+    # catches: the item text falling back to ALL of an item's reviews (the test user's own review of the test
+    # item would describe it), user texts cut before the k-core filter (A1's last raw event, on B9, is dropped
+    # by the 2-core, so "all but the last two raw reviews" would keep A1's validation review), and user texts
+    # that assume leave-last-out under another split
+    from recforge.data.loaders import prepare
+    from recforge.params import SplitParams
+    from recforge.split import split
+
+    rows = []
+    items = ["B0", "B1", "B2", "B3"]
+    for n, user in enumerate(["A1", "A2", "A3"]):  # rotated and staggered: the two splits hold out other events
+        rows += _review_rows(user, items[n:] + items[:n], 1_400_000_000 + 5 * n)
+    rows += _review_rows("A1", ["B9"], 1_400_001_000)  # one review of B9: the 2-core drops it
+    (tmp_path / "reviews.json").write_text("\n".join(json.dumps(r) for r in rows))
+    params = DataParams(format="amazon-reviews", path=str(tmp_path), kcore=2)
+    split_params = SplitParams(method=method, test_fraction=0.25, val_fraction=0.25, seed=0)
+    tables = prepare(load(params), params, split_params)
+    train, val, test = split(tables.interactions, split_params)
+    assert len(val) and len(test) and "B9" not in set(tables.interactions["item_id"])
+    texts = " ".join(tables.items["text"]) + " " + " ".join(tables.users["text"])
+    assert not set(texts.split()) & set(pd.concat([val, test])["review"])  # no target's review
+    assert set(texts.split()) <= set(train["review"])  # nor one the split leaves out of training
+    # and every training review is used: by its item (each item has at most 5) and by its user
+    for review in train["review"]:
+        assert review in " ".join(tables.items["text"]) and review in " ".join(tables.users["text"])
+    assert set(tables.users["user_id"]) == {"A1", "A2", "A3"}
 
 
 # ---- bad input: one RecforgeError naming the file (issue 11; cases in tests/unit/crafted_inputs.py) ----

@@ -350,13 +350,15 @@ def test_amazon_gzipped_meta_and_metadata_path(tmp_path):
 def test_amazon_metadata_fills_and_falls_back(tmp_path):
     # catches numeric asins in metadata not matched to the reviews' string ids, missing metadata values not
     # falling back (title -> id, genres/text -> ''), the review fallback text for items without a
-    # description (first 5 reviews, space-joined), and the meta error not naming its file
+    # description (the first 5 TRAINING reviews, space-joined: U0's review of item 1 is U0's test event), and
+    # the meta error not naming its file
     reviews = [_review(f"U{i}", "1", 10 + i, text=f"r{i}") for i in range(7)] + [_review("U0", "B2", 1, "solo")]
     _write(tmp_path / "reviews.json", reviews)
     _write(tmp_path / "meta.json", [{"asin": 1, "title": None, "categories": None, "description": None}])
-    items = load(DataParams(format="amazon-reviews", path=str(tmp_path))).items.set_index("item_id")
+    params = DataParams(format="amazon-reviews", path=str(tmp_path), kcore=0)
+    items = prepare(load(params), params).items.set_index("item_id")
     assert items.loc["1", "title"] == "1" and items.loc["1", "genres"] == ""
-    assert items.loc["1", "text"] == "r0 r1 r2 r3 r4" and items.loc["B2", "text"] == "solo"
+    assert items.loc["1", "text"] == "r1 r2 r3 r4 r5" and items.loc["B2", "text"] == "solo"
     assert items.loc["B2", "title"] == "B2" and items.loc["B2", "genres"] == ""
     _write(tmp_path / "meta.json", [{"title": "x"}])
     message = _err(lambda: load(DataParams(format="amazon-reviews", path=str(tmp_path))))
@@ -368,7 +370,8 @@ def test_amazon_review_text_and_user_text(tmp_path):
     # last 10 of their reviews before the two held out
     rows = [_review("A", f"B{i}", i, text=f"t{i}X.", summary="") for i in range(14)]
     _write(tmp_path / "reviews.json", rows)
-    tables = load(DataParams(format="amazon-reviews", path=str(tmp_path)))
+    params = DataParams(format="amazon-reviews", path=str(tmp_path), kcore=0)
+    tables = prepare(load(params), params)
     assert tables.interactions["review"].iloc[0] == "t0X"  # ". " + text + "." trimmed of '. ' only
     assert tables.users["text"].iloc[0] == " ".join(f"t{i}X" for i in range(2, 12))
 
@@ -383,7 +386,8 @@ def test_amazon_without_metadata(tmp_path):
     # catches items without metadata not titled by their id, or given genres / placeholder text (so the review
     # fallback never fills their text)
     _write(tmp_path / "reviews.json", [_review("A", "B1", 5, text="nice"), _review("A", "B2", 6)])
-    items = load(DataParams(format="amazon-reviews", path=str(tmp_path))).items
+    params = DataParams(format="amazon-reviews", path=str(tmp_path), kcore=0)
+    items = prepare(load(params), params).items
     assert items.values.tolist() == [["B1", "B1", "nice", ""], ["B2", "B2", "", ""]]
 
 
