@@ -57,6 +57,9 @@ class Tables:
     # reviews describe items and users: prepare() fills the items' missing text and the users' text from the
     # reviews of TRAINING events only (the split's), so no held-out review reaches a feature
     text_from_reviews: bool = False
+    # words users wrote about items (MovieLens tags: user_id, item_id, text): prepare() appends them to the
+    # item text, except those of a (user, item) pair the split holds out (a user's tag on their test item)
+    notes: pd.DataFrame | None = None
 
 
 def load(params: DataParams) -> Tables:
@@ -126,18 +129,15 @@ def _movielens_latest(root: Path, params: DataParams) -> Tables:
     movies = movies.rename(columns={"movieId": "item_id"})
     movies["title"] = _text(movies["title"])
     movies["genres"] = _text(movies["genres"]).replace("(no genres listed)", "")
-    tags_text = pd.Series(dtype=str)
-    if (root / "tags.csv").exists():
+    notes = None
+    if (root / "tags.csv").exists():  # the tags join the text in prepare(), without the held-out pairs' tags
         tags = _read_csv(root / "tags.csv")
         _require_columns(tags, ["movieId", "tag"], root / "tags.csv")
         tags = tags[tags["movieId"].notna()]
-        tags_text = tags.groupby("movieId")["tag"].agg(lambda t: " ".join(sorted(set(map(str, t)))))
-    movies["text"] = (
-        movies["genres"].str.replace("|", " ", regex=False)
-        + " "
-        + movies["item_id"].map(tags_text).fillna("").astype(str)
-    ).str.strip()
-    return Tables(ratings, movies[ITEM_COLUMNS])
+        user = tags["userId"] if "userId" in tags else pd.Series(pd.NA, index=tags.index, dtype=object)
+        notes = pd.DataFrame({"user_id": user, "item_id": tags["movieId"], "text": tags["tag"].map(str)})
+    movies["text"] = movies["genres"].str.replace("|", " ", regex=False).str.strip()
+    return Tables(ratings, movies[ITEM_COLUMNS], notes=notes)
 
 
 def _canonical_interactions(frame: pd.DataFrame, source: Path | str, lines: list[int] | None = None) -> pd.DataFrame:
@@ -279,24 +279,46 @@ def prepare(tables: Tables, params: DataParams, split: SplitParams | None = None
     users = tables.users
     if users is not None:
         users = users[users["user_id"].isin(set(interactions["user_id"]))].reset_index(drop=True)
-    if tables.text_from_reviews and "review" in interactions and len(interactions):  # empty: the gate says so
-        items, users = review_texts(interactions, items, split or SplitParams())
+    reviews = tables.text_from_reviews and "review" in interactions
+    if (reviews or tables.notes is not None) and len(interactions):  # empty: the gate says so
+        from recforge.split import split as split_events
+
+        train, val, test = split_events(interactions, split or SplitParams())
+        if tables.notes is not None:
+            items = notes_text(items, tables.notes, pd.concat([val, test]))
+        if reviews:
+            items, users = review_texts(train, interactions, items)
     return Tables(interactions, items, users)
 
 
+def _id(value):
+    """An id as a hashable key that matches across files: 5.0 (a float column with gaps) is 5."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def notes_text(items: pd.DataFrame, notes: pd.DataFrame, held_out: pd.DataFrame) -> pd.DataFrame:
+    """The items' text with their notes (tags) appended, distinct and sorted, leaving out the notes of the
+    ``held_out`` (user, item) pairs: a user's tag on their validation or test item names the answer."""
+    held = {(_id(u), _id(i)) for u, i in zip(held_out["user_id"], held_out["item_id"])}
+    keep = [(_id(u), _id(i)) not in held for u, i in zip(notes["user_id"], notes["item_id"])]
+    kept = notes[np.asarray(keep, dtype=bool)] if len(notes) else notes
+    words = kept.groupby(kept["item_id"].map(_id))["text"].agg(lambda t: " ".join(sorted(set(t))))
+    items = items.copy()
+    appended = items["item_id"].map(_id).map(words).fillna("").astype(str)
+    items["text"] = (items["text"].fillna("").astype(str) + " " + appended).str.strip()
+    return items
+
+
 def review_texts(
-    interactions: pd.DataFrame, items: pd.DataFrame, split: SplitParams
+    train: pd.DataFrame, interactions: pd.DataFrame, items: pd.DataFrame
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Items whose text is empty get their earliest ``REVIEWS_PER_ITEM`` training reviews; every user gets
     the text of their latest ``REVIEWS_PER_USER`` training reviews ("" without one).
 
-    Training = what ``recforge.split.split(interactions, split)`` keeps for training (the split stage
-    splits the same canonical table the same way), so the reviews of validation and test events, the
-    targets, are in no text an encoder, a profile or a feature reads.
+    ``train``: what ``recforge.split.split(interactions, ...)`` keeps for training (the split stage splits
+    the same canonical table the same way), so the reviews of validation and test events, the targets,
+    are in no text an encoder, a profile or a feature reads.
     """
-    from recforge.split import split as split_events
-
-    train = split_events(interactions, split)[0]
     train = train[train["review"].fillna("").astype(str).str.len() > 0]
     by_item = train.sort_values(["item_id", "timestamp", "user_id"], kind="stable").groupby("item_id")["review"]
     first = by_item.agg(lambda r: " ".join(r.head(REVIEWS_PER_ITEM).astype(str)))

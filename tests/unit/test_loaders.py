@@ -41,10 +41,15 @@ def test_movielens_latest_tags_become_text(tmp_path):
     (tmp_path / "movies.csv").write_text(
         'movieId,title,genres\n1,Toy Story (1995),Animation|Comedy\n2,"Heat, The (1995)",(no genres listed)\n'
     )
-    (tmp_path / "tags.csv").write_text("userId,movieId,tag,timestamp\n1,1,pixar,1\n2,1,funny,2\n")
-    tables = load(DataParams(format="movielens-latest", path=str(tmp_path)))
+    # user 1's tag on movie 2, their test event, would name the answer: prepare() leaves it out (catches the
+    # tags of held-out pairs joined to the item text); user 2's tag on movie 2 is no target and stays
+    tags = "userId,movieId,tag,timestamp\n1,1,pixar,1\n2,1,funny,2\n1,2,heatwave,3\n2,2,classic,4\n2,1,pixar,5\n"
+    (tmp_path / "tags.csv").write_text(tags)
+    params = DataParams(format="movielens-latest", path=str(tmp_path), kcore=0)
+    tables = prepare(load(params), params)
     items = tables.items.set_index("item_id")
-    assert items.loc[1, "text"] == "Animation Comedy funny pixar"
+    assert items.loc[1, "text"] == "Animation Comedy funny pixar"  # distinct, sorted
+    assert items.loc[2, "text"] == "classic"
     assert items.loc[2, "title"] == "Heat, The (1995)" and items.loc[2, "genres"] == ""
 
 
