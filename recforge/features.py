@@ -31,8 +31,8 @@ from recforge.ranking import reciprocal_rank_fusion
 log = logging.getLogger(__name__)
 
 DAY = 86_400
-RECENT_DAYS = 30
-LONG_RECENT_DAYS = 90
+# the item's events in the last N days up to the user's cut-off: feature name -> N (FeatureContext._timeline)
+TIMELINE_WINDOWS = {"item_pop_day": 1, "item_pop_user_window": 30, "item_pop_recent": 90}
 LAST_N = 5  # trans_last5 / sim_*_last5 / sim_*_max5 look at the last LAST_N items
 WINDOW_BASE = np.int64(1) << np.int64(34)  # item * base + time: one sorted key per history event
 DENSE_TRANSITIONS_MAX = (
@@ -46,13 +46,7 @@ SENTIMENT_PREFIXES = ("sent_",)
 # features that read the timeline: other users' events up to this user's cut-off (their last event).
 # Each reads only events at or before the cut-off, so none carries information from after it
 # (under leave-last-out, other users' later events are in the training history)
-TIMELINE_FEATURES = (
-    "item_age_days",
-    "item_last_gap_days",
-    "item_pop_day",
-    "item_pop_recent",
-    "item_pop_user_window",
-)
+TIMELINE_FEATURES = (*TIMELINE_WINDOWS, "item_last_gap_days", "item_age_days")
 
 
 def safe_name(name: str) -> str:
@@ -442,11 +436,7 @@ class FeatureContext:
         base = items.astype(np.int64) * WINDOW_BASE
         order = np.argsort(base + ends, kind="stable")  # one order for every window: their queries sort alike
         hi = _sorted_search(self.window_keys, base + ends, order)
-        for name, days in (
-            ("item_pop_day", 1),
-            ("item_pop_user_window", RECENT_DAYS),
-            ("item_pop_recent", LONG_RECENT_DAYS),
-        ):
+        for name, days in TIMELINE_WINDOWS.items():
             lo = _sorted_search(self.window_keys, base + np.maximum(ends - int(days * DAY), 0), order)
             columns[name] = np.log1p((hi - lo).astype(np.float64))
         previous = self.window_keys[np.maximum(hi - 1, 0)]
@@ -456,12 +446,10 @@ class FeatureContext:
         columns["item_age_days"] = np.where(first_seen <= last_ts, (last_ts - first_seen) / DAY, np.nan)
 
 
-def _sorted_search(keys: np.ndarray, queries: np.ndarray, order: np.ndarray | None = None) -> np.ndarray:
-    """``np.searchsorted(keys, queries, side="right")``, asking in sorted order (8x faster on a
-    10M-key array that does not fit in cache: consecutive searches touch nearby keys). ``order`` (an
-    argsort of these or of nearly the same queries) saves the sort; the result does not depend on it."""
-    if order is None:
-        order = np.argsort(queries, kind="stable")
+def _sorted_search(keys: np.ndarray, queries: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """``np.searchsorted(keys, queries, side="right")``, asking in ``order`` (an argsort of these or of
+    nearly the same queries; 8x faster on a 10M-key array that does not fit in cache: consecutive searches
+    touch nearby keys). The result does not depend on ``order``."""
     out = np.empty(len(queries), dtype=np.int64)
     out[order] = np.searchsorted(keys, queries[order], side="right")
     return out

@@ -258,9 +258,10 @@ def _table(root: Path, params: DataParams) -> Tables:
 
 
 def prepare(tables: Tables, params: DataParams, split: SplitParams | None = None) -> Tables:
-    """Apply the rating threshold, duplicate policy and iterative k-core filter; with review text
-    (``tables.text_from_reviews``), fill the item and user texts from the reviews of the events that
-    ``split`` (default: leave-last-out) puts in training."""
+    """Apply the rating threshold, duplicate policy and iterative k-core filter; then, with user-written
+    text, split the result with ``split`` (default: leave-last-out) as the split stage will: ``notes``
+    (tags) join the item text except those of held-out pairs (:func:`notes_text`), and review text fills
+    the item and user texts from training events only (:func:`review_texts`)."""
     interactions = tables.interactions
     if params.min_rating is not None and "rating" in interactions:
         interactions = interactions[interactions["rating"] >= params.min_rating]
@@ -301,7 +302,7 @@ def notes_text(items: pd.DataFrame, notes: pd.DataFrame, held_out: pd.DataFrame)
     ``held_out`` (user, item) pairs: a user's tag on their validation or test item names the answer."""
     held = {(_id(u), _id(i)) for u, i in zip(held_out["user_id"], held_out["item_id"])}
     keep = [(_id(u), _id(i)) not in held for u, i in zip(notes["user_id"], notes["item_id"])]
-    kept = notes[np.asarray(keep, dtype=bool)] if len(notes) else notes
+    kept = notes[np.asarray(keep, dtype=bool)]
     words = kept.groupby(kept["item_id"].map(_id))["text"].agg(lambda t: " ".join(sorted(set(t))))
     items = items.copy()
     appended = items["item_id"].map(_id).map(words).fillna("").astype(str)
