@@ -191,9 +191,10 @@ class Reranker(Protocol):
     (higher is better; rows are independent of the table's other users).
 
     ``oof_scores`` is set by ``fit``: one score per training row from a model
-    that did not see that row's user (out-of-fold), so that the validation
-    lists and ablations built from them are honest; a reranker without folds
-    gives its own scores. ``None`` before ``fit``.
+    that did not see that row's user (out-of-fold), with nothing about that
+    model (e.g. its round count) chosen on that row's labels, so that the
+    validation lists and ablations built from them are honest; a reranker
+    without folds gives its own scores. ``None`` before ``fit``.
 
     ``feature_importance`` is a table with one row per feature column the
     model uses: ``feature``, ``gain``, ``splits`` and ``gain_share`` (gain
