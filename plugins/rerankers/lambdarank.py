@@ -12,7 +12,7 @@ mean over repeats of the score of the model that did not train on that user
 (honest validation lists). Fold ``f``'s out-of-fold scores are read at the
 round the *other* folds' held-out curves choose (``oof_iterations``), never at
 one chosen on fold ``f``'s own labels: picking the round on the rows it then
-scores inflated the reported validation NDCG@10 by 0.002-0.006 on
+scores inflated the reported validation NDCG@10 by 0.003-0.006 on
 ml-latest-small (docs/rerank.md, "Honest out-of-fold figures"). Groups without a
 positive label carry no ranking signal and are left out of training.
 """
