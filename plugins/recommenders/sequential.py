@@ -35,6 +35,7 @@ from recforge.vectors import l2_normalize
 log = logging.getLogger(__name__)
 
 CELLS = ("gru", "lstm", "sasrec")
+EARLY_STOPPING = ("validation", "inner")  # what the epoch is chosen on (see Sequential)
 SIZES = ("max_len", "batch_size", "epochs")  # may be "auto": chosen from the training data (recforge.sizing)
 
 
@@ -150,6 +151,14 @@ class Sequential:
     the run's seed too). ``max_len``, ``batch_size``
     and ``epochs`` may be ``auto``: chosen from the training histories by
     :func:`recforge.sizing.sequence_sizes` and saved as numbers.
+
+    ``early_stopping`` says what the best epoch is chosen on when the fit is
+    given validation events: ``validation`` (those events) or ``inner`` (each
+    user's last training event, held out of the windows while training; the
+    validation events are then not read at all). With a re-ranker, ``inner``
+    keeps the re-ranker's training labels (the validation events) from also
+    choosing the epoch of a model whose lists it learns from (docs/rerank.md).
+    The fitted model recommends from the whole training history either way.
     """
 
     def __init__(
@@ -170,9 +179,12 @@ class Sequential:
         device: str | None = None,
         seed: int | None = None,
         seed_offset: int = 0,
+        early_stopping: str = "validation",
     ) -> None:
         if cell not in CELLS:
             raise ValueError(f"cell must be one of {CELLS}, got {cell!r}")
+        if early_stopping not in EARLY_STOPPING:
+            raise ValueError(f"early_stopping must be one of {EARLY_STOPPING}, got {early_stopping!r}")
         self.config: dict[str, Any] = dict(
             cell=cell,
             dim=int(dim),
@@ -190,6 +202,7 @@ class Sequential:
             device=device,
             seed=seed,
             seed_offset=_seed_offset(seed_offset),
+            early_stopping=early_stopping,
         )
         self.net = None
         self.n_items = 0
@@ -235,10 +248,9 @@ class Sequential:
         self.net = _build_network(
             cfg["cell"], self.n_items, cfg["dim"], cfg["layers"], cfg["heads"], cfg["dropout"], cfg["max_len"]
         ).to(self._device)
-        windows = self._windows(self.sequences)
+        stopping = self._stopping_targets(context.validation)
+        windows = self._windows(stopping[3] if stopping is not None else self.sequences)
         optimizer = torch.optim.Adam(self.net.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
-        validation = context.validation
-        val_users = np.unique(validation.user_ids) if validation is not None and len(validation) else None
         best, best_state, stale = -1.0, None, 0
         self.history = []
         for epoch in range(1, cfg["epochs"] + 1):
@@ -261,8 +273,8 @@ class Sequential:
                 total += float(loss.detach()) * int(mask.sum())
                 count += int(mask.sum())
             record = {"epoch": epoch, "loss": total / max(count, 1), "seconds": time.perf_counter() - started}
-            if val_users is not None:
-                record["val_ndcg@10"] = self._val_ndcg(validation, val_users)
+            if stopping is not None:
+                record["val_ndcg@10"] = self._val_ndcg(*stopping)
                 score = record["val_ndcg@10"]
                 if score > best:
                     best, stale, self.best_epoch = score, 0, epoch
@@ -273,7 +285,7 @@ class Sequential:
             log.info("sequential[%s] epoch %d %s", cfg["cell"], epoch, {k: round(v, 4) for k, v in record.items()})
             if context.progress is not None:
                 context.progress(f"epoch {epoch}", epoch / cfg["epochs"])
-            if val_users is not None and epoch >= cfg["min_epochs"] and stale >= cfg["patience"]:
+            if stopping is not None and epoch >= cfg["min_epochs"] and stale >= cfg["patience"]:
                 break
         if best_state is not None:
             self.net.load_state_dict(best_state)
@@ -282,16 +294,43 @@ class Sequential:
         self.net.eval()
         return self
 
-    def _val_ndcg(self, validation: Interactions, users: np.ndarray, k: int = 10) -> float:
-        """NDCG@k of the first validation item per user (full ranking, history excluded)."""
-        first = np.searchsorted(validation.user_ids, users)
+    def _stopping_targets(self, validation: Interactions | None):
+        """(users, target items, seen matrix, history sequences) the epoch is chosen on, or None (no early stop).
+
+        ``validation``: each validation user's first validation item, read after
+        their whole training history. ``inner``: each user with at least 3
+        training events has their last one held out (the windows are cut from
+        the shortened histories, returned here) and read after the rest.
+        """
+        if validation is None or not len(validation):
+            return None
+        if self.config["early_stopping"] == "validation":
+            users = np.unique(validation.user_ids)
+            targets = validation.item_ids[np.searchsorted(validation.user_ids, users)]
+            return users, targets, self.seen, self.sequences
+        users = np.array([u for u, seq in enumerate(self.sequences) if len(seq) >= 3], dtype=np.int64)
+        if not len(users):
+            return None
+        targets = np.array([self.sequences[u][-1] for u in users], dtype=np.int64)
+        shortened = list(self.sequences)
+        for u in users:
+            shortened[u] = self.sequences[u][:-1]
+        # what the shortened histories have seen: a held-out item stays unseen unless the user met it earlier
+        rows = np.repeat(np.arange(len(shortened)), [len(seq) for seq in shortened])
+        seen = sp.csr_matrix(
+            (np.ones(len(rows), dtype=np.float32), (rows, np.concatenate(shortened))), shape=self.seen.shape
+        )
+        seen.sum_duplicates()
+        seen.data[:] = 1.0
+        return users, targets, seen, shortened
+
+    def _val_ndcg(self, users: np.ndarray, targets: np.ndarray, seen: sp.csr_matrix, sequences, k: int = 10) -> float:
+        """NDCG@k of one target per user, read after ``sequences[user]`` (full ranking, ``seen`` excluded)."""
         top = np.full((len(users), k), -1, dtype=np.int64)
         for part in batched(len(users), 512):
-            scores = self._scores([self.sequences[u] for u in users[part]])
-            top[part] = top_k(scores, k, seen=self.seen[users[part]])[0]
-        return (
-            ranking_metrics(top, validation.item_ids[first], k, metrics=("ndcg",))[f"ndcg@{k}"] if len(users) else 0.0
-        )
+            scores = self._scores([sequences[u] for u in users[part]])
+            top[part] = top_k(scores, k, seen=seen[users[part]])[0]
+        return ranking_metrics(top, targets, k, metrics=("ndcg",))[f"ndcg@{k}"] if len(users) else 0.0
 
     def refit_options(self) -> dict[str, Any]:
         """The best validation epoch count, for the train+val refit (no validation there); sizes chosen

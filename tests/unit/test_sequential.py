@@ -97,9 +97,73 @@ def test_early_stopping_and_refit_epochs(topical) -> None:
     assert len(fitted.history) < 20, [round(r["val_ndcg@10"], 4) for r in fitted.history]
     assert len(fitted.history) == max(fitted.best_epoch + 2, 3)
     # and the best epoch's weights are the ones kept, not the last epoch's
-    assert fitted._val_ndcg(val, np.unique(val.user_ids)) == pytest.approx(best, abs=1e-9)
+    assert fitted._val_ndcg(*fitted._stopping_targets(val)) == pytest.approx(best, abs=1e-9)
     assert fitted.refit_options() == {"epochs": fitted.best_epoch}
     assert best > 0.05, "the model should learn something on topical data"
+
+
+def _with_a_final_item(events: Interactions) -> Interactions:
+    """Every user's history with one more event at its end, on a new item that occurs nowhere else."""
+    order = np.lexsort((events.timestamps, events.user_ids))
+    users, items, times = events.user_ids[order], events.item_ids[order], events.timestamps[order]
+    ends = np.r_[np.nonzero(np.diff(users))[0], len(users) - 1]
+    final = events.n_items
+    users = np.insert(users, ends + 1, users[ends])
+    items = np.insert(items, ends + 1, final)
+    times = np.insert(times, ends + 1, times[ends] + 1)
+    return Interactions(users, items, times, None, events.n_users, events.n_items + 1)
+
+
+def test_inner_early_stopping_holds_out_each_users_last_training_event(topical) -> None:
+    """Catches training on the events the epoch is chosen on, reading the validation events in ``inner`` mode,
+    and recommending from the shortened histories afterwards."""
+    from dataclasses import replace
+
+    events, context, _ = topical
+    train = _with_a_final_item(events)  # the new item is every user's last training event, and nothing else
+    final = events.n_items
+    options = {"cell": "gru", "epochs": 6, "min_epochs": 6, "patience": 1, **SMALL}
+    validation = Interactions(
+        np.arange(train.n_users), np.zeros(train.n_users, dtype=np.int64), None, None, train.n_users, train.n_items
+    )
+    scrambled = Interactions(
+        np.arange(train.n_users), np.full(train.n_users, 7, dtype=np.int64), None, None, train.n_users, train.n_items
+    )
+    inner = Sequential(early_stopping="inner", **options).fit(train, context=replace(context, validation=validation))
+    # held out of training, the new item is a target the model never learned: it ranks nowhere near the top
+    assert max(record["val_ndcg@10"] for record in inner.history) < 0.02
+    # trained on (early_stopping: validation reads whole histories), it is every user's next item
+    whole = Sequential(**options).fit(train, context=replace(context, validation=validation))
+    top, _ = whole.recommend(np.arange(train.n_users), k=10, exclude_seen=False)
+    assert (top == final).any(axis=1).mean() > 0.9
+    # the validation events are not read at all in inner mode: other ones give the same fit
+    again = Sequential(early_stopping="inner", **options).fit(train, context=replace(context, validation=scrambled))
+    assert [r["val_ndcg@10"] for r in again.history] == [r["val_ndcg@10"] for r in inner.history]
+    # the fitted model recommends from the whole training history, held-out event included
+    assert all(np.array_equal(a, b) for a, b in zip(inner.sequences, train.sequences, strict=True))
+    assert (inner.seen != train.csr).nnz == 0
+
+
+def test_inner_early_stopping_targets_and_seen_set() -> None:
+    """The stopping targets: each user with 3+ events gives their last one, read after the rest, and it is
+    unseen there unless the user met the item before; shorter users are not asked."""
+    users = np.array([0, 0, 0, 1, 1, 2, 2, 2, 2])
+    items = np.array([1, 2, 3, 4, 5, 6, 7, 8, 6])  # user 2 meets item 6 again at the end
+    events = Interactions(users, items, np.arange(9), None, 3, 9)
+    model = Sequential(early_stopping="inner", **SMALL)
+    model.sequences = [np.asarray(s, dtype=np.int32) for s in events.sequences]
+    model.seen = events.csr
+    asked, targets, seen, shortened = model._stopping_targets(events)
+    assert asked.tolist() == [0, 2] and targets.tolist() == [3, 6]
+    assert [list(s) for s in shortened] == [[1, 2], [4, 5], [6, 7, 8]]
+    assert seen[0, 3] == 0 and seen[0, 2] == 1  # the held-out item is unseen
+    assert seen[2, 6] == 1  # met before the held-out event
+    assert seen.max() == 1
+
+
+def test_unknown_early_stopping_is_rejected() -> None:
+    with pytest.raises(ValueError, match="early_stopping"):
+        Sequential(early_stopping="test")
 
 
 def test_unknown_cell_is_rejected() -> None:
