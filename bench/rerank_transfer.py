@@ -29,17 +29,14 @@ import sys
 from pathlib import Path
 
 
-def ndcg_at(frame, labels, scores, users: int, k: int) -> float:
-    """NDCG@k over ``users`` users with one target each (a target outside the candidates counts 0)."""
-    import numpy as np
-    import pandas as pd
+def part_ndcg(workspace, part: str, frame, scores) -> float:
+    """NDCG@k of the lists these row scores give, against the part's targets, as the evaluate stage scores lists."""
+    from recforge.metrics import evaluate
+    from recforge.rerank import ranked_lists
 
-    table = pd.DataFrame({"user": frame["user"].to_numpy(), "item": frame["item"].to_numpy(), "score": scores})
-    table["label"] = labels
-    table = table.sort_values(["user", "score", "item"], ascending=[True, False, True], kind="stable")
-    rank = table.groupby("user").cumcount().to_numpy() + 1
-    hits = (table["label"].to_numpy() > 0) & (rank <= k)
-    return float((1.0 / np.log2(rank[hits] + 1)).sum() / users)
+    k = workspace.params.evaluate.k
+    lists = ranked_lists(frame, scores, workspace.params.evaluate.list_length)
+    return evaluate(lists, workspace.frame(part), [k], 0)[f"ndcg@{k}"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,25 +58,24 @@ def main(argv: list[str] | None = None) -> int:
         params = load_params(args.config, paths_under(Path(folder)) + ["rerank.enabled=true", *args.overrides])
         workspace = Workspace(params)
         models = candidate_models(params)
-        k = params.evaluate.k
         parts = {}
         for part in ("val", "test"):
             frame = build_part(workspace, part, models)
             labels = labels_for(frame, workspace.frame(part))
-            parts[part] = (frame, labels, group_sizes(frame), workspace.frame(part)["user_id"].nunique())
+            parts[part] = (frame, labels, group_sizes(frame))
         figures = {}
         for part in ("val", "test"):
-            frame, labels, groups, users = parts[part]
+            frame, labels, groups = parts[part]
             reranker = make_reranker(params, None, positive_users(labels, groups))
             reranker.fit(frame, labels, groups)
-            figures[f"{part} out-of-fold"] = ndcg_at(frame, labels, reranker.oof_scores, users, k)
+            figures[f"{part} out-of-fold"] = part_ndcg(workspace, part, frame, reranker.oof_scores)
             if part == "val":
-                test_frame, test_labels, _, test_users = parts["test"]
-                figures["val -> test"] = ndcg_at(test_frame, test_labels, reranker.rerank(test_frame), test_users, k)
+                test_frame = parts["test"][0]
+                figures["val -> test"] = part_ndcg(workspace, "test", test_frame, reranker.rerank(test_frame))
         for part in ("val", "test"):
-            frame, labels, _, users = parts[part]
+            frame = parts[part][0]
             figures[f"seqknn {part}"] = (
-                ndcg_at(frame, labels, -frame["seqknn_rank"].fillna(1e9).to_numpy(), users, k)
+                part_ndcg(workspace, part, frame, -frame["seqknn_rank"].fillna(1e9).to_numpy())
                 if "seqknn_rank" in frame
                 else float("nan")
             )

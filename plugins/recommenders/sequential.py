@@ -308,20 +308,15 @@ class Sequential:
             users = np.unique(validation.user_ids)
             targets = validation.item_ids[np.searchsorted(validation.user_ids, users)]
             return users, targets, self.seen, self.sequences
-        users = np.array([u for u, seq in enumerate(self.sequences) if len(seq) >= 3], dtype=np.int64)
+        lengths = np.array([len(seq) for seq in self.sequences])
+        users = np.flatnonzero(lengths >= 3)
         if not len(users):
             return None
         targets = np.array([self.sequences[u][-1] for u in users], dtype=np.int64)
-        shortened = list(self.sequences)
-        for u in users:
-            shortened[u] = self.sequences[u][:-1]
+        shortened = [seq[:-1] if len(seq) >= 3 else seq for seq in self.sequences]
         # what the shortened histories have seen: a held-out item stays unseen unless the user met it earlier
         rows = np.repeat(np.arange(len(shortened)), [len(seq) for seq in shortened])
-        seen = sp.csr_matrix(
-            (np.ones(len(rows), dtype=np.float32), (rows, np.concatenate(shortened))), shape=self.seen.shape
-        )
-        seen.sum_duplicates()
-        seen.data[:] = 1.0
+        seen = Interactions(rows, np.concatenate(shortened), None, None, self.seen.shape[0], self.seen.shape[1]).csr
         return users, targets, seen, shortened
 
     def _val_ndcg(self, users: np.ndarray, targets: np.ndarray, seen: sp.csr_matrix, sequences, k: int = 10) -> float:
