@@ -246,6 +246,32 @@ def data_import(
     _guard(debug, body)
 
 
+@data_app.command("add-span")
+def data_add_span(
+    file: Annotated[Path, typer.Argument(help="a CSV or Parquet file of new events (the loader's columns)")],
+    name: Annotated[
+        str | None, typer.Option(help="span name (default: the file name); name order is time order")
+    ] = None,
+    params_file: ParamsOpt = Path(DEFAULT_PARAMS_FILE),
+    set_: SetOpt = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Check FILE and add it to data.spans atomically (recforge.spans)."""
+
+    def body() -> None:
+        from recforge.spans import add_span
+
+        params = load_params(params_file, set_ or [])
+        record, added = add_span(params, file, name)
+        state = "added" if added else "already there (same sha256)"
+        console.print(
+            f"span {record.name} {state}: {record.events:,} events, time {record.time_min}..{record.time_max}, "
+            f"sha256 {record.sha256[:12]}"
+        )
+
+    _guard(debug, body)
+
+
 @data_app.command("describe")
 def data_describe(
     params_file: ParamsOpt = Path(DEFAULT_PARAMS_FILE), set_: SetOpt = None, debug: DebugOpt = False

@@ -62,6 +62,48 @@ class DataParams(_Section):
     kcore: int | None = Field(None, ge=0)
     duplicates: Literal["last", "first", "keep"] = "last"
     synthetic: SyntheticParams = Field(default_factory=SyntheticParams)
+    # new events arrive as span files here (recforge.spans; `recforge data add-span FILE`); ingest reads the
+    # base data plus every span in name order but the newest ``spans_held_out``, which are the blessing's
+    # evaluation data (recforge.blessing: no model trains on them before they are scored)
+    spans: str = "data/spans"
+    spans_held_out: int = Field(1, ge=0, le=1000)
+
+
+class DriftThreshold(_Section):
+    """A drift statistic's thresholds: a value at or above ``warn`` is a warning, at or above ``fail`` stops."""
+
+    warn: float = Field(ge=0.0)
+    fail: float = Field(ge=0.0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> DriftThreshold:
+        if self.warn > self.fail:
+            raise ValueError(f"warn {self.warn} is above fail {self.fail}")
+        return self
+
+
+def _threshold(warn: float, fail: float) -> Any:
+    return Field(default_factory=lambda: DriftThreshold(warn=warn, fail=fail))
+
+
+class DriftParams(_Section):
+    """Drift and skew of each new span against the reference (recforge.drift; docs/lifecycle.md).
+
+    Shares are of the span's events: ``unknown_users`` (users the reference has no event of),
+    ``unknown_items`` (items without a reference event), ``predating`` (older than the reference's
+    last event), ``duplicates`` (a user, item and timestamp already in the reference or earlier in
+    the span). ``rating_psi``: population stability index of the rating distribution.
+    ``events_per_user``: the fold change max(r, 1/r) of the span's events per user against the
+    reference's (a short span has fewer events per user than a long history: the band is wide).
+    """
+
+    enabled: bool = True
+    unknown_users: DriftThreshold = _threshold(0.5, 1.0)
+    unknown_items: DriftThreshold = _threshold(0.2, 0.5)
+    rating_psi: DriftThreshold = _threshold(0.1, 0.25)
+    events_per_user: DriftThreshold = _threshold(20.0, 100.0)
+    predating: DriftThreshold = _threshold(0.05, 0.5)
+    duplicates: DriftThreshold = _threshold(0.01, 0.2)
 
 
 class ValidateParams(_Section):
@@ -79,6 +121,7 @@ class ValidateParams(_Section):
     min_interactions_per_user: int = Field(3, ge=1)
     require_text: bool = True
     max_examples: int = Field(5, ge=1)
+    drift: DriftParams = Field(default_factory=DriftParams)
 
     @field_validator("rating_min", "rating_max")
     @classmethod
@@ -251,6 +294,30 @@ class ServeParams(_Section):
     explain_budget_s: float = Field(5.0, gt=0)
 
 
+class PromoteParams(_Section):
+    """Blessing and promotion (recforge.blessing, recforge.production; docs/lifecycle.md).
+
+    A candidate is blessed when its ``metric`` on the evaluation data is at least ``floor`` and at
+    least the production model's plus ``min_delta`` (0: not worse). ``bootstrap``: resamples of the
+    users for the confidence interval. ``registry``: the production registry file (null: beside the
+    BentoML model store, ``$BENTOML_HOME/recforge/production.json``).
+    """
+
+    metric: str = "ndcg@10"
+    min_delta: float = Field(0.0, ge=-1.0, le=1.0)
+    floor: float = Field(0.0, ge=0.0, le=1.0)
+    bootstrap: int = Field(1000, ge=0, le=100_000)
+    registry: str | None = None
+
+    @field_validator("metric")
+    @classmethod
+    def _metric(cls, value: str) -> str:
+        name, _, k = value.partition("@")
+        if name not in ("ndcg", "recall", "mrr", "map", "precision") or not k.isdigit() or not 1 <= int(k) <= 1000:
+            raise ValueError(f"{value!r}: use ndcg|recall|mrr|map|precision@K, e.g. ndcg@10")
+        return value
+
+
 class OrchestrationParams(_Section):
     runner: Literal["local", "dask"] = "local"
     dask_address: str | None = None
@@ -281,6 +348,7 @@ class Params(_Section):
     rerank: RerankParams = Field(default_factory=RerankParams)
     evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
     serve: ServeParams = Field(default_factory=ServeParams)
+    promote: PromoteParams = Field(default_factory=PromoteParams)
     orchestration: OrchestrationParams = Field(default_factory=OrchestrationParams)
     seed: int = 0
     # where training, the encoders and the LLM features run (serve.device is the service's)

@@ -181,7 +181,14 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         "ingest",
         params=("data", "validate", "split", "seed"),
-        deps=("recforge/stages/ingest.py", "recforge/data", "recforge/validation.py", "recforge/split.py"),
+        deps=(
+            "recforge/stages/ingest.py",
+            "recforge/data",
+            "recforge/validation.py",
+            "recforge/split.py",
+            "recforge/spans.py",
+            "${data.spans}",  # the span directory: a new span re-runs ingest (dvc.yaml needs it to exist)
+        ),
         outs=(CANONICAL,),
         input_params=("data.path", "data.metadata_path", "data.items_path"),
     ),

@@ -8,6 +8,7 @@ from pathlib import Path
 from recforge.artifacts import atomic_dir
 from recforge.data.loaders import load, prepare
 from recforge.params import Params
+from recforge.spans import with_spans, write_manifest
 from recforge.validation import gate, prepared_suites, raw_suites, run_suites
 
 log = logging.getLogger(__name__)
@@ -17,9 +18,11 @@ def run_ingest(params: Params, variant: str | None = None) -> None:
     """Write data/canonical/{interactions,items[,users]}.parquet.
 
     The validation gate runs here on the raw and the filtered tables, so bad
-    data never replaces the previous canonical tables.
+    data never replaces the previous canonical tables. The base data is read
+    with every span of ``data.spans`` but the held-out newest (recforge.spans);
+    ``spans.json`` records which.
     """
-    raw = load(params.data)
+    raw, spans, held = with_spans(load(params.data), params)
     source = params.data.path or f"data.format={params.data.format}"
     checks = []
     if params.validate_.enabled:
@@ -34,9 +37,12 @@ def run_ingest(params: Params, variant: str | None = None) -> None:
         tables.items.to_parquet(Path(staging) / "items.parquet", index=False)
         if tables.users is not None:
             tables.users.to_parquet(Path(staging) / "users.parquet", index=False)
+        write_manifest(Path(staging), spans, held)
     log.info(
-        "ingested %d interactions, %d users, %d items",
+        "ingested %d interactions, %d users, %d items (%d spans, %d held out)",
         len(tables.interactions),
         tables.interactions["user_id"].nunique(),
         len(tables.items),
+        len(spans),
+        len(held),
     )

@@ -47,6 +47,7 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]
     }
     params["evaluate"].update(ks=[1, 5, 10], list_length=20)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (root / "data" / "spans").mkdir(parents=True)  # ingest depends on the span directory (data.spans)
     env = {
         **os.environ,
         "DVC_NO_ANALYTICS": "1",
