@@ -458,7 +458,7 @@ class FeedbackStore:
     ) -> ExportResult:
         """Write the events after ``since_mark`` (default: the last export's mark) as a span file and record
         the new mark. ``out_path`` (``.parquet`` or ``.csv``; never overwritten) defaults to
-        ``<spans_dir>/feedback-<first id>-<last id>.parquet``. The file is written (atomically) before the mark
+        ``<spans_dir>/feedback-<first id>-<last id>.parquet`` (12 digits each: name order is id order). The file is written (atomically) before the mark
         is recorded: a crash in between exports the same events again next time (their ``event_id`` tells),
         never skips them."""
         last = self.last_mark()
@@ -470,7 +470,11 @@ class FeedbackStore:
         if frame.empty:
             return ExportResult(path=None, mark_from=since, mark_to=max(since, mark), rows=0)
         mark = int(frame["id"].max())
-        path = Path(out_path) if out_path is not None else Path(spans_dir) / f"feedback-{since + 1}-{mark}.parquet"
+        path = (
+            Path(out_path)
+            if out_path is not None
+            else Path(spans_dir) / f"feedback-{since + 1:012d}-{mark:012d}.parquet"
+        )
         if path.suffix not in (".parquet", ".csv"):
             raise FeedbackError(f"{path}: a span is a .parquet or .csv file")
         if path.exists():

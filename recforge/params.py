@@ -318,6 +318,45 @@ class PromoteParams(_Section):
         return value
 
 
+class ImpliedRatings(_Section):
+    """The rating an exported feedback event gets when it carries none (a ``rating`` event keeps its own)."""
+
+    view: float = Field(3.0, ge=0.0, le=5.0)
+    click: float = Field(3.5, ge=0.0, le=5.0)
+    purchase: float = Field(5.0, ge=0.0, le=5.0)
+    dislike: float = Field(0.0, ge=0.0, le=5.0)
+
+
+class FeedbackParams(_Section):
+    """The feedback event store (recforge.feedback, docs/feedback.md).
+
+    ``url``: a SQLite file (relative to the workspace; WAL mode, any number of
+    workers on one host) or ``postgresql://user@host/db`` (several hosts; the
+    password from PGPASSWORD or ~/.pgpass, never in the URL); ``staleness_s``:
+    how long a worker reuses a user's exclusion set (the bound on how late
+    /recommend reflects feedback; 0 reads the store on every request);
+    ``spans_dir``: where ``recforge data export-feedback`` writes spans by
+    default; ``implied_ratings``: the exported rating of events without one.
+    """
+
+    enabled: bool = True
+    url: str = "feedback/events.sqlite3"
+    staleness_s: float = Field(1.0, ge=0.0, le=60.0)
+    spans_dir: str = "feedback/spans"
+    implied_ratings: ImpliedRatings = Field(default_factory=ImpliedRatings)
+
+    @field_validator("url")
+    @classmethod
+    def _store_url(cls, url: str) -> str:
+        from recforge.feedback import FeedbackError, sqlite_path
+
+        try:
+            sqlite_path(url)  # a password in the URL or an unknown scheme: one line naming the key and file
+        except FeedbackError as exc:
+            raise ValueError(str(exc).removeprefix("feedback.url: ")) from None
+        return url
+
+
 class OrchestrationParams(_Section):
     runner: Literal["local", "dask"] = "local"
     dask_address: str | None = None
@@ -349,6 +388,7 @@ class Params(_Section):
     evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
     serve: ServeParams = Field(default_factory=ServeParams)
     promote: PromoteParams = Field(default_factory=PromoteParams)
+    feedback: FeedbackParams = Field(default_factory=FeedbackParams)
     orchestration: OrchestrationParams = Field(default_factory=OrchestrationParams)
     seed: int = 0
     # where training, the encoders and the LLM features run (serve.device is the service's)

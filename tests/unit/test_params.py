@@ -155,3 +155,16 @@ def test_to_dict_is_plain_json_even_for_yaml_dates_in_options():
     assert data["recommenders"]["popularity"]["since"] == "2030-01-01"
     assert data["rerank"]["options"]["until"] == "2031-02-03"
     assert json.loads(json.dumps(data)) == data
+
+
+def test_feedback_section_errors_name_the_key():
+    # catches a typo in the feedback section accepted silently, a password in the store URL accepted (it would
+    # reach the process list and the Bento's arguments) and a negative staleness bound
+    with pytest.raises(RecforgeError, match=r"unknown key 'feedback\.implied_ratings\.like'"):
+        load_params(None, ["feedback.implied_ratings={like: 4}"])
+    with pytest.raises(RecforgeError, match=r"'feedback\.url': .*no password in the URL"):
+        load_params(None, ["feedback.url=postgresql://me:pw@db/feedback"])
+    with pytest.raises(RecforgeError, match=r"'feedback\.staleness_s'"):
+        load_params(None, ["feedback.staleness_s=-1"])
+    params = load_params(ROOT / "params.yaml")
+    assert params.feedback.url == "feedback/events.sqlite3" and params.feedback.implied_ratings.purchase == 5.0
