@@ -185,6 +185,17 @@ def with_spans(raw: Any, params: Params) -> tuple[Any, list[SpanRecord], list[Sp
     return replace(raw, interactions=interactions), records, held_records
 
 
+def with_held_out(raw: Any, params: Params) -> Any:
+    """``raw`` plus the held-out spans' events: what the gate checks (the evaluation data is gated too)."""
+    from dataclasses import replace
+
+    _, held = partition(params)
+    if not held:
+        return raw
+    frames = [read_span(path, params).reindex(columns=list(raw.interactions.columns)) for path in held]
+    return replace(raw, interactions=pd.concat([raw.interactions, *frames], ignore_index=True))
+
+
 def write_manifest(directory: Path, read: list[SpanRecord], held: list[SpanRecord]) -> None:
     """``spans.json`` in the canonical tables' (staging) directory."""
     import json

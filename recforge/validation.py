@@ -44,6 +44,7 @@ class Check:
     unexpected_count: int | None = None
     examples: list[Any] = field(default_factory=list)
     rows: list[int] = field(default_factory=list)  # 1-based rows of the table as loaded (data rows of a CSV)
+    warning: bool = False  # passed, but past a warning threshold (recforge.drift)
 
     def arguments(self) -> str:
         """The expectation's arguments, a long value set left out."""
@@ -75,23 +76,30 @@ class Report:
     def failed(self) -> list[Check]:
         return [check for check in self.checks if not check.success]
 
+    @property
+    def warnings(self) -> list[Check]:
+        return [check for check in self.checks if check.success and check.warning]
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "success": self.success,
             "evaluated": len(self.checks),
             "failed": len(self.failed),
+            "warnings": len(self.warnings),
             "checks": [check.__dict__ for check in self.checks],
         }
 
     def to_markdown(self) -> str:
         status = "PASSED" if self.success else "FAILED"
         lines = [f"# Data validation: {status}", "", f"{len(self.checks)} expectations, {len(self.failed)} failed.", ""]
+        if self.warnings:
+            lines += [f"**{len(self.warnings)} warnings:**", "", *(f"- {c.line()}" for c in self.warnings), ""]
         rows = [
             {
                 "table": c.table,
                 "expectation": c.expectation,
                 "arguments": c.arguments(),
-                "result": "ok" if c.success else "**FAILED**",
+                "result": ("warning" if c.warning else "ok") if c.success else "**FAILED**",
                 "unexpected": c.unexpected_count or "",
                 "examples": ", ".join(map(str, c.examples)),
             }
@@ -332,5 +340,7 @@ def gate(checks: list[Check], params: Params, source: str | Path | None = None) 
             f"data validation failed{where} ({len(report.failed)} expectations): {details} (report: {path})",
             str(path),
         )
+    for check in report.warnings:
+        log.warning("validation warning: %s", check.line())
     log.info("validation passed: %d expectations", len(report.checks))
     return report

@@ -7,8 +7,9 @@ from pathlib import Path
 
 from recforge.artifacts import atomic_dir
 from recforge.data.loaders import load, prepare
+from recforge.drift import drift_checks
 from recforge.params import Params
-from recforge.spans import with_spans, write_manifest
+from recforge.spans import with_held_out, with_spans, write_manifest
 from recforge.validation import gate, prepared_suites, raw_suites, run_suites
 
 log = logging.getLogger(__name__)
@@ -20,13 +21,17 @@ def run_ingest(params: Params, variant: str | None = None) -> None:
     The validation gate runs here on the raw and the filtered tables, so bad
     data never replaces the previous canonical tables. The base data is read
     with every span of ``data.spans`` but the held-out newest (recforge.spans);
-    ``spans.json`` records which.
+    ``spans.json`` records which. Each span production has not been trained
+    on is checked for drift and skew against production's data (recforge.drift).
     """
-    raw, spans, held = with_spans(load(params.data), params)
+    base = load(params.data)
+    raw, spans, held = with_spans(base, params)
     source = params.data.path or f"data.format={params.data.format}"
     checks = []
     if params.validate_.enabled:
-        checks = run_suites(raw_suites(raw, params), params.validate_.max_examples)
+        # the held-out spans (the blessing's evaluation data) are gated too
+        checks = run_suites(raw_suites(with_held_out(raw, params), params), params.validate_.max_examples)
+        checks += drift_checks(params, base.interactions)  # each new span against production's data
         if not all(check.success for check in checks):
             gate(checks, params, source)  # raises with the failed expectations
     tables = prepare(raw, params.data, params.split)  # the split: review texts read training reviews only
