@@ -29,8 +29,15 @@ EXPLAIN_BUDGET_S = 5.0  # default: seconds one request may spend on explanations
 MAX_BODY_BYTES = 1 << 20  # default: request body size limit (413 above it)
 MAX_CONCURRENCY = 100  # default: requests in flight per worker (429 above it)
 
-ItemId = Annotated[str, Field(min_length=1, max_length=MAX_ID_CHARS)] | Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
-K = Annotated[int, Field(ge=1, le=MAX_K, description=f"number of items, 1..{MAX_K}")]
+# Request fields are strict (no coercion): the OpenAPI schema says integer, string or boolean, and a request
+# that sends another JSON type is refused with 400, never converted (lax pydantic would read `false` as the
+# id 0, `0` as `explain: false` and `1.0` as `k: 1`).
+ItemId = (
+    Annotated[str, Field(strict=True, min_length=1, max_length=MAX_ID_CHARS)]
+    | Annotated[int, Field(strict=True, ge=-(2**63), le=2**63 - 1)]
+)
+K = Annotated[int, Field(strict=True, ge=1, le=MAX_K, description=f"number of items, 1..{MAX_K}")]
+Flag = Annotated[bool, Field(strict=True)]
 
 
 class NotFoundError(RecforgeError):

@@ -60,6 +60,7 @@ from recforge.schemas import (
     MAX_TEXT_CHARS,
     BadRequestError,
     Explanation,
+    Flag,
     K,
     NotFoundError,
     Recommendations,
@@ -95,6 +96,7 @@ class Guard:
         self.any_host = "*" in self.hosts
         self.max_body = args.max_body_bytes
         self._schema: bytes | None = None
+        self._methods: dict[str, frozenset[str]] | None = None
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -110,7 +112,12 @@ class Guard:
         if refusal is not None:
             await self._answer(scope, receive, send, refusal)
             return
-        if method == "GET" and path.rstrip("/") == "/metadata":
+        allowed = self._allowed(path)
+        if allowed is not None and method not in allowed and not (method == "HEAD" and "GET" in allowed):
+            allow = ", ".join(sorted(allowed))
+            await self._answer(scope, receive, send, _error(405, f"{method} is not allowed here", {"Allow": allow}))
+            return
+        if method in ("GET", "HEAD") and path.rstrip("/") == "/metadata":  # HEAD: the server sends no body
             await JSONResponse(bentoml.get_current_service().engine.metadata())(scope, receive, send)
             return
         if method == "GET" and path == "/docs.json":
@@ -158,6 +165,21 @@ class Guard:
             return _error(401, "missing or wrong bearer token", {"WWW-Authenticate": "Bearer"})
         return None
 
+    def _allowed(self, path: str) -> frozenset[str] | None:
+        """The methods the OpenAPI schema declares for ``path`` (None: a path it does not name).
+
+        A declared path answers any other method with 405 and ``Allow`` here, before the content-type
+        check (``POST /metrics`` is 405, not 415); HEAD goes on wherever GET is declared.
+        """
+        if self._methods is None:
+            try:
+                paths = openapi_schema()["paths"]
+            except Exception:  # without the schema, routing answers as before
+                log.exception("could not build the OpenAPI schema")
+                paths = {}
+            self._methods = {route: frozenset(m.upper() for m in item) for route, item in paths.items()}
+        return self._methods.get(path)
+
     def _too_large(self) -> JSONResponse:
         return _error(413, f"the request body is larger than {self.max_body} bytes")
 
@@ -170,7 +192,7 @@ class Guard:
     async def _docs(self, scope: dict, receive: Any, send: Any) -> None:
         if self._schema is None:
             try:
-                self._schema = json.dumps(openapi_schema()).encode()
+                self._schema = json.dumps(openapi_schema(secured=bool(self.token))).encode()
             except Exception:  # an exception here would hang until BentoML's traffic timeout
                 log.exception("could not build the OpenAPI schema")
                 await _error(500, "could not build the OpenAPI schema")(scope, receive, send)
@@ -308,16 +330,24 @@ def _openapi30(schema: Any, components: dict[str, Any]) -> Any:
     return {key: _openapi30(value, components) for key, value in schema.items()}
 
 
-def openapi_schema() -> dict[str, Any]:
-    """BentoML's schema of this service, completed with what the Guard answers and ``GET /metadata``."""
+def openapi_schema(secured: bool = False) -> dict[str, Any]:
+    """BentoML's schema of this service, completed with what the Guard answers and ``GET /metadata``.
+
+    Every API's JSON body is declared required (the Guard refuses a POST without one: 415); with
+    ``secured`` (an API token is set) every route but the health checks declares the bearer scheme.
+    """
     spec = Recforge.openapi_spec.asdict()
     spec.setdefault("components", {}).setdefault("schemas", {})["Error"] = ERROR_SCHEMA
+    if secured:
+        spec["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
     error = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
     for path, item in spec["paths"].items():
         for operation in item.values():
             operation["responses"] = responses = {str(k): v for k, v in operation.get("responses", {}).items()}
             if path in PUBLIC_PATHS:
                 continue
+            if secured:
+                operation["security"] = [{"bearer": []}]
             for status, description in GUARD_ANSWERS.items():
                 responses.setdefault(status, {"description": description, "content": error})
             if path not in ("/metrics", "/docs.json", "/"):
@@ -329,6 +359,7 @@ def openapi_schema() -> dict[str, Any]:
         operation = spec["paths"][api.route]["post"]
         request = _openapi30(api.input_spec.model_json_schema(ref_template=REF), schemas)
         operation["requestBody"]["content"]["application/json"]["schema"] = request
+        operation["requestBody"]["required"] = True
         if issubclass(api.output_spec, Recommendations | Explanation):
             answer = _openapi30(api.output_spec.model_json_schema(ref_template=REF), schemas)
             operation["responses"]["200"]["content"]["application/json"]["schema"] = answer
@@ -399,7 +430,7 @@ class Recforge:
 
     @bentoml.api(route="/recommend")
     async def recommend(
-        self, user_id: Id, k: K = 10, exclude_seen: bool = True, explain: bool = False
+        self, user_id: Id, k: K = 10, exclude_seen: Flag = True, explain: Flag = False
     ) -> Recommendations:
         """Top-k for a user (original id); unknown users get the popular list with fallback='popular'."""
         call = lambda: _errors(lambda: self.engine.recommend(user_id, k, exclude_seen=exclude_seen, explain=explain))  # noqa: E731
@@ -408,7 +439,7 @@ class Recforge:
 
     @bentoml.api(route="/recommend/text")
     def recommend_text(
-        self, text: Annotated[str, Field(min_length=1, max_length=MAX_TEXT_CHARS)], k: K = 10
+        self, text: Annotated[str, Field(strict=True, min_length=1, max_length=MAX_TEXT_CHARS)], k: K = 10
     ) -> Recommendations:
         """Cold start from a free-text description of someone's taste."""
         return _errors(lambda: self.engine.recommend_text(text, k))
@@ -434,7 +465,8 @@ class Recforge:
     def encode(
         self,
         texts: Annotated[
-            list[Annotated[str, Field(max_length=MAX_ENCODE_CHARS)]], Field(min_length=1, max_length=MAX_ENCODE_TEXTS)
+            list[Annotated[str, Field(strict=True, max_length=MAX_ENCODE_CHARS)]],
+            Field(min_length=1, max_length=MAX_ENCODE_TEXTS),
         ],
     ) -> Annotated[np.ndarray, Shape((-1, -1)), DType("float32")]:
         """Text embeddings from the served encoder; concurrent requests are batched together."""
