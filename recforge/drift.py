@@ -184,3 +184,22 @@ def drift_checks(params: Params, base: pd.DataFrame) -> list[Check]:
         checks += span_checks(name, frame, reference, drift)
         before.append(frame)
     return checks
+
+
+RECORD = "drift.json"
+
+
+def write_record(directory: Path, checks: list[Check]) -> None:
+    """The drift checks of the spans the canonical tables hold, beside them (the validate stage reports them)."""
+    import json
+
+    rows = [check.__dict__ for check in checks if check.expectation.startswith("drift.")]
+    (Path(directory) / RECORD).write_text(json.dumps(rows, indent=2) + "\n")
+
+
+def recorded_checks(params: Params) -> list[Check]:
+    """The drift checks ingest recorded (all passed; warnings kept), so the validate stage's report keeps them."""
+    from recforge.artifacts import read_json
+
+    path = Path(params.paths.canonical_dir) / RECORD
+    return [Check(**row) for row in read_json(path)] if path.exists() else []

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from recforge.artifacts import atomic_dir
 from recforge.data.loaders import load, prepare
-from recforge.drift import drift_checks
+from recforge.drift import drift_checks, write_record
 from recforge.params import Params
 from recforge.spans import with_held_out, with_spans, write_manifest
 from recforge.validation import gate, prepared_suites, raw_suites, run_suites
@@ -43,6 +43,7 @@ def run_ingest(params: Params, variant: str | None = None) -> None:
         if tables.users is not None:
             tables.users.to_parquet(Path(staging) / "users.parquet", index=False)
         write_manifest(Path(staging), spans, held)
+        write_record(Path(staging), checks)
     log.info(
         "ingested %d interactions, %d users, %d items (%d spans, %d held out)",
         len(tables.interactions),
