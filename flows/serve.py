@@ -6,7 +6,9 @@ Deployments (flow/deployment):
   ``overrides`` (``["rerank.enabled=true", ...]``), ``package``, ``force``;
 - ``training/retrain``: the same flow on a weekly cron schedule that is OFF
   by default (switch it on in the UI or with ``prefect deployment schedule resume``);
-- ``batch_recommend/batch-recommend``: top-K for every user to Parquet.
+- ``batch_recommend/batch-recommend``: top-K for every user to Parquet;
+- ``continuous/continuous``: one production cycle (flows.continuous: new spans? -> ... -> bless ->
+  promote) hourly, schedule OFF by default.
 
 The served process runs flow runs as subprocesses in its own working
 directory, so start it from the project root (relative paths in params.yaml).
@@ -23,6 +25,7 @@ import time
 log = logging.getLogger("recforge.flows.serve")
 
 RETRAIN_CRON = "0 3 * * 1"  # Mondays 03:00, inactive until switched on
+CONTINUOUS_CRON = "0 * * * *"  # hourly, inactive until switched on
 
 
 def deployments(params_file: str = "params.yaml") -> list:
@@ -30,6 +33,7 @@ def deployments(params_file: str = "params.yaml") -> list:
     from prefect.deployments.runner import EntrypointType
     from prefect.schedules import Cron
 
+    from flows.continuous import continuous
     from flows.training import batch_recommend, training
 
     common = {"entrypoint_type": EntrypointType.MODULE_PATH, "tags": ["recforge"]}
@@ -51,6 +55,13 @@ def deployments(params_file: str = "params.yaml") -> list:
             name="batch-recommend",
             parameters={"params_file": params_file, "k": 10},
             description="Top-K for every user from a trained model, written to Parquet.",
+            **common,
+        ),
+        continuous.to_deployment(
+            name="continuous",
+            schedules=[Cron(CONTINUOUS_CRON, active=False)],
+            parameters={"params_file": params_file, "overrides": [], "force": False},
+            description="One production cycle: new spans -> drift gate -> train -> bless -> promote (schedule off).",
             **common,
         ),
     ]

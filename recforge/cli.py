@@ -303,11 +303,21 @@ def _describe(params: Params) -> None:
 
 
 @app.command()
-def models(params_file: ParamsOpt = Path(DEFAULT_PARAMS_FILE), set_: SetOpt = None, debug: DebugOpt = False) -> None:
+def models(
+    params_file: ParamsOpt = Path(DEFAULT_PARAMS_FILE),
+    set_: SetOpt = None,
+    production: Annotated[
+        bool, typer.Option("--production", help="the production registry: versions, blessing, history")
+    ] = False,
+    debug: DebugOpt = False,
+) -> None:
     """Trained models: their options, tuning trials on validation and the chosen settings."""
 
     def body() -> None:
         params = load_params(params_file, set_ or [])
+        if production:
+            _print_production(params)
+            return
         root = Path(params.paths.models_dir)
         metas = sorted(root.glob("*/val/meta.json"))
         if not metas:
@@ -338,6 +348,108 @@ def models(params_file: ParamsOpt = Path(DEFAULT_PARAMS_FILE), set_: SetOpt = No
                 cells += [f"{trial.get(m, float('nan')):.4f}" for m in ("ndcg@10", "recall@10", "mrr@10")]
                 trials.add_row(*cells, f"{trial['fit_seconds']:.1f}")
             console.print(trials)
+
+    _guard(debug, body)
+
+
+def _print_production(params: Params) -> None:
+    from recforge import production
+
+    body = production.read(params)
+    current = production.current(params)
+    console.print(f"production: {current.tag if current else 'none'} (registry {production.registry_path(params)})")
+    table = Table(title="registered versions")
+    for column in ("tag", "production", "decision", "metric", "reason", "trained on spans"):
+        table.add_column(column, overflow="fold")
+    for tag, version in body["versions"].items():
+        blessing = version.get("blessing") or {}
+        value = (blessing.get("candidate") or {}).get("value")
+        table.add_row(
+            tag,
+            "yes" if current and current.tag == tag else "",
+            blessing.get("decision", "-"),
+            f"{blessing.get('metric', '')} {value}" if value is not None else "-",
+            blessing.get("reason", "-"),
+            ", ".join(version.get("spans") or []) or "-",
+        )
+    console.print(table)
+    history = Table(title="promotion history")
+    for column in ("at", "action", "tag", "previous", "run", "reason"):
+        history.add_column(column, overflow="fold")
+    for entry in body["history"]:
+        history.add_row(*(str(entry.get(c) or "-") for c in ("at", "action", "tag", "previous", "run", "reason")))
+    console.print(history)
+
+
+ReasonOpt = Annotated[str, typer.Option("--reason", help="why (recorded in the promotion history)")]
+
+
+@app.command()
+def promote(
+    tag: Annotated[str | None, typer.Argument(help="model-store tag (default: the last blessed candidate)")] = None,
+    reason: ReasonOpt = "manual promotion",
+    params_file: ParamsOpt = Path(DEFAULT_PARAMS_FILE),
+    set_: SetOpt = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Make TAG production (without TAG: the candidate reports/blessing.json blessed)."""
+
+    def body() -> None:
+        from recforge import production
+        from recforge.blessing import read_blessing
+
+        params = load_params(params_file, set_ or [])
+        chosen, why = tag, reason
+        if chosen is None:
+            blessing = read_blessing(params)
+            if blessing["decision"] != "blessed":
+                raise RecforgeError(f"the last candidate was not blessed ({blessing['reason']}); name a TAG to force")
+            chosen, why = blessing["candidate"]["tag"], f"blessed: {blessing['reason']}"
+        entry = production.promote(params, production.check_tag(chosen), reason=why, run=production.run_id())
+        console.print(f"production: {entry['tag']} (was {entry['previous'] or 'none'})")
+
+    _guard(debug, body)
+
+
+@app.command()
+def rollback(
+    reason: ReasonOpt = "manual rollback",
+    params_file: ParamsOpt = Path(DEFAULT_PARAMS_FILE),
+    set_: SetOpt = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Production goes back to the version promoted before the current one."""
+
+    def body() -> None:
+        from recforge import production
+
+        params = load_params(params_file, set_ or [])
+        entry = production.rollback(params, reason=reason, run=production.run_id())
+        console.print(f"production: {entry['tag']} (rolled back from {entry['previous']})")
+
+    _guard(debug, body)
+
+
+@app.command()
+def cycle(
+    params_file: ParamsOpt = Path(DEFAULT_PARAMS_FILE),
+    set_: SetOpt = None,
+    force: Annotated[bool, typer.Option("--force", help="run even without a new span")] = False,
+    debug: DebugOpt = False,
+) -> None:
+    """New spans? -> ingest + drift gate -> train -> package -> bless -> promote (exit 0 promoted or not; 2: gate)."""
+
+    def body() -> None:
+        from recforge.cycle import run_cycle
+
+        params = load_params(params_file, set_ or [])
+        result = run_cycle(params, force=force)
+        if not result["ran"]:
+            console.print(f"nothing to do: {result['reason']}")
+        elif result["promoted"]:
+            console.print(f"promoted {result['tag']} ({result['reason']})")
+        else:
+            console.print(f"not promoted: {result['tag']} {result['decision']} ({result['reason']})")
 
     _guard(debug, body)
 

@@ -119,6 +119,14 @@ def store_entry(tag: str) -> tuple[str, str]:
     return str(model.path), str(package.manifest["content_hash"])
 
 
+def seen_spans(params: Params) -> set[str]:
+    """Every span a registered version was trained or evaluated on (what a cycle has handled)."""
+    seen: set[str] = set()
+    for version in read(params)["versions"].values():
+        seen |= set(version.get("spans") or []) | set(version.get("evaluated_on") or [])
+    return seen
+
+
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
@@ -150,8 +158,10 @@ def register(
     metrics: dict[str, Any] | None = None,
     blessing: dict[str, Any] | None = None,
     spans: list[str] | None = None,
+    evaluated: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Add (or update the blessing of) a model-store tag in the registry's versions."""
+    """Add (or update) a model-store tag in the registry's versions: its metrics, blessing, the spans it
+    was trained on and those it was evaluated on."""
     package_path, content = store_entry(tag)
 
     def change(body: dict[str, Any]) -> None:
@@ -163,6 +173,8 @@ def register(
             entry["blessing"] = blessing
         if spans is not None:
             entry["spans"] = list(spans)
+        if evaluated is not None:
+            entry["evaluated_on"] = list(evaluated)
         body["versions"][tag] = entry
 
     return _edit(params, change)

@@ -275,7 +275,25 @@ STAGES: tuple[Stage, ...] = (
         deps=("recforge/stages/package.py", "recforge/packaging.py", MODELS, LISTS),
         dvc=False,
     ),
+    # the production loop (docs/lifecycle.md): they read the model store and the production registry,
+    # outside the workspace, so like package they are not DVC stages; `recforge cycle` and the
+    # `continuous` flow run them after package
+    Stage(
+        "bless",
+        params=("promote", "data.spans", "data.spans_held_out"),
+        deps=("recforge/stages/bless.py", "recforge/blessing.py", "${paths.reports_dir}/package.json"),
+        outs=("${paths.reports_dir}/blessing.json", "${paths.reports_dir}/blessing.md"),
+        dvc=False,
+    ),
+    Stage(
+        "promote",
+        params=("promote",),
+        deps=("recforge/stages/promote.py", "recforge/production.py", "${paths.reports_dir}/blessing.json"),
+        outs=("${paths.reports_dir}/promotion.json",),
+        dvc=False,
+    ),
 )
+LOOP_STAGES = ("package", "bless", "promote")  # after STAGE_ORDER in a cycle
 
 BY_NAME = {stage.name: stage for stage in STAGES}
 STAGE_ORDER = [stage.name for stage in STAGES if stage.dvc]
