@@ -46,3 +46,40 @@ TINY_RERANK = [
 def tiny_params(tmp_path: Path) -> Params:
     """Default params on a tiny synthetic dataset, every output under tmp_path (no params.yaml)."""
     return load_params(None, tmp_overrides(tmp_path) + TINY)
+
+
+# Tests that need the real SmolLM2 (installed by `make models`) carry @pytest.mark.smollm2. Where the model is
+# missing they skip; under CI (CI=true) they fail instead, so a broken model install cannot pass silently.
+def in_ci() -> bool:
+    """Whether this run is CI's (the environment variable CI is "true", as CI services set it)."""
+    return os.environ.get("CI", "").lower() == "true"
+
+
+def smollm2_missing() -> str | None:
+    """Why the real SmolLM2 cannot be loaded here without fetching anything (None: it can)."""
+    try:
+        from recforge.llm import converted_dir, gguf_path
+
+        gguf, converted = gguf_path(), converted_dir()
+    except Exception as exc:  # noqa: BLE001 - any reason the model cannot be located
+        return f"SmolLM2 cannot be located ({exc})"
+    missing = [str(gguf)] if not gguf.exists() else []
+    if not (converted / "config.json").exists() or not any(converted.glob("*.safetensors")):
+        missing.append(f"{converted}/{{config.json,*.safetensors}}")
+    return f"SmolLM2 is not installed (make models): no {' or '.join(missing)}" if missing else None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "smollm2: needs the real SmolLM2; skips without it, fails under CI=true")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker("smollm2") is None:
+        return
+    reason = smollm2_missing()
+    if reason is None:
+        return
+    if in_ci():
+        pytest.fail(f"{reason}; CI=true, so this test fails instead of skipping", pytrace=False)
+    pytest.skip(reason)

@@ -8,15 +8,8 @@ import time
 import numpy as np
 import pytest
 
-from recforge.llm import gguf_path, resolve_model_path
-
-try:
-    resolve_model_path(None)
-    HAVE_SMOLLM2 = gguf_path().exists()
-except Exception:  # noqa: BLE001 - any reason the model is not there
-    HAVE_SMOLLM2 = False
-
-pytestmark = pytest.mark.skipif(not HAVE_SMOLLM2, reason="SmolLM2 is not installed (make models)")
+# skipped without the model, failed under CI=true (tests/conftest.py); the check never fetches it
+pytestmark = pytest.mark.smollm2
 
 # (history, a candidate that matches it, an unrelated candidate)
 MATCHING = [
