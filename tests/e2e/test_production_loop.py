@@ -122,6 +122,15 @@ import sys
 from recforge import production
 from recforge.params import load_params
 params = load_params(None, [f"promote.registry={sys.argv[1]}"])
+# each tag's store entry is checked once, so the promotions follow each other closely and their
+# read-change-write sections overlap unless the registry lock keeps them apart
+entries = {tag: production.store_entry(tag) for tag in sys.argv[3:5]}
+production.store_entry = entries.__getitem__
+import pathlib, time
+go = pathlib.Path(sys.argv[1] + ".go")
+pathlib.Path(sys.argv[1] + "." + sys.argv[3][-6:] + ".ready").touch()
+while not go.exists():  # both start together
+    time.sleep(0.005)
 for i in range(int(sys.argv[2])):
     production.promote(params, sys.argv[3 + i % 2], reason=f"racer {sys.argv[3]} {i}", run=sys.argv[3])
 """
@@ -131,7 +140,7 @@ def test_two_promotions_racing_leave_one_consistent_registry(loop, tmp_path: Pat
     tags = sorted(registry(loop)["versions"])[:2]
     assert len(tags) == 2, "the cycle test registers at least two versions"
     path = tmp_path / "race.json"
-    n = 12
+    n = 60
     racers = [
         subprocess.Popen(
             [sys.executable, "-c", RACER, str(path), str(n), *order],
@@ -142,6 +151,12 @@ def test_two_promotions_racing_leave_one_consistent_registry(loop, tmp_path: Pat
         )
         for order in (tags, tags[::-1])
     ]
+    import time
+
+    deadline = time.monotonic() + 120
+    while len(list(tmp_path.glob("race.json.*.ready"))) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    (tmp_path / "race.json.go").touch()
     for racer in racers:
         _, err = racer.communicate(timeout=300)
         assert racer.returncode == 0, err
