@@ -43,8 +43,21 @@ def serve_args(params: Params, **where: str | None) -> ServeArgs:
         max_concurrency=serve.max_concurrency,
         max_explained=serve.max_explained,
         explain_budget_s=serve.explain_budget_s,
+        feedback_url=feedback_url(params),
+        feedback_staleness_s=params.feedback.staleness_s,
         **where,
     )
+
+
+def feedback_url(params: Params) -> str | None:
+    """The store the service opens: ``feedback.url`` with a relative SQLite path made absolute against the
+    workspace (the server runs elsewhere); None when ``feedback.enabled`` is false."""
+    if not params.feedback.enabled:
+        return None
+    from recforge.feedback import sqlite_path
+
+    path = sqlite_path(params.feedback.url, Path.cwd())
+    return params.feedback.url if path is None else str(path.resolve())
 
 
 def _allowed_hosts(serve: Any) -> list[str]:

@@ -17,6 +17,7 @@ of :mod:`recforge.schemas`.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections import OrderedDict
@@ -43,6 +44,7 @@ from recforge.schemas import (
     MAX_K,
     BadRequestError,
     Explanation,
+    FeedbackAck,
     NotFoundError,
     Recommendations,
     RecommendedItem,
@@ -129,6 +131,8 @@ class Engine:
     # run a generative model: without bounds one request could take minutes and nothing cancels it)
     max_explained: int = MAX_EXPLAINED
     explain_budget_s: float = EXPLAIN_BUDGET_S
+    # the feedback store's exclusion sets (recforge.feedback.Exclusions; None: no store, /feedback refused)
+    feedback: Any = None
 
     @property
     def user_states(self) -> np.ndarray | None:
@@ -147,10 +151,15 @@ class Engine:
         verify: bool = True,
         max_explained: int = MAX_EXPLAINED,
         explain_budget_s: float = EXPLAIN_BUDGET_S,
+        feedback_url: str | None = None,
+        feedback_staleness_s: float = 1.0,
     ) -> Engine:
         """Load a package; ``model`` overrides the served model (default: serve.model, then best validation NDCG).
 
         ``max_explained`` and ``explain_budget_s`` bound the explanations of one /recommend request.
+        ``feedback_url`` opens the feedback store (recforge.feedback): /feedback records events there and a
+        known user's /recommend leaves out what they bought, rated or disliked, at most
+        ``feedback_staleness_s`` late.
         """
         from recforge.workspace import resolve_device
 
@@ -187,6 +196,10 @@ class Engine:
             max_explained=max_explained,
             explain_budget_s=explain_budget_s,
         )
+        if feedback_url:
+            from recforge.feedback import Exclusions, FeedbackStore
+
+            engine.feedback = Exclusions(FeedbackStore(feedback_url), feedback_staleness_s)
         engine._prepare(package)
         tag = manifest.get("tag") or f"{manifest['name']}:{manifest['version']}"
         log.info("loaded %s (serving %s on %s)", tag, primary, device)
@@ -354,21 +367,44 @@ class Engine:
         user = self.maps.lookup_user(user_id)
         if user < 0:
             return self._answer(self._popular(k), "popularity", fallback="popular", user_id=user_id)
+        # items the user bought, rated or disliked through /feedback since training: asked for k + as many, left out
+        excluded = self._feedback_excluded(user) if exclude_seen else None
+        want = k if excluded is None else min(k + len(excluded), max(k, len(self.titles)))
         if self.primary == RERANK:
             # a known user with no new events: the rerank stage's own list, precomputed at package time
-            stored = self.reranker.precomputed(user, k) if exclude_seen else None
+            stored = self.reranker.precomputed(user, want) if exclude_seen else None
             if stored is not None:
                 items, scores = stored
             else:
                 lists = {
                     name: self._top(name, user, self.reranker.per_model, exclude_seen) for name in self.reranker.models
                 }
-                items, scores = self.reranker.rank(user, lists, k)
+                items, scores = self.reranker.rank(user, lists, want)
         else:
-            items, scores = self._top(self.primary, user, k, exclude_seen)
+            items, scores = self._top(self.primary, user, want, exclude_seen)
+        if excluded is not None:
+            items, scores = np.ravel(items), np.ravel(scores)
+            keep = ~np.isin(items, excluded)
+            items, scores = items[keep][:k], scores[keep][:k]
         return self._answer(
             self._rows(items, scores), self.primary, user=user, user_id=plain(self.maps.user_ids[user]), explain=explain
         )
+
+    def _feedback_excluded(self, user: int) -> np.ndarray | None:
+        """Dense items dense ``user`` bought, rated or disliked through /feedback (None: none, or no store)."""
+        if self.feedback is None:
+            return None
+        found = [self.maps.lookup_item(i) for i in self.feedback.get(str(plain(self.maps.user_ids[user])))]
+        known = [i for i in found if i >= 0]  # items new since training are not in any list anyway
+        return np.array(known, dtype=np.int64) if known else None
+
+    def record_feedback(self, events: list[dict[str, Any]]) -> FeedbackAck:
+        """Store a batch of feedback events (recforge.feedback checks them); answered after the commit."""
+        if self.feedback is None:
+            raise BadRequestError("this service has no feedback store (feedback.enabled: false)")
+        result = self.feedback.store.add(events)
+        self.feedback.forget(str(event.get("user_id")) for event in events)  # this worker sees them at once
+        return FeedbackAck(received=result.received, stored=result.stored, duplicates=result.duplicates)
 
     def recommend_text(self, text: str, k: int = 10) -> Recommendations:
         """Cold start from a free-text description of a user's taste."""
@@ -498,4 +534,7 @@ class Engine:
             },
             "counts": self.manifest["counts"],
             "example_user_id": self.manifest["example_user_id"],
+            "feedback": None
+            if self.feedback is None
+            else {"store": repr(self.feedback.store), "staleness_s": self.feedback.staleness_s, "worker": os.getpid()},
         }

@@ -40,14 +40,13 @@ from urllib.parse import urlsplit
 import pandas as pd
 
 from recforge.errors import RecforgeError
+from recforge.schemas import MAX_FEEDBACK_BATCH as MAX_BATCH
+from recforge.schemas import MAX_FUTURE_S, MAX_ID_CHARS, MAX_REVIEW_CHARS, RATING_MAX, RATING_MIN
 
 EVENTS = ("view", "click", "purchase", "rating", "dislike")
 EXCLUDING = ("purchase", "rating", "dislike")  # events that take an item out of the user's next lists
-MAX_ID_CHARS = 128  # user_id, item_id (the service's id limit) and event_id
-MAX_REVIEW_CHARS = 5_000
-MAX_BATCH = 1_000  # events per add() / POST /feedback
-RATING_MIN, RATING_MAX = 0.0, 5.0
-MAX_FUTURE_S = 86_400  # a client timestamp may run ahead of the server clock by at most a day
+# the per-field limits live with the service's other limits: MAX_ID_CHARS (user_id, item_id, event_id),
+# MAX_REVIEW_CHARS, MAX_BATCH (events per add() and per POST /feedback), RATING_MIN..RATING_MAX
 MAX_EXCLUSIONS = 10_000  # most recent excluding events read per user
 EXCLUSION_CACHE_USERS = 100_000
 # the span's rating of events that carry none (a ``rating`` event keeps its own): params feedback.implied_ratings

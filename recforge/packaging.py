@@ -52,8 +52,8 @@ log = logging.getLogger(__name__)
 
 PACKAGE_FORMAT = 1
 MODEL_NAME = "recforge-model"
-# parts of params that do not change what is served (where files live, how it is served)
-UNHASHED_SECTIONS = ("paths", "serve", "orchestration")
+# parts of params that do not change what is served (where files live, how it is served, where feedback goes)
+UNHASHED_SECTIONS = ("paths", "serve", "orchestration", "feedback")
 RERANK_LISTS = "rerank_lists.npz"  # every known user's re-ranked test-part list (dense items, scores)
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SERVICE_DIR = PROJECT_ROOT / "service"

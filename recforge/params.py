@@ -427,7 +427,13 @@ class Params(_Section):
 
 def paths_under(root: str | Path) -> list[str]:
     """Overrides that move every output path under ``root`` (keeping the default layout)."""
-    return [f"paths.{key}={Path(root) / value}" for key, value in PathsParams().model_dump().items()]
+    moved = [f"paths.{key}={Path(root) / value}" for key, value in PathsParams().model_dump().items()]
+    feedback = FeedbackParams()  # the feedback store and its spans are outputs too
+    return [
+        *moved,
+        f"feedback.url={Path(root) / feedback.url}",
+        f"feedback.spans_dir={Path(root) / feedback.spans_dir}",
+    ]
 
 
 def parse_override(override: str) -> tuple[list[str], Any]:

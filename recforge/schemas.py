@@ -9,6 +9,7 @@ them unchanged.
 from __future__ import annotations
 
 import ipaddress
+import time
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -28,6 +29,10 @@ MAX_EXPLAINED = 10  # default: items one /recommend?explain=true explains
 EXPLAIN_BUDGET_S = 5.0  # default: seconds one request may spend on explanations
 MAX_BODY_BYTES = 1 << 20  # default: request body size limit (413 above it)
 MAX_CONCURRENCY = 100  # default: requests in flight per worker (429 above it)
+MAX_FEEDBACK_BATCH = 1_000  # /feedback events per request (recforge.feedback checks every limit)
+MAX_REVIEW_CHARS = 5_000  # /feedback review text
+RATING_MIN, RATING_MAX = 0.0, 5.0  # /feedback rating
+MAX_FUTURE_S = 86_400  # a /feedback timestamp may run ahead of the server clock by at most a day
 
 # Request fields are strict (no coercion): the OpenAPI schema says integer, string or boolean, and a request
 # that sends another JSON type is refused with 400, never converted (lax pydantic would read `false` as the
@@ -77,6 +82,53 @@ class Explanation(BaseModel):
     evidence: dict[str, Any]
 
 
+# ids and texts of /feedback: no ASCII control characters in ids, no NUL in a review (PostgreSQL text holds none)
+FeedbackId = (
+    Annotated[str, Field(strict=True, min_length=1, max_length=MAX_ID_CHARS, pattern=r"^[^\x00-\x1f\x7f]+$")]
+    | Annotated[int, Field(strict=True, ge=-(2**63), le=2**63 - 1)]
+)
+# declared at start-up, so it is never later than what recforge.feedback accepts at request time (now + a day)
+FEEDBACK_TIMESTAMP_MAX = int(time.time()) + MAX_FUTURE_S
+
+
+class _FeedbackFields(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    user_id: FeedbackId
+    item_id: FeedbackId
+    review: Annotated[str, Field(max_length=MAX_REVIEW_CHARS, pattern=r"^[^\x00]*$")] | None = None
+    timestamp: Annotated[int, Field(ge=0, le=FEEDBACK_TIMESTAMP_MAX)] | None = Field(
+        None, description="epoch seconds, at most a day ahead; default: server time"
+    )
+    event_id: Annotated[str, Field(min_length=1, max_length=MAX_ID_CHARS, pattern=r"^[^\x00-\x1f\x7f]+$")] | None = (
+        Field(None, description="idempotency key: an event_id sent again is not stored again")
+    )
+
+
+class FeedbackEvent(_FeedbackFields):
+    """A ``POST /feedback`` event without a rating (strict types; recforge.feedback checks it again)."""
+
+    event: Literal["view", "click", "purchase", "dislike"]
+
+
+class RatingEvent(_FeedbackFields):
+    """A ``POST /feedback`` rating: the only event that carries (and needs) a ``rating``."""
+
+    event: Literal["rating"]
+    rating: Annotated[float, Field(ge=RATING_MIN, le=RATING_MAX, allow_inf_nan=False)]
+
+
+AnyFeedbackEvent = Annotated[FeedbackEvent | RatingEvent, Field(discriminator="event")]
+
+
+class FeedbackAck(BaseModel):
+    """``POST /feedback``'s answer, sent after the events are committed."""
+
+    received: int
+    stored: int
+    duplicates: int = Field(description="events whose event_id was already stored (not stored again)")
+
+
 class ServeArgs(BaseModel):
     """What the service serves and how: ``bentoml serve|build ... --arg key=value``.
 
@@ -104,6 +156,8 @@ class ServeArgs(BaseModel):
     max_concurrency: int = Field(MAX_CONCURRENCY, ge=1, description="requests in flight per worker (429 above)")
     max_explained: int = Field(MAX_EXPLAINED, ge=0, le=MAX_K, description="items one request explains")
     explain_budget_s: float = Field(EXPLAIN_BUDGET_S, gt=0, description="seconds one request spends explaining")
+    feedback_url: str | None = Field(None, description="the feedback store (absolute SQLite path or postgresql://)")
+    feedback_staleness_s: float = Field(1.0, ge=0, le=60, description="exclusion sets reused this long at most")
 
     @field_validator("model_tag")
     @classmethod

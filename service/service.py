@@ -56,10 +56,13 @@ from recforge.errors import RecforgeError
 from recforge.schemas import (
     MAX_ENCODE_CHARS,
     MAX_ENCODE_TEXTS,
+    MAX_FEEDBACK_BATCH,
     MAX_HISTORY,
     MAX_TEXT_CHARS,
+    AnyFeedbackEvent,
     BadRequestError,
     Explanation,
+    FeedbackAck,
     Flag,
     K,
     NotFoundError,
@@ -425,6 +428,8 @@ class Recforge:
             model=ARGS.model,
             max_explained=ARGS.max_explained,
             explain_budget_s=ARGS.explain_budget_s,
+            feedback_url=ARGS.feedback_url,
+            feedback_staleness_s=ARGS.feedback_staleness_s,
         )
         limit_threads(ARGS.threads)  # after loading: plugins may set their own thread counts while they load
 
@@ -471,6 +476,15 @@ class Recforge:
     ) -> Annotated[np.ndarray, Shape((-1, -1)), DType("float32")]:
         """Text embeddings from the served encoder; concurrent requests are batched together."""
         return _errors(lambda: self.engine.encode_texts(texts))
+
+    if ARGS.feedback_url:  # no store, no route (404): nothing would be recorded
+
+        @bentoml.api(route="/feedback")
+        def feedback(
+            self, events: Annotated[list[AnyFeedbackEvent], Field(min_length=1, max_length=MAX_FEEDBACK_BATCH)]
+        ) -> FeedbackAck:
+            """Record what users did (1 to 1,000 events); answered only after the events are committed."""
+            return _errors(lambda: self.engine.record_feedback([e.model_dump(exclude_none=True) for e in events]))
 
     @bentoml.api(route="/metadata")
     async def metadata(self) -> dict:

@@ -8,7 +8,9 @@ server cannot start here; under CI=true they fail instead.
 from __future__ import annotations
 
 import os
+import shutil
 import sqlite3
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -35,19 +37,26 @@ def event(user="u1", item="i1", kind="view", **extra):
 
 
 @pytest.fixture(scope="module")
-def postgres_url(tmp_path_factory):
-    """A PostgreSQL server for this module (pgserver), or a skip saying why it cannot start."""
+def postgres_url():
+    """A PostgreSQL server for this module (pgserver), or a skip saying why it cannot start.
+
+    Its data directory is its own temporary directory, not pytest's: pytest removes old base temporary
+    directories, and another pytest run on the same machine could remove a running server's files.
+    """
+    data = Path(tempfile.mkdtemp(prefix="recforge-pg-"))
     try:
         import pgserver
 
-        server = pgserver.get_server(tmp_path_factory.mktemp("pg"), cleanup_mode="stop")
+        server = pgserver.get_server(data, cleanup_mode="stop")
         url = server.get_uri()
     except Exception as exc:  # any reason the server cannot start here
+        shutil.rmtree(data, ignore_errors=True)
         if os.environ.get("CI") == "true":
             raise
         pytest.skip(f"no local PostgreSQL server: {type(exc).__name__}: {exc}")
     yield url
     server.cleanup()
+    shutil.rmtree(data, ignore_errors=True)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
