@@ -272,6 +272,67 @@ def data_add_span(
     _guard(debug, body)
 
 
+@data_app.command("export-feedback")
+def data_export_feedback(
+    since: Annotated[
+        int | None,
+        typer.Option(min=0, max=2**63 - 1, help="export the events after this mark (default: the last export's)"),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="span file, .parquet or .csv, never overwritten (default: feedback.spans_dir)"),
+    ] = None,
+    params_file: ParamsOpt = Path(DEFAULT_PARAMS_FILE),
+    set_: SetOpt = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Write the feedback store's new events as a span and record the new high-water mark (recforge.feedback)."""
+
+    def body() -> None:
+        from recforge.feedback import store_from_params
+
+        params = load_params(params_file, set_ or [])
+        result = store_from_params(params).export(
+            out,
+            since_mark=since,
+            spans_dir=params.feedback.spans_dir,
+            implied_ratings=params.feedback.implied_ratings.model_dump(),
+        )
+        if result.path is None:
+            console.print(f"no events after mark {result.mark_from}: nothing written")
+            return
+        console.print(
+            f"{result.rows:,} events (ids {result.mark_from + 1}..{result.mark_to}) written to {result.path}; "
+            f"mark {result.mark_to} recorded. Add it to the training data: recforge data add-span {result.path}"
+        )
+
+    _guard(debug, body)
+
+
+@data_app.command("forget")
+def data_forget(
+    user: Annotated[str, typer.Argument(help="the user id whose feedback events are deleted")],
+    params_file: ParamsOpt = Path(DEFAULT_PARAMS_FILE),
+    set_: SetOpt = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Delete USER's events from the feedback store (and so from every later export); says what it cannot undo."""
+
+    def body() -> None:
+        from recforge.feedback import store_from_params
+
+        result = store_from_params(load_params(params_file, set_ or [])).forget(user)
+        shown = ", ".join(result.items[:10]) + (f" and {len(result.items) - 10} more" if len(result.items) > 10 else "")
+        console.print(
+            f"removed {result.removed:,} events of user {result.user_id}" + (f" (items {shown})" if shown else ""),
+            markup=False,
+            highlight=False,
+        )
+        console.print(Text(result.cannot_undo), soft_wrap=True, highlight=False)
+
+    _guard(debug, body)
+
+
 @data_app.command("describe")
 def data_describe(
     params_file: ParamsOpt = Path(DEFAULT_PARAMS_FILE), set_: SetOpt = None, debug: DebugOpt = False

@@ -474,6 +474,8 @@ class FeedbackStore:
             if out_path is not None
             else Path(spans_dir) / f"feedback-{since + 1:012d}-{mark:012d}.parquet"
         )
+        if _NUL in str(path):
+            raise FeedbackError("--out: a file name without NUL characters")
         if path.suffix not in (".parquet", ".csv"):
             raise FeedbackError(f"{path}: a span is a .parquet or .csv file")
         if path.exists():
