@@ -177,6 +177,19 @@ class Refittable(Protocol):
 
 
 @runtime_checkable
+class WarmRefit(Protocol):
+    """Optional: the train+val refit continues from the validation fit instead of starting over.
+
+    ``warm_refit(train_val, context=...)`` returns a new fitted model (the
+    validation fit itself is left as it is, and saved as the ``val`` model), or
+    None when the model's options ask for a refit from scratch; the train stage
+    then refits a fresh instance with ``refit_options``.
+    """
+
+    def warm_refit(self, train: Interactions, *, context: FitContext) -> Any: ...
+
+
+@runtime_checkable
 class Reranker(Protocol):
     """Second stage: scores (user, candidate) rows from a feature table.
 

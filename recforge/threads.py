@@ -1,6 +1,44 @@
-"""How many threads a serving or benchmark process uses for its numeric libraries."""
+"""How many threads a process uses for its numeric libraries.
+
+Two uses, one home:
+
+- :func:`resolve_threads`: a model's ``threads`` option (an integer, or ``auto``
+  for every core this process may run on) as a number. Training uses all of
+  them by default; a result is identical for the same seed and the same thread
+  count (torch's CPU kernels and LightGBM's ``deterministic`` mode split their
+  work the same way every run), but another count may change the last bits of
+  a sum, and so a tie or an early-stopping round (docs/orchestration.md,
+  "Scaling").
+- :func:`limit_threads`: the serving and benchmark processes' cap.
+"""
 
 from __future__ import annotations
+
+import os
+
+AUTO = "auto"
+MAX_THREADS = 256
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity where the OS tells it, else the machine's)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def resolve_threads(value: int | str | None, *, default: int | str | None = AUTO) -> int:
+    """A ``threads`` option as a count: ``auto`` (or None with ``default`` auto) is every available core.
+
+    Raises ValueError (one line) for anything but ``auto`` or an integer in [1, MAX_THREADS]."""
+    if value is None:
+        value = default
+    if value is None or (isinstance(value, str) and value == AUTO):
+        return available_cores()
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_THREADS:
+        raise ValueError(f"threads must be 'auto' or an integer in [1, {MAX_THREADS}], got {value!r}")
+    return int(value)
 
 
 def limit_threads(threads: int) -> None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +23,7 @@ import scipy.sparse as sp
 from recforge.interactions import Interactions, csr_from_arrays, csr_to_arrays
 from recforge.protocols import FitContext
 from recforge.ranking import history_row, top_k
+from recforge.threads import resolve_threads
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ class MatrixFactorization:
 
     Options: ``algorithm`` (als | bpr), ``factors``, ``regularization``,
     ``iterations``, ``alpha`` (ALS confidence scale), ``learning_rate`` (BPR),
-    ``threads`` (implicit's worker threads; default all cores up to 8 — BLAS is
+    ``threads`` (implicit's worker threads; ``auto``, the default, is every available core — BLAS is
     limited to one thread during fitting as implicit recommends), ``seed``.
     """
 
@@ -47,7 +47,7 @@ class MatrixFactorization:
         iterations: int = 15,
         alpha: float = 1.0,
         learning_rate: float = 0.01,
-        threads: int | None = None,
+        threads: int | str | None = None,
         seed: int | None = None,
     ) -> None:
         if algorithm not in ALGORITHMS:
@@ -72,7 +72,7 @@ class MatrixFactorization:
         from implicit.cpu.bpr import BayesianPersonalizedRanking
 
         cfg = self.config
-        threads = int(cfg["threads"] or min(8, os.cpu_count() or 1))
+        threads = resolve_threads(cfg["threads"])
         seed = cfg["seed"] if cfg["seed"] is not None else context.seed
         self.seen = train.csr
         liked = train.weighted_csr

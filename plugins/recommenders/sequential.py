@@ -1,6 +1,9 @@
 """Sequential recommenders in PyTorch: GRU, LSTM and a SASRec-style causal
-self-attention encoder, trained with full-softmax cross-entropy on the next item
-at every position of each user's history.
+self-attention encoder, trained with cross-entropy on the next item at every
+position of each user's history: over the whole catalogue (full softmax), or,
+for large catalogues, over the target and a shared sample of negatives with the
+logQ correction (sampled softmax, Yi et al. 2019 / Bengio & Senecal 2008;
+``loss: auto`` chooses by catalogue size, see :data:`FULL_SOFTMAX_MAX_ITEMS`).
 
 Training windows: each user's time-ordered history is cut, from its end, into
 windows of ``max_len + 1`` items (stride ``max_len``) so every event is a target
@@ -9,7 +12,9 @@ plus a per-item bias. With ``context.validation`` present, training stops early 
 validation NDCG@10 (full ranking, history excluded; at least ``min_epochs``
 epochs, ``patience`` epochs without improvement) and the best epoch's weights are
 kept; ``refit_options()`` then returns that epoch count so the train+val refit
-trains exactly that long without validation.
+trains exactly that long without validation, or, with ``refit: warm``,
+``warm_refit`` continues from the validation fit's weights for
+:func:`warm_refit_epochs` epochs instead of training again from scratch.
 """
 
 from __future__ import annotations
@@ -17,7 +22,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -30,12 +34,20 @@ from recforge.metrics import ranking_metrics
 from recforge.protocols import FitContext
 from recforge.ranking import batched, history_row, top_k
 from recforge.sizing import AUTO, is_auto, sequence_sizes
+from recforge.threads import resolve_threads
 from recforge.vectors import l2_normalize
 
 log = logging.getLogger(__name__)
 
 CELLS = ("gru", "lstm", "sasrec")
 EARLY_STOPPING = ("validation", "inner")  # what the epoch is chosen on (see Sequential)
+LOSSES = ("auto", "full", "sampled")
+REFITS = ("scratch", "warm")
+# ``loss: auto``: the full softmax up to this many items, the sampled one above. Measured on 2 cores
+# (docs/models.md, "Sampled softmax"): at 5,000 items the full softmax's output layer is a minor part of a
+# step; at 100,000 it is nearly all of it, and the sampled loss with 1,024 negatives matches it on quality.
+FULL_SOFTMAX_MAX_ITEMS = 20_000
+NEGATIVES_RANGE = (16, 65_536)
 SIZES = ("max_len", "batch_size", "epochs")  # may be "auto": chosen from the training data (recforge.sizing)
 
 
@@ -66,15 +78,25 @@ def _torch():
     return torch
 
 
-def _set_threads(threads: int | None) -> None:
-    """Use the given number of intra-op threads (default: half the cores, 1 to 8).
-
-    Small recurrent/attention steps gain little from many threads, and on a
-    shared machine spinning OpenMP workers cost more than they bring."""
+def _set_threads(threads: int | str | None) -> None:
+    """Use the given number of intra-op threads (``auto``/None: every available core, recforge.threads)."""
     torch = _torch()
-    n = int(threads or max(1, min(8, (os.cpu_count() or 1) // 2)))
+    n = resolve_threads(threads)
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
+
+
+def warm_refit_epochs(best_epoch: int, train_events: int, added_events: int) -> int:
+    """Epochs the warm refit adds: ``ceil(best_epoch * added / train)``, at least 1.
+
+    The validation fit saw each training event ``best_epoch`` times; the refit gives the events it
+    adds (the validation split) the same share of passes over the data it is now fitted on. With
+    leave-last-out (one event per user, a few per cent of the events) that is one epoch over the
+    train+val windows: the old events once more, each new event once as a target.
+    """
+    if train_events <= 0:
+        return max(1, int(best_epoch))
+    return max(1, math.ceil(int(best_epoch) * max(added_events, 0) / train_events))
 
 
 def _build_network(cell: str, n_items: int, dim: int, layers: int, heads: int, dropout: float, max_len: int):
@@ -145,7 +167,8 @@ class Sequential:
     ``lr`` (Adam; 3e-3 learns much faster than 1e-3 here), ``weight_decay``,
     ``batch_size`` (windows per step), ``epochs`` (the maximum with validation,
     the exact count without), ``min_epochs``, ``patience``, ``threads`` (torch
-    intra-op threads; default half the cores, up to 8), ``device`` (default: the
+    intra-op threads: ``auto``, the default, is every available core; a fit is identical for the same
+    seed and thread count), ``device`` (default: the
     context's, i.e. CUDA when present), ``seed`` (default: the run's), ``seed_offset``
     (added to it: a second copy of a model with another initialisation follows
     the run's seed too). ``max_len``, ``batch_size``
@@ -159,6 +182,14 @@ class Sequential:
     keeps the re-ranker's training labels (the validation events) from also
     choosing the epoch of a model whose lists it learns from (docs/rerank.md).
     The fitted model recommends from the whole training history either way.
+
+    ``loss``: ``full`` (softmax over every item), ``sampled`` (the target
+    against ``negatives`` items drawn once per batch from the training
+    targets' popularity, shared by every position, each logit corrected by
+    ``-log(negatives * q(item))``; a negative equal to the target is masked) or
+    ``auto`` (full up to :data:`FULL_SOFTMAX_MAX_ITEMS` items, sampled above;
+    saved resolved). ``refit``: ``scratch`` (the train stage refits a fresh
+    model for the best epoch count) or ``warm`` (:meth:`warm_refit`).
     """
 
     def __init__(
@@ -175,16 +206,28 @@ class Sequential:
         epochs: int | str = 30,
         min_epochs: int = 5,
         patience: int = 5,
-        threads: int | None = None,
+        threads: int | str | None = None,
         device: str | None = None,
         seed: int | None = None,
         seed_offset: int = 0,
         early_stopping: str = "validation",
+        loss: str = "auto",
+        negatives: int = 1024,
+        refit: str = "scratch",
     ) -> None:
         if cell not in CELLS:
             raise ValueError(f"cell must be one of {CELLS}, got {cell!r}")
         if early_stopping not in EARLY_STOPPING:
             raise ValueError(f"early_stopping must be one of {EARLY_STOPPING}, got {early_stopping!r}")
+        if loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+        if refit not in REFITS:
+            raise ValueError(f"refit must be one of {REFITS}, got {refit!r}")
+        if isinstance(negatives, bool) or not isinstance(negatives, int):
+            raise ValueError(f"negatives must be an integer in {list(NEGATIVES_RANGE)}, got {negatives!r}")
+        if not NEGATIVES_RANGE[0] <= negatives <= NEGATIVES_RANGE[1]:
+            raise ValueError(f"negatives must be an integer in {list(NEGATIVES_RANGE)}, got {negatives!r}")
+        resolve_threads(threads)  # a bad value fails here, in one line, not at fit time
         self.config: dict[str, Any] = dict(
             cell=cell,
             dim=int(dim),
@@ -203,6 +246,9 @@ class Sequential:
             seed=seed,
             seed_offset=_seed_offset(seed_offset),
             early_stopping=early_stopping,
+            loss=loss,
+            negatives=int(negatives),
+            refit=refit,
         )
         self.net = None
         self.n_items = 0
@@ -212,6 +258,7 @@ class Sequential:
         self._device = "cpu"
         self._output: tuple[np.ndarray, np.ndarray] | None = None  # numpy output layer for recommend_states
         self._auto: list[str] = []  # the sizes the last fit chose from the data
+        self._proposal: np.ndarray | None = None  # the sampled loss's item distribution (training only)
 
     # -- training -----------------------------------------------------------
 
@@ -231,29 +278,46 @@ class Sequential:
         return np.stack(rows) if rows else np.zeros((0, width), dtype=np.int64)
 
     def fit(self, train: Interactions, *, context: FitContext) -> Sequential:
-        torch = _torch()
         cfg = self.config
         _set_threads(cfg["threads"])
         seed = (cfg["seed"] if cfg["seed"] is not None else context.seed) + cfg.get("seed_offset", 0)
-        torch.manual_seed(seed)
-        rng = np.random.default_rng(seed)
         self._auto = [k for k in SIZES if is_auto(cfg[k])]
         if self._auto:  # sizes from the training histories (recforge.sizing); saved resolved
             cfg.update(sequence_sizes([len(s) for s in train.sequences], **{k: cfg[k] for k in SIZES}))
+        if cfg["loss"] == "auto":
+            cfg["loss"] = "full" if train.n_items <= FULL_SOFTMAX_MAX_ITEMS else "sampled"
+            log.info("sequential[%s]: %d items -> %s softmax", cfg["cell"], train.n_items, cfg["loss"])
         self._device = cfg["device"] or context.device or "cpu"
-        self.n_items = train.n_items
-        self.seen = train.csr
-        self._output = None
-        self.sequences = [np.asarray(s, dtype=np.int32) for s in train.sequences]
+        self._set_data(train)
+        _torch().manual_seed(seed)
         self.net = _build_network(
             cfg["cell"], self.n_items, cfg["dim"], cfg["layers"], cfg["heads"], cfg["dropout"], cfg["max_len"]
         ).to(self._device)
         stopping = self._stopping_targets(context.validation)
         windows = self._windows(stopping[3] if stopping is not None else self.sequences)
+        self.history = []
+        self._train_epochs(windows, cfg["epochs"], stopping, np.random.default_rng(seed), context)
+        return self
+
+    def _set_data(self, train: Interactions) -> None:
+        self.n_items = train.n_items
+        self.seen = train.csr
+        self._output = None
+        self.sequences = [np.asarray(s, dtype=np.int32) for s in train.sequences]
+        # the sampled loss's proposal: the training targets' popularity (+1, so no item is never drawn)
+        counts = np.bincount(train.item_ids, minlength=self.n_items).astype(np.float64) + 1.0
+        self._proposal = counts / counts.sum()
+
+    def _train_epochs(self, windows: np.ndarray, epochs: int, stopping, rng, context: FitContext) -> None:
+        """Train ``epochs`` epochs over ``windows`` (early-stopping on ``stopping`` when given), keep the best."""
+        torch = _torch()
+        cfg = self.config
         optimizer = torch.optim.Adam(self.net.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
         best, best_state, stale = -1.0, None, 0
-        self.history = []
-        for epoch in range(1, cfg["epochs"] + 1):
+        cdf = np.cumsum(self._proposal)
+        log_q = torch.from_numpy(np.log(self._proposal * cfg["negatives"]).astype(np.float32)).to(self._device)
+        first_epoch = len(self.history) + 1
+        for epoch in range(first_epoch, first_epoch + epochs):
             started = time.perf_counter()
             self.net.train()
             order = rng.permutation(len(windows))
@@ -266,7 +330,13 @@ class Sequential:
                 inputs, targets = batch[:, :-1], batch[:, 1:]
                 mask = (targets != 0) & (inputs != 0)
                 hidden = self.net(inputs)[mask]
-                loss = torch.nn.functional.cross_entropy(self.net.logits(hidden), targets[mask] - 1)
+                if cfg["loss"] == "sampled":
+                    drawn = np.minimum(np.searchsorted(cdf, rng.random(cfg["negatives"])), self.n_items - 1)
+                    loss = self._sampled_loss(
+                        hidden, targets[mask] - 1, torch.from_numpy(drawn).to(self._device), log_q
+                    )
+                else:
+                    loss = torch.nn.functional.cross_entropy(self.net.logits(hidden), targets[mask] - 1)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -284,7 +354,7 @@ class Sequential:
             self.history.append(record)
             log.info("sequential[%s] epoch %d %s", cfg["cell"], epoch, {k: round(v, 4) for k, v in record.items()})
             if context.progress is not None:
-                context.progress(f"epoch {epoch}", epoch / cfg["epochs"])
+                context.progress(f"epoch {epoch}", (epoch - first_epoch + 1) / epochs)
             if stopping is not None and epoch >= cfg["min_epochs"] and stale >= cfg["patience"]:
                 break
         if best_state is not None:
@@ -292,7 +362,45 @@ class Sequential:
         else:
             self.best_epoch = len(self.history)
         self.net.eval()
-        return self
+
+    def _sampled_loss(self, hidden, targets, negatives, log_q):
+        """Sampled softmax with the logQ correction: the target against the batch's shared ``negatives``."""
+        torch = _torch()
+        weights, bias = self.net.items.weight[1:], self.net.bias
+        positive = (hidden * weights[targets]).sum(-1) + bias[targets] - log_q[targets]
+        negative = hidden @ weights[negatives].T + (bias[negatives] - log_q[negatives])
+        negative = negative.masked_fill(negatives[None, :] == targets[:, None], float("-inf"))
+        logits = torch.cat([positive[:, None], negative], dim=1)
+        return torch.nn.functional.cross_entropy(
+            logits, torch.zeros(len(logits), dtype=torch.long, device=logits.device)
+        )
+
+    def warm_refit(self, train: Interactions, *, context: FitContext) -> Sequential | None:
+        """WarmRefit: with ``refit: warm``, a new model that continues this fit's chosen weights on ``train``
+        (train + val) for :func:`warm_refit_epochs` epochs, no early stopping; None with ``refit: scratch``."""
+        if self.config["refit"] != "warm":
+            return None
+        if train.n_items != self.n_items:
+            raise ValueError(f"warm refit: {train.n_items} items, the validation fit had {self.n_items}")
+        cfg = dict(self.config)
+        seen_before = sum(len(s) for s in self.sequences)
+        epochs = warm_refit_epochs(self.best_epoch or cfg["epochs"], seen_before, len(train.item_ids) - seen_before)
+        model = Sequential(**{**cfg, "epochs": epochs})
+        model.config.update({k: cfg[k] for k in SIZES if k != "epochs"})
+        model._device = self._device
+        _set_threads(cfg["threads"])
+        model._set_data(train)
+        model.net = _build_network(
+            cfg["cell"], model.n_items, cfg["dim"], cfg["layers"], cfg["heads"], cfg["dropout"], cfg["max_len"]
+        ).to(model._device)
+        model.net.load_state_dict(self.net.state_dict())
+        model.history = [dict(r, part="validation fit") for r in self.history[: self.best_epoch or len(self.history)]]
+        seed = (cfg["seed"] if cfg["seed"] is not None else context.seed) + cfg.get("seed_offset", 0) + 1
+        _torch().manual_seed(seed)
+        model._train_epochs(model._windows(model.sequences), epochs, None, np.random.default_rng(seed), context)
+        model.best_epoch = len(model.history)
+        log.info("sequential[%s]: warm refit, %d epoch(s) after epoch %s", cfg["cell"], epochs, self.best_epoch)
+        return model
 
     def _stopping_targets(self, validation: Interactions | None):
         """(users, target items, seen matrix, history sequences) the epoch is chosen on, or None (no early stop).

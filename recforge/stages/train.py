@@ -25,7 +25,8 @@ from recforge.artifacts import atomic_dir, load_model_dir, write_meta, write_par
 from recforge.errors import RecforgeError
 from recforge.interactions import IdMaps
 from recforge.params import Params
-from recforge.protocols import FitContext, Refittable
+from recforge.progress import Progress
+from recforge.protocols import FitContext, Refittable, WarmRefit
 from recforge.ranking import batched
 from recforge.sentiment import training_events, weight_summary
 from recforge.workspace import Workspace
@@ -63,25 +64,43 @@ def train_model(workspace: Workspace, name: str) -> dict:
         model = registry.recommenders.create(plugin, **options)
         model.fit(train, context=workspace.context(validation=val))
     val_fit_s = time.perf_counter() - started
-    val_lists = recommend_frame(model, workspace.frame("val")["user_id"].unique(), workspace.maps, length)
+    started = time.perf_counter()
+    val_lists = recommend_frame(
+        model, workspace.frame("val")["user_id"].unique(), workspace.maps, length, label=f"{name} val lists"
+    )
+    val_lists_s = time.perf_counter() - started
 
-    # refit on train + val with whatever the validation fit chose (epochs, tuned settings)
+    # refit on train + val with whatever the validation fit chose (epochs, tuned settings), continuing
+    # from the validation fit where the model offers it (WarmRefit) and its options ask for it
     full_options = dict(options)
     if isinstance(model, Refittable):
         full_options.update(model.refit_options())
     started = time.perf_counter()
-    full = registry.recommenders.create(plugin, **full_options)
     train_val = training_events(workspace, "train+val")
-    full.fit(train_val, context=workspace.context(validation=None))
+    full = (
+        model.warm_refit(train_val, context=workspace.context(validation=None))
+        if isinstance(model, WarmRefit)
+        else None
+    )
+    refit = "scratch" if full is None else "warm"
+    if full is None:
+        full = registry.recommenders.create(plugin, **full_options)
+        full.fit(train_val, context=workspace.context(validation=None))
     full_fit_s = time.perf_counter() - started
-    test_lists = recommend_frame(full, workspace.frame("test")["user_id"].unique(), workspace.maps, length)
+    started = time.perf_counter()
+    test_lists = recommend_frame(
+        full, workspace.frame("test")["user_id"].unique(), workspace.maps, length, label=f"{name} test lists"
+    )
+    test_lists_s = time.perf_counter() - started
 
     meta = {
         "name": name,
         "plugin": plugin,
         "options": options,
         "refit_options": full_options,
+        "refit": refit,
         "fit_seconds": {"val": round(val_fit_s, 3), "full": round(full_fit_s, 3)},
+        "list_seconds": {"val": round(val_lists_s, 3), "test": round(test_lists_s, 3)},
     }
     if train_val.weights is not None:
         meta["event_weights"] = weight_summary(train_val)
@@ -95,11 +114,22 @@ def train_model(workspace: Workspace, name: str) -> dict:
             write_meta(staging / part, {**meta, "part": part})
     write_parquet(val_lists, lists_dir / "val.parquet")
     write_parquet(test_lists, lists_dir / "test.parquet")
-    log.info("trained %s (%s) in %.1fs + %.1fs", name, plugin, val_fit_s, full_fit_s)
+    log.info(
+        "trained %s (%s): fit %.1fs + lists %.1fs (val), %s refit %.1fs + lists %.1fs (test)",
+        name,
+        plugin,
+        val_fit_s,
+        val_lists_s,
+        refit,
+        full_fit_s,
+        test_lists_s,
+    )
     return meta
 
 
-def recommend_frame(model, user_ids, maps: IdMaps, k: int, batch_size: int = 1024) -> pd.DataFrame:
+def recommend_frame(
+    model, user_ids, maps: IdMaps, k: int, batch_size: int = 1024, label: str = "lists"
+) -> pd.DataFrame:
     """Top-k lists for original ``user_ids`` as (user_id, item_id, rank, score).
 
     The output arrays are allocated once, before the batches: small long-lived
@@ -111,10 +141,12 @@ def recommend_frame(model, user_ids, maps: IdMaps, k: int, batch_size: int = 102
     user_ids, users = np.asarray(user_ids)[known], users[known]
     items = np.full((len(users), k), -1, dtype=np.int64)
     scores = np.zeros((len(users), k), dtype=np.float32)
+    progress = Progress(label, len(users), unit=" users")
     for part in batched(len(users), batch_size):
         top, values = model.recommend(users[part], k=k, exclude_seen=True)
         items[part, : top.shape[1]] = top
         scores[part, : top.shape[1]] = values
+        progress.advance(len(top))
     rows, cols = np.nonzero(items >= 0)
     return pd.DataFrame(
         {
