@@ -199,6 +199,10 @@ class RerankParams(_Section):
     ``options``: extra re-ranker plugin options (e.g. min_data_in_leaf).
     ``block_users``: candidate + feature tables are built for this many users
     at a time (the test part is scored block by block and never held whole).
+    ``max_train_users``: the re-ranker trains on at most this many validation
+    users with a positive candidate, drawn with the seed (``auto``: 10,000;
+    ``null``: all); the other validation rows are spilled to disk as float32
+    and scored block by block (recforge.rerank_rows).
     """
 
     enabled: bool = False
@@ -207,6 +211,9 @@ class RerankParams(_Section):
     encoders: list[str] | None = None
     candidates_per_model: int = Field(50, ge=1)
     block_users: int = Field(20_000, ge=1)
+    # users with a positive candidate the re-ranker trains on at most (auto: recforge.rerank_rows.TRAIN_USERS_AUTO;
+    # null: all of them), drawn with the seed; memory then stays bounded whatever the number of users
+    max_train_users: Annotated[int, Field(ge=2, le=10_000_000)] | Literal["auto"] | None = "auto"
     # auto: from the validation users with a positive candidate (recforge.sizing.rerank_leaves)
     num_leaves: Annotated[int, Field(ge=2, le=131_072)] | Literal["auto"] = 31
     learning_rate: float = Field(0.05, gt=0.0)

@@ -30,6 +30,7 @@ import pandas as pd
 
 from recforge.features import positive_groups
 from recforge.ranking import batched
+from recforge.threads import resolve_threads
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +86,7 @@ class LambdaRankReranker:
         selection: str = "mean",
         objective: str = "lambdarank",
         lambda_l2: float = 0.0,
-        threads: int | None = None,
+        threads: int | str | None = None,
         distributed: bool = False,
         dask_address: str | None = None,
         dask_workers: int = 2,
@@ -140,11 +141,17 @@ class LambdaRankReranker:
             "force_row_wise": True,
             "verbose": -1,
         }
-        if cfg["threads"]:
-            params["num_threads"] = int(cfg["threads"])
+        # every available core by default (``auto``); LightGBM's deterministic mode gives the same models for
+        # the same seed and thread count (recforge.threads)
+        params["num_threads"] = resolve_threads(cfg["threads"])
         return params
 
-    def _matrix(self, candidates: pd.DataFrame) -> np.ndarray:
+    def _matrix(self, candidates: pd.DataFrame | np.ndarray) -> np.ndarray:
+        """The feature matrix (float32): a frame's ``features`` columns, or a matrix already in that order."""
+        if isinstance(candidates, np.ndarray):
+            if self.features is None or candidates.ndim != 2 or candidates.shape[1] != len(self.features):
+                raise ValueError(f"a feature matrix needs one column per feature ({self.features})")
+            return np.asarray(candidates, dtype=np.float32)
         if self.features is None:
             self.features = [c for c in candidates.columns if c not in ("user", "item", "user_id", "item_id", "label")]
         missing = [c for c in self.features if c not in candidates.columns]

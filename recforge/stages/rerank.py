@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 
 from recforge.artifacts import atomic_dir, write_meta, write_parquet
-from recforge.features import feature_columns
+from recforge.features import labels_for
 from recforge.metrics import evaluate
 from recforge.params import Params
 from recforge.rerank import (
@@ -48,9 +48,10 @@ from recforge.rerank import (
     make_reranker,
     positive_users,
     ranked_lists,
-    training_table,
+    read_lists,
 )
 from recforge.rerank_reports import CandidateRecall, ablations, write_importance, write_table
+from recforge.rerank_rows import ValRows, collect_val_rows, positive_val_users, sample_training_users
 from recforge.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -71,26 +72,47 @@ def run_rerank(params: Params, variant: str | None = None) -> dict[str, Any] | N
 
         scorer = LLMScorer(params)
 
-    val_frame, labels, groups = training_table(workspace, models, scorer)
-    features = feature_columns(val_frame)
+    # the training users are chosen from the lists and validation events alone, before any feature is built
+    truths = {"val": workspace.frame("val"), "test": workspace.frame("test")}
+    lists = read_lists(params, models, "val")
+    positive = positive_val_users(lists, truths["val"], workspace.maps, params.rerank.candidates_per_model)
+    train_users = sample_training_users(positive, params.rerank.max_train_users, params.seed)
+
+    # everything reading the test targets below does so for reporting only
+    recall = CandidateRecall(truths, models, params.rerank.candidates_per_model)
+    keep_tables = bool(params.rerank.ablations)  # the ablations retrain on the whole tables
+    kept_val: list[pd.DataFrame] = []
+
+    def each(block: pd.DataFrame) -> None:
+        recall.add("val", block)
+        if keep_tables:
+            kept_val.append(block)
+
+    blocks = iter_part(workspace, "val", models, scorer, lists=lists)
+    rows = collect_val_rows(blocks, truths["val"], train_users, workspace.maps, each=each)
+    features, labels, groups = rows.features, rows.labels, rows.groups
     log.info(
-        "rerank: %d val rows (%d users, %d positives), %d features in %.1fs",
-        len(val_frame),
+        "rerank: %d training rows (%d of %d users with a positive candidate), %d other val rows on disk, "
+        "%d features in %.1fs",
+        len(labels),
         len(groups),
-        int(labels.sum()),
+        len(positive),
+        rows.rest_rows,
         len(features),
         time.perf_counter() - started,
     )
-    reranker, val_scores = _fit(params, val_frame, labels, groups, features)
-    val_lists = ranked_lists(val_frame, val_scores, params.evaluate.list_length)
-
-    # everything below reads the test targets for reporting only
-    truths = {"val": workspace.frame("val"), "test": workspace.frame("test")}
-    recall = CandidateRecall(truths, models, params.rerank.candidates_per_model)
-    recall.add("val", val_frame)
-    keep_tables = params.rerank.ablations and reranker is not None  # the ablations retrain on the whole tables
-    if not keep_tables:
-        del val_frame  # the test part is scored block by block; nothing else needs the val table
+    reranker, train_scores = _fit(params, rows)
+    if reranker is not None:
+        rest_scores = rows.score_rest(reranker.rerank)
+    else:
+        rest_scores = rows.score_rest(lambda X: X[:, features.index("rrf")])
+    rows.close()
+    val_lists = ranked_lists(
+        pd.concat([rows.frame("train"), rows.frame("rest")], ignore_index=True),
+        np.concatenate([train_scores, rest_scores]),
+        params.evaluate.list_length,
+    )
+    keep_tables = keep_tables and reranker is not None
     test_lists, kept, test_rows = _score_test(workspace, models, scorer, reranker, recall, keep=keep_tables)
     write_parquet(val_lists, Path(params.paths.lists_dir) / NAME / "val.parquet")
     write_parquet(test_lists, Path(params.paths.lists_dir) / NAME / "test.parquet")
@@ -102,10 +124,14 @@ def run_rerank(params: Params, variant: str | None = None) -> dict[str, Any] | N
         write_importance(reranker.feature_importance(), params)
     full = _summary(params, val_lists, test_lists, truths, started)
     if keep_tables:
-        table = ablations(params, val_frame, labels, pd.concat(kept, ignore_index=True), models, truths, full)
+        val_frame = pd.concat(kept_val, ignore_index=True)
+        val_labels = labels_for(val_frame, truths["val"])
+        test_frame = pd.concat(kept, ignore_index=True)
+        table = ablations(params, val_frame, val_labels, test_frame, models, truths, full)
         write_table(table, reports, "rerank_ablation", "Re-ranker ablations (val = out-of-fold)")
 
     meta = _meta(params, models, features, labels, groups, test_rows, reranker, started)
+    meta["training"].update({"positive_users": int(len(positive)), "val_rows_scored_from_disk": int(rows.rest_rows)})
     with atomic_dir(Path(params.paths.models_dir) / NAME) as staging:
         if reranker is not None:
             reranker.save(staging)
@@ -122,15 +148,15 @@ def run_rerank(params: Params, variant: str | None = None) -> dict[str, Any] | N
     return {**meta, "metrics": full, "candidate_recall": recall_table.to_dict("records")}
 
 
-def _fit(params: Params, val_frame: pd.DataFrame, labels: np.ndarray, groups: np.ndarray, features: list[str]):
-    """(re-ranker, out-of-fold validation scores); (None, RRF) when validation has too little signal."""
+def _fit(params: Params, rows: ValRows):
+    """(re-ranker, out-of-fold scores of the training rows); (None, RRF) when validation has too little signal."""
     try:
-        reranker = make_reranker(params, features, positive_users(labels, groups))
-        reranker.fit(val_frame, labels, groups)
+        reranker = make_reranker(params, rows.features, positive_users(rows.labels, rows.groups))
+        reranker.fit(rows.X, rows.labels, rows.groups)
         return reranker, reranker.oof_scores
     except ValueError as exc:  # too little validation signal (tiny data): fall back to rank fusion
         log.warning("rerank: %s; ranking by reciprocal-rank fusion instead", exc)
-        return None, val_frame["rrf"].to_numpy()
+        return None, rows.X[:, rows.features.index("rrf")].astype(np.float64)
 
 
 def _score_test(workspace: Workspace, models, scorer, reranker, recall: CandidateRecall, *, keep: bool):
