@@ -13,7 +13,9 @@ from recforge.interactions import Interactions, csr_from_arrays, csr_to_arrays
 from recforge.protocols import FitContext
 from recforge.ranking import history_row, top_k
 
-from recforge_plugins.recommenders._knn import knn_config, prune_rows, weight_rows
+from recforge_plugins.recommenders._knn import knn_config, weight_rows
+
+DENSE_ENTRIES = 32_000_000  # similarities held dense at once (128 MiB of float32), whatever the number of users
 
 
 class UserKNN:
@@ -36,27 +38,46 @@ class UserKNN:
         weight_rows(sp.csr_matrix((1, 1)), weighting)
         self.vectors: sp.csr_matrix | None = None
         self.seen: sp.csr_matrix | None = None
+        self._vector_norms: np.ndarray | None = None
 
     def fit(self, train: Interactions, *, context: FitContext) -> UserKNN:
         cfg = self.config
         # the votes ``seen`` casts carry the event weights (binary without them)
         self.seen = train.weighted_csr
         self.vectors = weight_rows(self.seen, cfg["weighting"], k1=cfg["k1"], b=cfg["b"])
+        self._vector_norms = None
         return self
 
     def _norms(self, rows: sp.csr_matrix) -> np.ndarray:
         return np.sqrt(np.asarray(rows.multiply(rows).sum(axis=1)).ravel())
 
     def _score(self, rows: sp.csr_matrix, exclude: np.ndarray | None) -> np.ndarray:
-        """Scores for query rows in the weighted space; ``exclude`` are the query users themselves."""
-        sims = (rows @ self.vectors.T).tocoo()
-        norms = self._norms(self.vectors)
-        query = self._norms(rows)
-        sims.data = sims.data / (query[sims.row] * norms[sims.col] + self.config["shrink"] + 1e-12)
-        if exclude is not None:
-            sims.data[sims.col == exclude[sims.row]] = 0.0
-        sims = prune_rows(sims.tocsr(), self.config["neighbors"])
-        return np.asarray((sims @ self.seen).todense(), dtype=np.float32)
+        """Scores for query rows in the weighted space; ``exclude`` are the query users themselves.
+
+        The similarities of a batch of queries to every user are nearly dense at scale (a popular item links
+        most users), so they are computed as dense blocks of at most DENSE_ENTRIES values, pruned to the
+        ``neighbors`` largest per row (argpartition) and only then made sparse for the vote."""
+        if self._vector_norms is None or len(self._vector_norms) != self.vectors.shape[0]:
+            self._vector_norms = self._norms(self.vectors)
+        n_users, shrink, k = self.vectors.shape[0], self.config["shrink"], self.config["neighbors"]
+        step = max(1, DENSE_ENTRIES // max(n_users, 1))
+        out = np.zeros((rows.shape[0], self.seen.shape[1]), dtype=np.float32)
+        for start in range(0, rows.shape[0], step):
+            part = rows[start : start + step]
+            sims = (part @ self.vectors.T).toarray()
+            sims /= self._norms(part)[:, None] * self._vector_norms[None, :] + shrink + 1e-12
+            if exclude is not None:
+                sims[np.arange(len(sims)), exclude[start : start + step]] = 0.0
+            if k and k < n_users:
+                top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+                values = np.take_along_axis(sims, top, axis=1)
+                keep = values != 0
+                line = np.repeat(np.arange(len(sims)), k).reshape(len(sims), k)
+                pruned = sp.csr_matrix((values[keep], (line[keep], top[keep])), shape=sims.shape, dtype=np.float32)
+            else:
+                pruned = sp.csr_matrix(sims)
+            out[start : start + step] = (pruned @ self.seen).toarray()
+        return out
 
     def recommend(self, user_ids, *, k, exclude_seen=True, candidates=None):
         user_ids = np.asarray(user_ids)
