@@ -3,6 +3,16 @@
     .venv/bin/python bench/scaling.py                  # 100k and 1m
     .venv/bin/python bench/scaling.py --sizes 100k 1m 10m
 
+    # a whole profile, every stage (each recommender its own train stage) in its own process:
+    .venv/bin/python bench/scaling.py --profile configs/quality.yaml --data ../shared/data/ml-latest-small \
+        --sizes ml-small 1m 1m-wide 10m
+
+Profile mode (``--profile``): the profile's params with the data of each size:
+``ml-small`` is the MovieLens directory ``--data`` (movielens-latest format),
+``300k``/``1m``/``10m`` the synthetic generator with 20 events per user over
+5,000 items (the issue's 1M set: 50,000 users), ``1m-wide`` 1M events over a
+100,000-item catalogue. Results go to bench/results/scaling-<profile name>/.
+
 Protocol: the synthetic generator (recforge.data.synthetic) with 20 interactions
 per user on average and a fixed catalogue of 5,000 items (more users and
 events, the same catalogue), so the interaction count is the one thing that
@@ -90,6 +100,42 @@ def params_for(n: int) -> dict:
     }
 
 
+PROFILE_SIZES = {
+    "ml-small": (None, None, None),
+    "300k": (15_000, 5_000, 300_000),
+    "1m": (50_000, 5_000, 1_000_000),
+    "1m-wide": (50_000, 100_000, 1_000_000),
+    "10m": (500_000, 5_000, 10_000_000),
+}
+
+
+def profile_params(profile: Path, size: str, data: Path | None) -> dict:
+    """The profile's params.yaml with the data of ``size`` (paths relative to the size's working directory)."""
+    params = yaml.safe_load(profile.read_text()) or {}
+    users, items, events = PROFILE_SIZES[size]
+    if users is None:
+        if data is None:
+            raise SystemExit("--data DIR (ml-latest-small) is needed for the ml-small size")
+        params["data"] = {"format": "movielens-latest", "path": str(Path(data).resolve())}
+    else:
+        synthetic = {"num_users": users, "num_items": items, "num_interactions": events, "num_topics": 16}
+        params["data"] = {"format": "synthetic", "synthetic": synthetic}
+    return params
+
+
+def profile_stages(params: dict) -> list[str]:
+    """Every stage of the pipeline, the train stage split into one stage per recommender (``train:<name>``)."""
+    return [
+        "ingest",
+        "validate",
+        "split",
+        "encode",
+        *(f"train:{m}" for m in params["recommenders"]),
+        "rerank",
+        "evaluate",
+    ]
+
+
 def child(stage: str, workdir: Path) -> dict:
     """Run one stage in this process (cwd = workdir) and return its measurements."""
     os.chdir(workdir)
@@ -98,7 +144,12 @@ def child(stage: str, workdir: Path) -> dict:
     from recforge.params import load_params
 
     params = load_params("params.yaml")
-    if stage in MODELS:
+    if stage.startswith("train:"):
+        from recforge.stages.train import run_train
+
+        def body() -> None:
+            run_train(params, stage.split(":", 1)[1])
+    elif stage in MODELS:
         from recforge.stages.train import run_train
 
         def body() -> None:
@@ -136,10 +187,10 @@ def child(stage: str, workdir: Path) -> dict:
     }
 
 
-def run_size(label: str, n: int, stages: list[str], timeout: float) -> list[dict]:
+def run_size(label: str, n: int, stages: list[str], timeout: float, params: dict | None = None) -> list[dict]:
     workdir = RESULTS / label
     workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "params.yaml").write_text(yaml.safe_dump(params_for(n), sort_keys=False))
+    (workdir / "params.yaml").write_text(yaml.safe_dump(params or params_for(n), sort_keys=False))
     rows = []
     for stage in stages:
         started = time.perf_counter()
@@ -198,6 +249,8 @@ def report(rows: list[dict]) -> str:
     walls: dict[str, float] = {}
     for stage in STAGES:
         cells, ns, secs = [], [], []
+        if not any((size, stage) in latest for size in sizes):
+            continue
         for size in sizes:
             row = latest.get((size, stage))
             if row:
@@ -219,7 +272,8 @@ def report(rows: list[dict]) -> str:
         )
         if len(ns) >= 2:
             ax.loglog(ns, secs, marker="o", label=f"{stage} (b={exponent:.2f})")
-    complete = [s for s in sizes if all((s, st) in latest for st in STAGES)]
+    stages_seen = [st for st in STAGES if any((s, st) in latest for s in sizes)]
+    complete = [s for s in sizes if all((s, st) in latest for st in stages_seen)]
     total_exp = fit_exponent([SIZES[s] for s in complete], [totals[s] for s in complete])
 
     def total_cell(size: str) -> str:
@@ -259,9 +313,12 @@ def report(rows: list[dict]) -> str:
 
 
 def main() -> None:
+    global RESULTS, SIZES, STAGES
     parser = argparse.ArgumentParser(description="time and peak memory per stage vs data size")
-    parser.add_argument("--sizes", nargs="+", default=["100k", "1m"], choices=list(SIZES))
-    parser.add_argument("--stages", nargs="+", default=STAGES, choices=STAGES)
+    parser.add_argument("--sizes", nargs="+", default=None, choices=sorted({*SIZES, *PROFILE_SIZES}))
+    parser.add_argument("--stages", nargs="+", default=None, help="default: every stage")
+    parser.add_argument("--profile", type=Path, help="a params file (e.g. configs/quality.yaml): its whole pipeline")
+    parser.add_argument("--data", type=Path, help="the ml-latest-small directory, for the ml-small size")
     parser.add_argument("--timeout", type=float, default=7200, help="seconds per stage")
     parser.add_argument("--report-only", action="store_true")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -270,10 +327,20 @@ def main() -> None:
     if args.child:
         print(json.dumps(child(args.child, args.workdir)))
         return
+    if args.profile is not None:
+        RESULTS = RESULTS.parent / f"scaling-{args.profile.stem}"
+        sizes = args.sizes or ["ml-small", "1m"]
+        SIZES = {s: PROFILE_SIZES[s][2] or 100_836 for s in PROFILE_SIZES}  # ml-latest-small: 100,836 ratings
+        plans = {s: profile_params(args.profile, s, args.data) for s in sizes}
+        STAGES = list(dict.fromkeys(st for p in plans.values() for st in profile_stages(p)))
+    else:
+        sizes = args.sizes or ["100k", "1m"]
+        plans = dict.fromkeys(sizes)
     RESULTS.mkdir(parents=True, exist_ok=True)
     if not args.report_only:
-        for label in args.sizes:
-            run_size(label, SIZES[label], args.stages, args.timeout)
+        for label in sizes:
+            stages = args.stages or (profile_stages(plans[label]) if plans[label] else STAGES)
+            run_size(label, SIZES[label], stages, args.timeout, plans[label])
     rows = [json.loads(line) for line in (RESULTS / "results.jsonl").read_text().splitlines() if line.strip()]
     print(report(rows))
 

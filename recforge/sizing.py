@@ -13,7 +13,10 @@ targets), is deterministic, and is documented with the reason for it:
   gives at least 50 optimiser steps per epoch, within [32, 512] (a few hundred
   users need small batches to learn at all; millions of events need large ones
   to finish). ``epochs`` = enough epochs for about 3,000 optimiser steps, within
-  [5, 50]; validation early stopping (``patience``) usually stops sooner.
+  [5, 50], and at most enough for about 10 million training targets in all
+  (never below 5): a large dataset teaches more per epoch, so 1M events get 10
+  epochs rather than 31 (cost grows with the data, not with its square);
+  validation early stopping (``patience``) usually stops sooner.
 - :func:`rerank_folds` / :func:`rerank_repeats` (``rerank.folds``/``rerank.repeats: auto``):
   LambdaRank learns from the validation users whose held-out item is among the
   candidates. With fewer than 20,000 of them, 5 user-disjoint folds (each model
@@ -48,6 +51,7 @@ MAX_LEN_RANGE = (20, 200)
 BATCH_RANGE = (32, 512)
 MIN_STEPS_PER_EPOCH = 50
 TARGET_STEPS = 3_000
+TARGET_EVENTS = 10_000_000  # training targets (next items) read over all epochs, at most (above 5 epochs)
 EPOCH_RANGE = (5, 50)
 
 
@@ -75,7 +79,9 @@ def sequence_sizes(lengths: Sequence[int] | np.ndarray, *, max_len: Any, batch_s
     batch_size = int(batch_size)
     if is_auto(epochs):
         steps = max(math.ceil(windows / batch_size), 1)
-        epochs = _clip(math.ceil(TARGET_STEPS / steps), EPOCH_RANGE)
+        targets = int(np.sum(lengths - 1)) if len(lengths) else 0
+        by_targets = max(EPOCH_RANGE[0], math.ceil(TARGET_EVENTS / max(targets, 1)))
+        epochs = min(_clip(math.ceil(TARGET_STEPS / steps), EPOCH_RANGE), by_targets)
     epochs = int(epochs)
     log.info(
         "sizing: %d histories (median %.0f events), %d windows -> max_len %d, batch_size %d, epochs %d",

@@ -3,6 +3,8 @@ sequential plugin, the re-ranker factory and LambdaRank's repeated fold splits."
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -29,8 +31,17 @@ def test_sequence_sizes_for_few_long_histories():
 def test_sequence_sizes_for_many_short_histories():
     # 100,000 shoppers x 8 events: the shortest window, a large batch, fewer epochs
     sizes = sizing.sequence_sizes(np.full(100_000, 8), **AUTO)
-    # 100,000 windows // 50 = 2,000 -> 1,024 -> 512 (the cap); 196 steps -> 16 epochs
-    assert sizes == {"max_len": 20, "batch_size": 512, "epochs": 16}
+    # 100,000 windows // 50 = 2,000 -> 1,024 -> 512 (the cap); 196 steps -> 16 epochs, and 700,000 targets
+    # allow ceil(10M / 700k) = 15: the target budget decides
+    assert sizes == {"max_len": 20, "batch_size": 512, "epochs": 15}
+
+
+def test_sequence_epochs_are_bounded_by_the_target_budget():
+    """At a million events the epoch count follows the 10M-target budget, not the step rule (31 here), and never
+    falls under 5 (catches the budget ignored, or applied below the floor at 10M events)."""
+    million = sizing.sequence_sizes(np.full(50_000, 20), **AUTO)
+    assert million["batch_size"] == 512 and million["epochs"] == math.ceil(10_000_000 / (50_000 * 19)) == 11
+    assert sizing.sequence_sizes(np.full(500_000, 20), **AUTO)["epochs"] == 5
 
 
 def test_sequence_sizes_in_between_and_given_values_kept():
