@@ -229,8 +229,10 @@ def _row(event: Event, received_at: float) -> tuple:
     )
 
 
-def sqlite_path(url: str, root: str | Path | None = None) -> Path | None:
+def sqlite_path(url: str | Path, root: str | Path | None = None) -> Path | None:
     """The SQLite file a ``feedback.url`` names (relative to ``root``), or None for a PostgreSQL URL."""
+    if isinstance(url, os.PathLike):
+        url = os.fspath(url)
     if not isinstance(url, str) or not url.strip() or _NUL in url:
         raise FeedbackError(f"feedback.url: a SQLite file path or postgresql://..., got {url!r}")
     if "://" in url:
@@ -255,7 +257,7 @@ class FeedbackStore:
     One connection per thread (the service's threadpool and event loop each get their own).
     """
 
-    def __init__(self, url: str, *, root: str | Path | None = None) -> None:
+    def __init__(self, url: str | Path, *, root: str | Path | None = None) -> None:
         self.path = sqlite_path(url, root)
         self.dialect = "sqlite" if self.path is not None else "postgresql"
         self.url = url if self.path is None else str(self.path)
@@ -538,13 +540,22 @@ class FeedbackStore:
 def span_frame(events: pd.DataFrame, implied_ratings: Mapping[str, float] | None = None) -> pd.DataFrame:
     """Stored events as a span in the canonical interactions format (the ``table`` loader's columns) plus
     ``review``, ``event_id`` and ``event``; events without a rating get ``implied_ratings[event]``."""
+    from recforge.interactions import parse_int_id
+
+    def ids(column: pd.Series) -> pd.Series:
+        # ids are stored as text; a column of canonical integers goes out as int64 (as a CSV of them would read),
+        # so a span joins base data with integer ids (the gate wants one id type per column)
+        text = column.astype(str)
+        numbers = [parse_int_id(value) for value in text]
+        return pd.Series(numbers, index=column.index, dtype="int64") if None not in numbers else text
+
     implied = {**IMPLIED_RATINGS, **(implied_ratings or {})}
     rating = events["rating"].astype("float64")
     rating = rating.where(rating.notna(), events["event"].map(implied).astype("float64"))
     return pd.DataFrame(
         {
-            "user_id": events["user_id"].astype(str),
-            "item_id": events["item_id"].astype(str),
+            "user_id": ids(events["user_id"]),
+            "item_id": ids(events["item_id"]),
             "rating": rating,
             "timestamp": events["timestamp"].astype("int64"),
             "review": events["review"].fillna("").astype(str),

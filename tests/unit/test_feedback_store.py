@@ -250,6 +250,18 @@ def test_span_keeps_reviews_and_implies_ratings(store, tmp_path):
     assert pd.read_csv(csv.path)["rating"].tolist() == [4.0, 0.0]
 
 
+def test_integer_ids_leave_as_integers_other_ids_as_text(store, tmp_path):
+    # catches ids exported as text "42" next to base data whose ids are int64 42 (the gate refuses mixed id types
+    # and the retrain would see two different users), and "007" turned into 7 (another id)
+    store.add([event(42, 7, "purchase"), event("43", "8", "purchase")])
+    span = pd.read_parquet(store.export(tmp_path / "ints.parquet").path)
+    assert span["user_id"].dtype == "int64" and span["user_id"].tolist() == [42, 43]
+    assert span["item_id"].tolist() == [7, 8]
+    store.add([event("44", "007", "purchase")])
+    text = pd.read_parquet(store.export(tmp_path / "text.parquet").path)
+    assert text["user_id"].tolist() == [44] and text["item_id"].tolist() == ["007"]
+
+
 def test_export_refuses_to_overwrite_and_bad_suffixes(store, tmp_path):
     # catches a span silently replaced (events of the old file lost) and a file the loaders cannot read
     store.add([event()])
