@@ -32,6 +32,7 @@ from recforge.features import (
     positive_groups,
 )
 from recforge.params import Params
+from recforge.progress import Progress
 from recforge.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -123,11 +124,13 @@ def iter_part(
         order = np.argsort(block, kind="stable")
         keyed[name] = (frame.iloc[order], block[order])
     n_blocks = (len(data.maps.user_ids) + size - 1) // size
+    progress = Progress(f"rerank {part} candidates + features", n_blocks, unit=" user blocks")
     for b in range(n_blocks):
         lists = {}
         for name, (frame, block) in keyed.items():
             lo, hi = np.searchsorted(block, [b, b + 1])
             lists[name] = frame.iloc[lo:hi]
+        progress.advance()
         if not any(len(f) for f in lists.values()):
             continue
         yield context.add(candidate_frame(lists, data.maps, per_model), llm_scorer=llm_scorer)

@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from recforge.features import positive_groups
+from recforge.progress import Progress
 from recforge.ranking import batched
 from recforge.threads import resolve_threads
 
@@ -260,7 +261,11 @@ class LambdaRankReranker:
         curves = [[] for _ in boosters]
         active = [True] * len(boosters)
         best_mean, best_round, patience = -np.inf, 0, cfg["early_stopping_rounds"]
+        progress = Progress(
+            f"lambdarank: {len(boosters)} fold models", cfg["num_boost_round"], unit=" rounds (at most)"
+        )
         for round_ in range(1, cfg["num_boost_round"] + 1):
+            progress.advance()
             for i, booster in enumerate(boosters):
                 if active[i]:
                     booster.update()
