@@ -45,8 +45,18 @@ def serve_args(params: Params, **where: str | None) -> ServeArgs:
         explain_budget_s=serve.explain_budget_s,
         feedback_url=feedback_url(params),
         feedback_staleness_s=params.feedback.staleness_s,
+        **_follow(params),
         **where,
     )
+
+
+def _follow(params: Params) -> dict[str, Any]:
+    """``serve.follow: production``: the registry the workers poll (absolute) and how often."""
+    if params.serve.follow != "production":
+        return {}
+    from recforge.production import registry_path
+
+    return {"follow_registry": str(registry_path(params).resolve()), "poll_s": params.serve.poll_s}
 
 
 def feedback_url(params: Params) -> str | None:
@@ -188,10 +198,17 @@ def serve_command(params: Params, *, port: int | None = None) -> tuple[list[str]
     ``service/`` is served from source with them, pinned to the same model tag.
     """
     record = Path(params.paths.reports_dir) / "package.json"
-    if not record.exists():
+    packaged = json.loads(record.read_text()) if record.exists() else {}
+    tag = packaged.get("model_tag")
+    if params.serve.follow == "production":  # start on production when there is one (the workers then follow it)
+        from recforge.production import current
+
+        now = current(params)
+        if now is not None and now.tag != tag:
+            tag, packaged = now.tag, {}
+    if tag is None:
         raise RecforgeError(f"{record}: nothing packaged yet; run `recforge package`")
-    packaged = json.loads(record.read_text())
-    args = serve_args(params, model_tag=packaged["model_tag"])
+    args = serve_args(params, model_tag=tag)
     env = {**os.environ, "BENTOML_DO_NOT_TRACK": "True"}
     for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         env.setdefault(name, str(params.serve.threads))

@@ -541,6 +541,9 @@ def serve(
     params_file: ParamsOpt = Path(DEFAULT_PARAMS_FILE),
     set_: SetOpt = None,
     port: Annotated[int | None, typer.Option(help="default serve.port")] = None,
+    follow: Annotated[
+        str | None, typer.Option(help="'production': hot-swap to each new production version (serve.follow)")
+    ] = None,
     debug: DebugOpt = False,
 ) -> None:
     """Serve the last packaged Bento on serve.host:serve.port (127.0.0.1:3000 by default)."""
@@ -548,7 +551,10 @@ def serve(
     def body() -> None:
         from recforge.bento import serve_command
 
-        params = load_params(params_file, set_ or [])
+        if follow is not None and follow not in ("production", "none"):
+            raise RecforgeError(f"--follow {follow[:40]!r}: expected 'production' or 'none'")
+        overrides = [*(set_ or []), *([f"serve.follow={'null' if follow == 'none' else follow}"] if follow else [])]
+        params = load_params(params_file, overrides)
         command, env = serve_command(params, port=port)
         errors.print(f"serving on http://{params.serve.host}:{port or params.serve.port}")
         os.execvpe(command[0], command, env)

@@ -507,9 +507,11 @@ class Engine:
 
     def metadata(self) -> dict[str, Any]:
         k = self.params.evaluate.k
+        # the exact model-store tag (content hash included) the package records; older packages: name:version
+        version = self.manifest.get("tag") or f"{self.manifest['name']}:{self.manifest['version']}"
         return {
-            # the exact model-store tag (content hash included) the package records; older packages: name:version
-            "model_tag": self.manifest.get("tag") or f"{self.manifest['name']}:{self.manifest['version']}",
+            "model_tag": version,
+            "model_version": version,  # what X-Recforge-Model-Version names (recforge.follow)
             "data_hash": self.manifest["data_hash"],
             "params_hash": self.manifest["params_hash"],
             "created": self.manifest["created"],

@@ -278,7 +278,9 @@ class ServeParams(_Section):
     added); ``max_body_bytes`` (413), ``max_concurrency`` per worker (429),
     ``max_explained`` items and ``explain_budget_s`` seconds of explanations per
     request. A non-loopback ``host`` needs a token: `recforge serve` makes one
-    and prints it once when none is set.
+    and prints it once when none is set. ``follow: production``: every worker
+    reads the production registry every ``poll_s`` seconds (0.1 to 300) and
+    hot-swaps to a new production version (recforge.follow, docs/lifecycle.md).
     Everything but ``host``, ``port``, ``api_token``, ``explainer*`` and
     ``build`` reaches the service as its typed arguments (recforge.schemas.ServeArgs).
     """
@@ -299,6 +301,8 @@ class ServeParams(_Section):
     max_concurrency: int = Field(100, ge=1)
     max_explained: int = Field(10, ge=0, le=100)
     explain_budget_s: float = Field(5.0, gt=0)
+    follow: Literal["production"] | None = None
+    poll_s: float = Field(2.0, ge=0.1, le=300)
 
 
 class PromoteParams(_Section):

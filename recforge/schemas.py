@@ -158,6 +158,17 @@ class ServeArgs(BaseModel):
     explain_budget_s: float = Field(EXPLAIN_BUDGET_S, gt=0, description="seconds one request spends explaining")
     feedback_url: str | None = Field(None, description="the feedback store (absolute SQLite path or postgresql://)")
     feedback_staleness_s: float = Field(1.0, ge=0, le=60, description="exclusion sets reused this long at most")
+    follow_registry: str | None = Field(
+        None, max_length=1024, description="follow this production registry (absolute path; recforge.follow)"
+    )
+    poll_s: float = Field(2.0, ge=0.1, le=300, description="seconds between two reads of the followed registry")
+
+    @field_validator("follow_registry")
+    @classmethod
+    def _registry(cls, path: str | None) -> str | None:
+        if path and (not path.startswith("/") or not path.endswith(".json") or not path.isprintable()):
+            raise ValueError(f"follow_registry must be an absolute path to a .json file, got {path!r}")
+        return path or None
 
     @field_validator("model_tag")
     @classmethod

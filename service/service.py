@@ -32,6 +32,13 @@ Exposure (docs/security.md):
   bounded per request (``max_explained`` items, ``explain_budget_s`` seconds);
 - every 4xx answers ``{"error": str, "detail": str}`` as the schema declares,
   and is logged as one line, not a traceback.
+
+Versions: every answer names the model version that computed it
+(``X-Recforge-Model-Version``; ``model_version`` in /metadata). The Guard pins
+the current engine to a request when it arrives; with ``follow_registry``
+(``recforge serve --follow production``) each worker hot-swaps to each new
+production version (recforge.follow) and a request in flight finishes on the
+engine it was pinned to.
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import hmac
+import inspect
 import json
 import logging
 import os
@@ -53,6 +61,7 @@ from pydantic import Field, ValidationError
 from starlette.responses import JSONResponse
 
 from recforge.errors import RecforgeError
+from recforge.follow import VERSION_HEADER, EngineSlot, model_version, pin, unpin
 from recforge.schemas import (
     MAX_ENCODE_CHARS,
     MAX_ENCODE_TEXTS,
@@ -102,6 +111,17 @@ class Guard:
         self._methods: dict[str, frozenset[str]] | None = None
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        engine = _serving() if scope["type"] == "http" else None
+        if engine is None:
+            await self._guarded(scope, receive, send)
+            return
+        token = pin(engine)  # this request's engine, from its first line to its last (recforge.follow)
+        try:
+            await self._guarded(scope, receive, _Versioned(send, model_version(engine).encode("latin-1")))
+        finally:
+            unpin(token)
+
+    async def _guarded(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -121,7 +141,7 @@ class Guard:
             await self._answer(scope, receive, send, _error(405, f"{method} is not allowed here", {"Allow": allow}))
             return
         if method in ("GET", "HEAD") and path.rstrip("/") == "/metadata":  # HEAD: the server sends no body
-            await JSONResponse(bentoml.get_current_service().engine.metadata())(scope, receive, send)
+            await JSONResponse(_metadata(bentoml.get_current_service()))(scope, receive, send)
             return
         if method == "GET" and path == "/docs.json":
             await self._docs(scope, receive, send)
@@ -202,6 +222,35 @@ class Guard:
                 return
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
         await send({"type": "http.response.body", "body": self._schema})
+
+
+def _serving() -> Any:
+    """The engine new requests get (None before the service is instantiated)."""
+    try:
+        return bentoml.get_current_service().engine
+    except (BentoMLException, AttributeError):
+        return None
+
+
+def _metadata(service: Any) -> dict[str, Any]:
+    """/metadata: the request's engine's, with the follower's state when the worker follows production."""
+    follower = getattr(service, "follower", None)
+    return {**service.engine.metadata(), "follow": follower.status() if follower is not None else None}
+
+
+class _Versioned:
+    """``send`` wrapper: the response names the model version that answered (``X-Recforge-Model-Version``)."""
+
+    __slots__ = ("send", "version")
+
+    def __init__(self, send: Any, version: bytes) -> None:
+        self.send, self.version = send, version
+
+    async def __call__(self, message: dict) -> None:
+        if message["type"] == "http.response.start":
+            headers = [(k, v) for k, v in message.get("headers", ()) if k.lower() != VERSION_HEADER]
+            message = {**message, "headers": [*headers, (VERSION_HEADER, self.version)]}
+        await self.send(message)
 
 
 def _host_name(host: str) -> str:
@@ -404,6 +453,9 @@ class Recforge:
     if ARGS.model_tag is not None:
         model_ref = bentoml.models.BentoModel(ARGS.model_tag)
 
+    engine = EngineSlot()  # the request's pinned engine, else the current one; assigning it is the switch
+    follower = None
+
     def __init__(self) -> None:
         from recforge.engine import Engine
         from recforge.threads import limit_threads
@@ -422,8 +474,8 @@ class Recforge:
                 "a public service needs a token (`recforge serve` makes one)"
             )
         logging.getLogger("bentoml._internal.server.http_app").addFilter(_ClientErrorsOneLine())
-        self.engine = Engine.load(
-            directory,
+        load = lambda path: Engine.load(  # noqa: E731 - the same arguments for the first and every followed package
+            path,
             device=ARGS.device,
             model=ARGS.model,
             max_explained=ARGS.max_explained,
@@ -431,7 +483,13 @@ class Recforge:
             feedback_url=ARGS.feedback_url,
             feedback_staleness_s=ARGS.feedback_staleness_s,
         )
+        self.engine = load(directory)
         limit_threads(ARGS.threads)  # after loading: plugins may set their own thread counts while they load
+        if ARGS.follow_registry:
+            from recforge.follow import Follower
+
+            slot = inspect.getattr_static(type(self), "engine")
+            self.follower = Follower(self, slot, Path(ARGS.follow_registry), ARGS.poll_s, load).start()
 
     @bentoml.api(route="/recommend")
     async def recommend(
@@ -488,8 +546,8 @@ class Recforge:
 
     @bentoml.api(route="/metadata")
     async def metadata(self) -> dict:
-        """Model tag, data hash, metrics, counts and an example user id (also served on GET)."""
-        return self.engine.metadata()
+        """Model tag and version, data hash, metrics, counts, an example user id, follow state (also on GET)."""
+        return _metadata(self)
 
 
 Recforge.add_asgi_middleware(Guard)  # before anything of ours answers (BentoML's traffic limits come first)
