@@ -255,6 +255,36 @@ def markdown(rows: list[dict], meta: dict, ceiling: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def history_breakdown(engine, items: list, k: int, repeats: int) -> dict:
+    """Where a re-ranked /recommend/history request spends its time: each candidate model's fold-in (the call
+    the engine makes), the session's features and the re-ranker's scoring (OnlineReranker.rank_history's
+    timings); p50/p99 ms of each part over ``repeats`` sessions of HISTORY_ITEMS random known items."""
+    rng = random.Random(2)
+    reranker = engine.reranker
+    parts: dict[str, list[float]] = {}
+    for _ in range(repeats):
+        known = np.array([engine.maps.lookup_item(i) for i in rng.sample(items, HISTORY_ITEMS)], dtype=np.int64)
+        lists = {}
+        for name in reranker.models:
+            started = time.perf_counter()
+            lists[name] = engine.models[name].recommend_history(known, k=reranker.per_model, exclude_seen=True)
+            parts.setdefault(f"fold-in {name}", []).append((time.perf_counter() - started) * 1000.0)
+        timings: dict[str, float] = {}
+        reranker.rank_history(known, lists, k, timings=timings)
+        for part, seconds in timings.items():
+            parts.setdefault(part, []).append(seconds * 1000.0)
+    total = np.sum(list(parts.values()), axis=0)
+    row = {
+        "endpoint": "/recommend/history breakdown",
+        "calls": repeats,
+        "total_p50_ms": round(float(np.median(total)), 3),
+    }
+    for part, values in parts.items():
+        row[f"{part} p50/p99 ms"] = f"{np.percentile(values, 50):.2f} / {np.percentile(values, 99):.2f}"
+    print(json.dumps(row), flush=True)
+    return row
+
+
 def in_process(params, users: list, items: list, k: int, repeats: int) -> list[dict]:
     """Latency of the Engine calls alone (no HTTP): what the server computes per request."""
     import bentoml
@@ -274,6 +304,8 @@ def in_process(params, users: list, items: list, k: int, repeats: int) -> list[d
         "/explain": lambda i: engine.explain(users[i % len(users)], items[i % len(items)]),
     }
     rows = []
+    if engine.reranks_sessions:
+        rows.append(history_breakdown(engine, items, k, repeats))
     for path, call in calls.items():
         n = repeats if path != "/recommend/text" else max(20, repeats // 10)
         times = []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -122,11 +123,14 @@ class OnlineReranker:
         *,
         context: Any = None,
         maps: IdMaps | None = None,
+        timings: dict[str, float] | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` (dense items, scores) from each candidate model's (items, scores) for dense ``user``
-        (of ``maps`` and ``context``: the package's users by default, a session's for :meth:`rank_history`)."""
+        (of ``maps`` and ``context``: the package's users by default, a session's for :meth:`rank_history`).
+        ``timings``: seconds spent building the features and scoring are added to it (bench/serve.py)."""
         from recforge.features import dense_candidate_frame
 
+        started = time.perf_counter()
         context = context if context is not None else self.context
         maps = maps if maps is not None else self.maps
         dense = {}
@@ -139,16 +143,28 @@ class OnlineReranker:
         if not any(len(block[1]) for block in dense.values()):
             return np.zeros(0, np.int64), np.zeros(0)
         frame = context.add(dense_candidate_frame(dense, maps))
+        featured = time.perf_counter()
         scores = np.asarray(self.model.rerank(frame), dtype=np.float64)
         items = frame["item"].to_numpy()
         order = np.lexsort((items, -scores))[:k]
+        if timings is not None:
+            timings["features"] = timings.get("features", 0.0) + featured - started
+            timings["scoring"] = timings.get("scoring", 0.0) + time.perf_counter() - featured
         return items[order], scores[order]
 
     def rank_history(
-        self, history: np.ndarray, lists: dict[str, tuple[np.ndarray, np.ndarray]], k: int
+        self,
+        history: np.ndarray,
+        lists: dict[str, tuple[np.ndarray, np.ndarray]],
+        k: int,
+        timings: dict[str, float] | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` for an anonymous session: dense ``history`` items (time order) and each candidate
         model's fold-in (items, scores) for it; the features of a user with exactly that history
         (:meth:`recforge.features.FeatureContext.for_history`), then the fold models' mean score."""
+        started = time.perf_counter()
         session = IdMaps(user_ids=pd.Index([SESSION], name="user_id"), item_ids=self.maps.item_ids)
-        return self.rank(0, lists, k, context=self.context.for_history(history), maps=session)
+        context = self.context.for_history(history)
+        if timings is not None:
+            timings["features"] = timings.get("features", 0.0) + time.perf_counter() - started
+        return self.rank(0, lists, k, context=context, maps=session, timings=timings)

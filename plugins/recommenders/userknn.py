@@ -86,10 +86,12 @@ class UserKNN:
 
     def recommend_history(self, item_ids, *, k, exclude_seen=True):
         row = history_row(item_ids, self.seen.shape[1])
-        # weight the anonymous row like a training row (IDF of its items)
-        weighted = weight_rows(
-            sp.vstack([self.seen, row]).tocsr(), self.config["weighting"], k1=self.config["k1"], b=self.config["b"]
-        )[-1]
+        if self.config["weighting"] == "none":  # the row as it is: no need to copy every training row with it
+            weighted = sp.csr_matrix(row, dtype=np.float32)
+        else:  # weight the anonymous row like a training row (IDF over the training rows and this one)
+            weighted = weight_rows(
+                sp.vstack([self.seen, row]).tocsr(), self.config["weighting"], k1=self.config["k1"], b=self.config["b"]
+            )[-1]
         return top_k(self._score(weighted, None), k, seen=row if exclude_seen else None)
 
     def save(self, directory: Path) -> None:

@@ -60,3 +60,24 @@ def test_scores_equal_brute_force(monkeypatch, dense_entries) -> None:
         np.testing.assert_allclose(
             scores[row], np.sort(np.where(seen[user] > 0, -np.inf, want[user]))[::-1][:5], rtol=1e-4
         )
+
+
+@pytest.mark.parametrize("weighting", ["none", "tfidf", "bm25"])
+def test_a_history_is_weighted_as_a_training_row(weighting) -> None:
+    """recommend_history's row is weighted as weight_rows weights it among the training rows (catches the 'none'
+    shortcut giving another row than the full reweighting, e.g. binary where the training rows carry weights)."""
+    import scipy.sparse as sp
+
+    from recforge.ranking import history_row, top_k
+
+    from recforge_plugins.recommenders._knn import weight_rows
+
+    events = _events(seed=1)
+    model = UserKNN(neighbors=8, weighting=weighting).fit(events, context=FitContext(items=None, maps=None))
+    history = np.array([3, 17, 5, 29])
+    row = history_row(history, events.n_items)
+    stacked = weight_rows(sp.vstack([model.seen, row]).tocsr(), weighting)[-1]
+    want = top_k(model._score(stacked, None), 6, seen=row)
+    got = model.recommend_history(history, k=6)
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_allclose(got[1], want[1], rtol=1e-6)
