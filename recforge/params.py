@@ -311,7 +311,10 @@ class PromoteParams(_Section):
     A candidate is blessed when its ``metric`` on the evaluation data is at least ``floor`` and at
     least the production model's plus ``min_delta`` (0: not worse). ``bootstrap``: resamples of the
     users for the confidence interval. ``registry``: the production registry file (null: beside the
-    BentoML model store, ``$BENTOML_HOME/recforge/production.json``).
+    BentoML model store, ``$BENTOML_HOME/recforge/production.json``). ``infra_validate``: before a
+    blessed candidate is promoted it is served for real (recforge.infra): ready within
+    ``infra_timeout_s``, ``infra_users`` users answered as the offline lists say, p99 within
+    ``infra_p99_ms``; false skips it (quick runs).
     """
 
     metric: str = "ndcg@10"
@@ -319,6 +322,10 @@ class PromoteParams(_Section):
     floor: float = Field(0.0, ge=0.0, le=1.0)
     bootstrap: int = Field(1000, ge=0, le=100_000)
     registry: str | None = None
+    infra_validate: bool = True
+    infra_users: int = Field(20, ge=1, le=1000)
+    infra_p99_ms: float = Field(100.0, gt=0, le=60_000)
+    infra_timeout_s: float = Field(180.0, ge=1, le=1800)
 
     @field_validator("metric")
     @classmethod

@@ -159,9 +159,10 @@ def register(
     blessing: dict[str, Any] | None = None,
     spans: list[str] | None = None,
     evaluated: list[str] | None = None,
+    infra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Add (or update) a model-store tag in the registry's versions: its metrics, blessing, the spans it
-    was trained on and those it was evaluated on."""
+    was trained on and those it was evaluated on, its infra-validation (recforge.infra)."""
     package_path, content = store_entry(tag)
 
     def change(body: dict[str, Any]) -> None:
@@ -175,6 +176,8 @@ def register(
             entry["spans"] = list(spans)
         if evaluated is not None:
             entry["evaluated_on"] = list(evaluated)
+        if infra is not None:
+            entry["infra_validation"] = infra
         body["versions"][tag] = entry
 
     return _edit(params, change)

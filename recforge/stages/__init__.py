@@ -287,8 +287,13 @@ STAGES: tuple[Stage, ...] = (
     ),
     Stage(
         "promote",
-        params=("promote",),
-        deps=("recforge/stages/promote.py", "recforge/production.py", "${paths.reports_dir}/blessing.json"),
+        params=("promote", "serve"),
+        deps=(
+            "recforge/stages/promote.py",
+            "recforge/production.py",
+            "recforge/infra.py",
+            "${paths.reports_dir}/blessing.json",
+        ),
         outs=("${paths.reports_dir}/promotion.json",),
         dvc=False,
     ),

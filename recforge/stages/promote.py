@@ -1,5 +1,7 @@
-"""promote: register the blessed candidate and make it production (recforge.production); a rejected one is
-registered with its blessing and production stays. Writes reports/promotion.json."""
+"""promote: infra-validate the blessed candidate (recforge.infra, unless promote.infra_validate is false),
+register it and make it production (recforge.production); a rejected one, or one that fails its
+infra-validation, is registered with its blessing (and infra-validation) and production stays. Writes
+reports/promotion.json."""
 
 from __future__ import annotations
 
@@ -22,6 +24,15 @@ def run_promote(params: Params, variant: str | None = None, *, run: str | None =
     metrics = read_json(metrics_file) if metrics_file.exists() else None
     spans = read_manifest(params)
     current = production.current(params)
+    promoted = blessing["decision"] == "blessed" and (current is None or current.tag != tag)
+    reason = blessing["reason"]
+    infra = None
+    if promoted and params.promote.infra_validate:
+        from recforge.infra import validate
+
+        infra = validate(params, tag)
+        if not infra["passed"]:
+            promoted, reason = False, f"infra-validation failed: {infra['reason']}"
     production.register(
         params,
         tag,
@@ -30,17 +41,19 @@ def run_promote(params: Params, variant: str | None = None, *, run: str | None =
         blessing=blessing,
         spans=[s["name"] for s in spans["spans"]],
         evaluated=[s["name"] for s in spans["held_out"]],
+        infra=infra,
     )
-    promoted = blessing["decision"] == "blessed" and (current is None or current.tag != tag)
     if promoted:
-        production.promote(params, tag, reason=f"blessed: {blessing['reason']}", run=run)
+        why = f"blessed: {reason}" + (f"; infra-validated: {infra['reason']}" if infra else "")
+        production.promote(params, tag, reason=why[: production.MAX_REASON], run=run)
     result = {
         "promoted": promoted,
         "tag": tag,
         "production": production.current(params).tag if production.current(params) else None,
         "previous": current.tag if current else None,
         "decision": blessing["decision"],
-        "reason": blessing["reason"],
+        "reason": reason,
+        "infra_validation": infra,
         "run": run,
     }
     write_json(result, Path(params.paths.reports_dir) / "promotion.json")

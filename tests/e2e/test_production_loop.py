@@ -26,7 +26,7 @@ PARAMS = {
     "rerank": {"enabled": False},
     "evaluate": {"ks": [5, 10], "list_length": 20},
     "serve": {"build": False},
-    "promote": {"bootstrap": 200},
+    "promote": {"bootstrap": 200, "infra_validate": False},  # served for real in test_infra_validation.py
 }
 
 
