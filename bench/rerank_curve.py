@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
 
     from recforge import rerank
-    from recforge.features import feature_columns, group_sizes
+    from recforge.candidates import feature_columns, group_sizes
     from recforge.metrics import evaluate
     from recforge.params import load_params, paths_under
     from recforge.workspace import Workspace

@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
 
-    from recforge.features import group_sizes, labels_for
+    from recforge.candidates import group_sizes, labels_for
     from recforge.params import load_params, paths_under
     from recforge.reports import markdown_table
     from recforge.rerank import build_part, candidate_models, make_reranker, positive_users

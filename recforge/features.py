@@ -8,16 +8,15 @@ part, so that no feature ever sees the part's own target:
 - part ``test``: candidates from the lists of models refitted on train + val,
   history = train + val events; the test events are never read here.
 
-:func:`candidate_frame` builds the union of every model's top-N lists and
-:func:`build_features` adds one column per feature; rows are sorted by user so
-that consecutive blocks are the ranking groups.
+:func:`recforge.candidates.candidate_frame` builds the union of every model's
+top-N lists and :func:`build_features` adds one column per feature; rows are
+sorted by user so that consecutive blocks are the ranking groups.
 """
 
 from __future__ import annotations
 
 import logging
-import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +24,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from recforge.candidates import safe_name
 from recforge.interactions import IdMaps, Interactions
 from recforge.ranking import reciprocal_rank_fusion
 
@@ -47,11 +47,6 @@ SENTIMENT_PREFIXES = ("sent_",)
 # Each reads only events at or before the cut-off, so none carries information from after it
 # (under leave-last-out, other users' later events are in the training history)
 TIMELINE_FEATURES = (*TIMELINE_WINDOWS, "item_last_gap_days", "item_age_days")
-
-
-def safe_name(name: str) -> str:
-    """A feature-name-safe version of a model or encoder name (LightGBM rejects JSON punctuation)."""
-    return re.sub(r"[^0-9A-Za-z_]+", "_", str(name))
 
 
 @dataclass
@@ -77,69 +72,6 @@ class PartData:
     # user profile vectors per encoder, as the encode stage wrote them (recforge.profiles);
     # an encoder missing here gets its profiles computed from ``history`` with ``profile_settings``
     profiles: dict[str, np.ndarray] = field(default_factory=dict)
-
-
-def candidate_frame(lists: Mapping[str, pd.DataFrame], maps: IdMaps, per_model: int) -> pd.DataFrame:
-    """Union of every model's top-``per_model`` items per user, one row per (user, item).
-
-    Columns: ``user``/``item`` (dense), ``user_id``/``item_id`` (original),
-    ``<model>_score``, ``<model>_rank`` (NaN where the model did not propose
-    the item) and ``<model>_gap`` (score minus the model's best score for the
-    user). Rows are sorted by user, then item.
-    """
-    dense = {}
-    for name, frame in lists.items():
-        top = frame[frame["rank"] <= per_model]
-        users, items = maps.user_index(top["user_id"]), maps.item_index(top["item_id"])
-        dense[name] = (users, items, top["score"].to_numpy(np.float32), top["rank"].to_numpy(np.float32))
-    return dense_candidate_frame(dense, maps)
-
-
-def dense_candidate_frame(
-    lists: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]], maps: IdMaps
-) -> pd.DataFrame:
-    """:func:`candidate_frame` from dense (users, items, scores, ranks) per model, already cut to the
-    top ``per_model``; rows whose user or item is -1 (unknown) are dropped. The online re-ranker calls
-    this directly (no id round trip per request)."""
-    n_items = len(maps.item_ids)
-    blocks = []
-    for name, (users, items, scores, ranks) in lists.items():
-        valid = (users >= 0) & (items >= 0)
-        keys = users[valid].astype(np.int64) * n_items + items[valid]
-        keys, first = np.unique(keys, return_index=True)  # one row per (user, item): its first occurrence
-        blocks.append(
-            (
-                safe_name(name),
-                keys,
-                np.asarray(scores, dtype=np.float32)[valid][first],
-                np.asarray(ranks, dtype=np.float32)[valid][first],
-            )
-        )
-    if not blocks:
-        raise ValueError("no candidate lists")
-    union = np.unique(np.concatenate([keys for _, keys, _, _ in blocks]))  # sorted: by user, then item
-    users, items = union // n_items, union % n_items
-    columns: dict[str, np.ndarray] = {
-        "user": users,
-        "item": items,
-        "user_id": maps.user_ids.to_numpy()[users],
-        "item_id": maps.item_ids.to_numpy()[items],
-    }
-    for key, keys, scores, ranks in blocks:
-        at = np.searchsorted(union, keys)
-        owners, inverse = np.unique(keys // n_items, return_inverse=True)
-        best = np.full(len(owners), -np.inf, dtype=np.float32)
-        np.maximum.at(best, inverse, scores)
-        for suffix, values in (("score", scores), ("rank", ranks), ("gap", scores - best[inverse])):
-            column = np.full(len(union), np.nan, dtype=np.float32)
-            column[at] = values
-            columns[f"{key}_{suffix}"] = column
-    return pd.DataFrame(columns)
-
-
-def model_columns(frame: pd.DataFrame, model: str) -> list[str]:
-    key = safe_name(model)
-    return [c for c in (f"{key}_score", f"{key}_rank", f"{key}_gap") if c in frame.columns]
 
 
 def _pairs(matrix: sp.spmatrix, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
@@ -476,35 +408,3 @@ def _profiles(history: Interactions, vectors: np.ndarray, settings: Any) -> np.n
     from recforge.profiles import ProfileSettings, profile_vectors
 
     return profile_vectors(history, vectors, settings or ProfileSettings())
-
-
-def feature_columns(frame: pd.DataFrame) -> list[str]:
-    """Every feature column of a built frame (everything but ids and the label)."""
-    return [c for c in frame.columns if c not in ("user", "item", "user_id", "item_id", "label")]
-
-
-def truth_keys(truth: pd.DataFrame) -> pd.MultiIndex:
-    """The (user_id, item_id) pairs of held-out events, for :func:`labels_for`."""
-    return pd.MultiIndex.from_frame(truth[["user_id", "item_id"]])
-
-
-def labels_for(frame: pd.DataFrame, truth: pd.DataFrame | pd.MultiIndex) -> np.ndarray:
-    """1 where (user_id, item_id) is a held-out event of ``truth`` (a frame or its :func:`truth_keys`), else 0."""
-    keys = truth if isinstance(truth, pd.MultiIndex) else truth_keys(truth)
-    rows = pd.MultiIndex.from_frame(frame[["user_id", "item_id"]])
-    return rows.isin(keys).astype(np.int32)
-
-
-def positive_groups(labels: np.ndarray, groups: np.ndarray) -> np.ndarray:
-    """Per group (user, ``groups[g]`` consecutive rows), whether any of its rows has a positive label."""
-    if not len(groups):
-        return np.zeros(0, dtype=bool)
-    starts = np.concatenate([[0], np.cumsum(groups)[:-1]]).astype(np.int64)
-    return np.add.reduceat(np.asarray(labels, dtype=np.float64), starts) > 0
-
-
-def group_sizes(frame: pd.DataFrame) -> np.ndarray:
-    """Rows per consecutive user block (the frame is sorted by user)."""
-    users = frame["user"].to_numpy()
-    boundaries = np.flatnonzero(np.diff(users)) + 1
-    return np.diff(np.concatenate([[0], boundaries, [len(users)]])).astype(np.int64)

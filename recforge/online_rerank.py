@@ -128,7 +128,7 @@ class OnlineReranker:
         """Top-``k`` (dense items, scores) from each candidate model's (items, scores) for dense ``user``
         (of ``maps`` and ``context``: the package's users by default, a session's for :meth:`rank_history`).
         ``timings``: seconds spent building the features and scoring are added to it (bench/serve.py)."""
-        from recforge.features import dense_candidate_frame
+        from recforge.candidates import dense_candidate_frame
 
         started = time.perf_counter()
         context = context if context is not None else self.context

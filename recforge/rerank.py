@@ -22,15 +22,9 @@ from recforge.artifacts import (
     load_model_dir,
     read_meta,
 )
+from recforge.candidates import candidate_frame, group_sizes, labels_for, positive_groups
 from recforge.errors import RecforgeError
-from recforge.features import (
-    FeatureContext,
-    PartData,
-    candidate_frame,
-    group_sizes,
-    labels_for,
-    positive_groups,
-)
+from recforge.features import FeatureContext, PartData
 from recforge.params import Params
 from recforge.progress import Progress
 from recforge.workspace import Workspace

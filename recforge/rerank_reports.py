@@ -15,18 +15,8 @@ import numpy as np
 import pandas as pd
 
 from recforge.artifacts import atomic_path, write_text
-from recforge.features import (
-    LLM_PREFIXES,
-    SENTIMENT_PREFIXES,
-    TEXT_PREFIXES,
-    TIMELINE_FEATURES,
-    feature_columns,
-    group_sizes,
-    labels_for,
-    model_columns,
-    safe_name,
-    truth_keys,
-)
+from recforge.candidates import feature_columns, group_sizes, labels_for, model_columns, safe_name, truth_keys
+from recforge.features import LLM_PREFIXES, SENTIMENT_PREFIXES, TEXT_PREFIXES, TIMELINE_FEATURES
 from recforge.metrics import evaluate
 from recforge.params import Params
 from recforge.ranking import reciprocal_rank_fusion

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from recforge.features import feature_columns, group_sizes, labels_for, truth_keys
+from recforge.candidates import feature_columns, group_sizes, labels_for, truth_keys
 from recforge.interactions import IdMaps
 from recforge.ranking import batched
 from recforge.sizing import is_auto

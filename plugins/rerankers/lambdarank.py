@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from recforge.features import positive_groups
+from recforge.candidates import positive_groups
 from recforge.progress import Progress
 from recforge.ranking import batched
 from recforge.threads import resolve_threads

@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 
 from recforge.artifacts import atomic_dir, write_meta, write_parquet
-from recforge.features import labels_for
+from recforge.candidates import labels_for
 from recforge.metrics import evaluate
 from recforge.params import Params
 from recforge.rerank import (

@@ -144,7 +144,7 @@ def test_package_and_serve_take_the_same_params_flags_as_run(tmp_path, monkeypat
 def test_a_session_is_reranked_like_a_user_with_that_history(trained):
     # catches /recommend/history answered by one fold-in model while the re-ranker is served, the session's
     # features taken from another user (a known user's last items or profile), or candidates not folded in
-    from recforge.features import candidate_frame
+    from recforge.candidates import candidate_frame
 
     _, directory, _ = trained
     engine = Engine.load(directory, device="cpu", model="rerank")

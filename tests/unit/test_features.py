@@ -6,15 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from recforge.features import (
-    PartData,
-    build_features,
-    candidate_frame,
-    feature_columns,
-    group_sizes,
-    labels_for,
-    transition_matrix,
-)
+from recforge.candidates import candidate_frame, feature_columns, group_sizes, labels_for
+from recforge.features import PartData, build_features, transition_matrix
 from recforge.interactions import IdMaps, Interactions
 
 DAY = 86_400
@@ -172,7 +165,8 @@ def test_llm_scorer_prompts_top_candidates_and_caches(tiny, tmp_path):
 
 def _reference_features(data: PartData, lists: dict, per_model: int, profiles: dict) -> pd.DataFrame:
     """The candidate table and every feature, computed row by row from the definitions in FeatureContext.add."""
-    from recforge.features import item_keywords, safe_name
+    from recforge.candidates import safe_name
+    from recforge.features import item_keywords
     from recforge.profiles import item_genres
 
     h, maps = data.history, data.maps
@@ -431,7 +425,7 @@ def test_small_helpers():
     # catches: safe_name replacing upper-case letters, model_columns missing or inverted, feature_columns
     # keeping an id or the label (a model trained on ids or on the answer), group_sizes' int64 (LightGBM),
     # labels_for ignoring a precomputed truth_keys index, the 'no candidate lists' message lost
-    from recforge.features import model_columns, safe_name, truth_keys
+    from recforge.candidates import model_columns, safe_name, truth_keys
 
     assert safe_name("B-x.Model") == "B_x_Model"
     frame = pd.DataFrame(

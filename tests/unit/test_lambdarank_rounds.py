@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from recforge.features import positive_groups
+from recforge.candidates import positive_groups
 from tests.contract.test_rerankers import FEATURES, candidate_table
 
 from recforge_plugins.rerankers.lambdarank import LambdaRankReranker, fold_assignment, peak_round, window_mean

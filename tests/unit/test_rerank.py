@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from recforge import registry
-from recforge.features import feature_columns
+from recforge.candidates import feature_columns
 from recforge.params import load_params
 from recforge.pipeline import run_pipeline
 from recforge.rerank import (

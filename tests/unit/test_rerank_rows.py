@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from recforge.features import positive_groups
+from recforge.candidates import positive_groups
 from recforge.params import load_params
 from recforge.pipeline import run_pipeline
 from recforge.rerank import candidate_models, make_reranker, positive_users, ranked_lists, read_lists, training_table
@@ -54,7 +54,9 @@ def test_positive_users_are_the_ones_with_a_labelled_candidate(workspace) -> Non
     models = candidate_models(params)
     frame, labels, groups = training_table(ws, models)
     want = np.sort(frame["user"].to_numpy()[np.cumsum(groups) - 1][positive_groups(labels, groups)])
-    got = positive_val_users(read_lists(params, models, "val"), ws.frame("val"), ws.maps, params.rerank.candidates_per_model)
+    got = positive_val_users(
+        read_lists(params, models, "val"), ws.frame("val"), ws.maps, params.rerank.candidates_per_model
+    )
     assert len(got) > 10
     np.testing.assert_array_equal(got, want)
 
