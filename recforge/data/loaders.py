@@ -236,6 +236,8 @@ def _table(root: Path, params: DataParams) -> Tables:
     interactions = pd.DataFrame({c: frame[mapping[c]] for c in ("user_id", "item_id", "timestamp")})
     if mapping["rating"] in frame:
         interactions["rating"] = _numbers(frame[mapping["rating"]], path, mapping["rating"])
+    if "review" in frame:  # review text (a feedback span's, recforge.feedback): sentiment weighting reads it
+        interactions["review"] = _text(frame["review"])
     interactions["timestamp"] = _to_seconds(interactions["timestamp"], path, mapping["timestamp"])
     items_path = Path(params.items_path) if params.items_path else None
     if items_path is None and root.is_dir():

@@ -236,6 +236,32 @@ def test_two_exports_neither_repeat_nor_skip(store, tmp_path):
     assert sorted(ids) == sorted([f"a{i}" for i in range(5)] + [f"b{i}" for i in range(3)])
     tables = load(DataParams(format="table", path=str(second.path)))
     assert len(tables.interactions) == 3 and set(tables.interactions["rating"]) == {4.0}
+    assert tables.interactions["review"].tolist() == ["good"] * 3
+
+
+def test_span_reviews_reach_the_canonical_interactions(tmp_path):
+    # catches a span's review text dropped on the way into training (the table loader keeping only ids, rating
+    # and time): sentiment weighting could not read what users wrote through /feedback
+    from recforge.params import load_params
+    from recforge.spans import add_span
+    from recforge.stages.ingest import run_ingest
+    from tests.conftest import TINY, tmp_overrides
+
+    params = load_params(
+        None,
+        tmp_overrides(tmp_path)
+        + TINY
+        + ["data.synthetic.reviews=true", f"data.spans={tmp_path / 'spans'}", "data.spans_held_out=0"]
+        + ["validate.drift.enabled=false"],
+    )
+    base = load(params.data).interactions
+    user, item = int(base["user_id"].iloc[0]), int(base["item_id"].iloc[-1])
+    store = FeedbackStore("events.sqlite3", root=tmp_path)
+    store.add([event(user, item, "rating", rating=5, review="fantastic, loved every minute of it")])
+    add_span(params, store.export(tmp_path / "feedback-1.parquet").path)
+    run_ingest(params)
+    canonical = pd.read_parquet(Path(params.paths.canonical_dir) / "interactions.parquet")
+    assert "fantastic, loved every minute of it" in set(canonical["review"])
 
 
 def test_span_keeps_reviews_and_implies_ratings(store, tmp_path):
