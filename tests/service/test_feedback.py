@@ -25,6 +25,7 @@ from recforge.pipeline import run_pipeline
 from tests.conftest import PROJECT_ROOT, TINY, TINY_RERANK, TINY_RERANK_MODELS, tmp_overrides
 from tests.service.server import served
 from tests.service.test_service import free_port
+from tests.unit import test_feedback_store
 
 TOKEN = "feedback-token"
 
@@ -91,6 +92,26 @@ def test_a_worker_sees_another_workers_feedback_within_the_bound(package, tmp_pa
     FeedbackStore(url).add([{"user_id": user, "item_id": top, "event": "purchase"}])  # "the other worker"
     time.sleep(0.55)
     assert top not in _items(engine.recommend(user, 5))
+
+
+@pytest.fixture(scope="module")
+def postgres_url():
+    yield from test_feedback_store.postgres_server()
+
+
+def test_the_engine_on_a_postgresql_store(package, postgres_url):
+    # catches the PostgreSQL path of the engine broken (placeholders, the batch insert, reading exclusions from
+    # the event loop's connection) where the SQLite tests would not see it
+    import psycopg
+
+    with psycopg.connect(postgres_url, autocommit=True) as connection:
+        connection.execute("DROP TABLE IF EXISTS feedback_events, feedback_exports, schema_version")
+    engine = Engine.load(package / "package", device="cpu", feedback_url=postgres_url, feedback_staleness_s=0)
+    user = plain(engine.maps.user_ids[2])
+    before = _items(engine.recommend(user, 10))
+    batch = [{"user_id": user, "item_id": i, "event": "dislike", "event_id": f"pg-{i}"} for i in before[:3]]
+    assert engine.record_feedback(batch).stored == 3 and engine.record_feedback(batch).duplicates == 3
+    assert _items(engine.recommend(user, 10))[:7] == before[3:]
 
 
 # ---- over HTTP, two workers ------------------------------------------------------------------------------------

@@ -38,7 +38,11 @@ def event(user="u1", item="i1", kind="view", **extra):
 
 @pytest.fixture(scope="module")
 def postgres_url():
-    """A PostgreSQL server for this module (pgserver), or a skip saying why it cannot start.
+    yield from postgres_server()
+
+
+def postgres_server():
+    """A PostgreSQL server's URL (pgserver) until the generator closes, or a skip saying why it cannot start.
 
     Its data directory is its own temporary directory, not pytest's: pytest removes old base temporary
     directories, and another pytest run on the same machine could remove a running server's files.
