@@ -1,7 +1,8 @@
 """The BentoML service end to end: a real `bentoml serve` of a real Bento on 127.0.0.1.
 
-One module-scoped server: the pipeline runs on tiny synthetic data into a tmp
-dir (`recforge run`), `recforge package` saves it to a tmp BentoML store and
+One server (the session-scoped `server` fixture of tests/service/conftest.py,
+shared with test_request_options.py): the pipeline runs on tiny synthetic data
+into a tmp dir (`recforge run`), `recforge package` saves it to a tmp BentoML store and
 builds the Bento, `recforge serve` serves that Bento on a free loopback port
 with a bearer token from params. Every endpoint, the bad inputs and the token
 are then exercised over HTTP.
@@ -9,10 +10,7 @@ are then exercised over HTTP.
 
 from __future__ import annotations
 
-import json
-import os
 import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -21,7 +19,6 @@ import httpx
 import pytest
 
 from tests.conftest import PROJECT_ROOT, TINY, tmp_overrides
-from tests.service.server import served
 
 RECFORGE = str(Path(sys.executable).parent / "recforge")
 TOKEN = "test-token-123"
@@ -39,27 +36,6 @@ def _flags(root: Path, extra: list[str]) -> list[str]:
     for override in tmp_overrides(root) + TINY + ["encode.encoders=[tfidf]", MODELS] + extra:
         flags += ["-S", override]
     return flags
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    root = tmp_path_factory.mktemp("serve")
-    env = {**os.environ, "BENTOML_HOME": str(root / "bentoml"), "BENTOML_DO_NOT_TRACK": "True"}
-    env.pop("RECFORGE_API_TOKEN", None)
-    flags = _flags(root, [f"serve.api_token={TOKEN}", "serve.device=cpu"])
-    for command in (["run"], ["package"]):
-        done = subprocess.run(
-            [RECFORGE, *command, *flags], cwd=root, env=env, capture_output=True, text=True, timeout=300
-        )
-        assert done.returncode == 0, done.stderr[-3000:]
-    packaged = json.loads((root / "reports" / "package.json").read_text())
-    port = free_port()
-    command = [RECFORGE, "serve", "--port", str(port), *flags]
-    with (
-        served(command, port=port, cwd=root, env=env, log_path=root / "serve.log") as base,
-        httpx.Client(base_url=base, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30) as client,
-    ):
-        yield {"client": client, "base": base, "root": root, "packaged": packaged, "env": env}
 
 
 def post(server, path: str, body) -> httpx.Response:
