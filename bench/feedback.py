@@ -10,7 +10,8 @@ Trains a small synthetic package (or takes ``--package DIR``), then on a real ``
    every acknowledged event must be in the store exactly once: acknowledged / stored / lost / duplicated;
 3. ``/recommend`` at concurrency 1 for users with feedback, the exclusion off (no store) and on
    (staleness 1 s, and 0 s: a store read per request), p50/p99; and the same calls of ``Engine.recommend``
-   in process (no HTTP), which show the exclusion's own cost.
+   in process (no HTTP), which show the exclusion's own cost, and with ``feedback.foldin`` (the users' new
+   interests folded into their history).
 
     nice -n 19 .venv/bin/python bench/feedback.py --seconds 10 --kills 10
 
@@ -278,6 +279,7 @@ def engine_latency(package: Path, url: str, users, items, calls: int) -> list[di
         ("off", {}),
         ("on, staleness 1 s", {"feedback_url": url, "feedback_staleness_s": 1.0}),
         ("on, staleness 0 s", {"feedback_url": url, "feedback_staleness_s": 0.0}),
+        ("on, staleness 1 s, fold-in", {"feedback_url": url, "feedback_staleness_s": 1.0, "feedback_foldin": True}),
     ):
         engine = Engine.load(package, device="cpu", **extra)
         times = []
@@ -288,6 +290,7 @@ def engine_latency(package: Path, url: str, users, items, calls: int) -> list[di
         ms = np.array(times) * 1000
         row = {
             "exclusion": label,
+            "model": engine.recommend(chosen[0], 10).model,
             "calls": calls,
             "p50_ms": round(float(np.percentile(ms, 50)), 3),
             "p99_ms": round(float(np.percentile(ms, 99)), 3),
@@ -327,9 +330,11 @@ def markdown(result: dict) -> str:
                 f"| exclusion {r['exclusion']} | {r['requests']} | {r['errors']} | {r['p50_ms']} | {r['p99_ms']} |"
             )
     if result.get("engine"):
-        lines += ["", "| Engine.recommend in process | calls | p50 ms | p99 ms |", "|---|---:|---:|---:|"]
+        lines += ["", "| Engine.recommend in process | model | calls | p50 ms | p99 ms |", "|---|---|---:|---:|---:|"]
         for r in result["engine"]:
-            lines.append(f"| exclusion {r['exclusion']} | {r['calls']} | {r['p50_ms']} | {r['p99_ms']} |")
+            lines.append(
+                f"| exclusion {r['exclusion']} | {r.get('model', '')} | {r['calls']} | {r['p50_ms']} | {r['p99_ms']} |"
+            )
     return "\n".join(lines) + "\n"
 
 

@@ -45,6 +45,7 @@ def serve_args(params: Params, **where: str | None) -> ServeArgs:
         explain_budget_s=serve.explain_budget_s,
         feedback_url=feedback_url(params),
         feedback_staleness_s=params.feedback.staleness_s,
+        feedback_foldin=params.feedback.foldin,
         **_follow(params),
         **where,
     )

@@ -41,6 +41,7 @@ from recforge.schemas import (
     EXPLAIN_BUDGET_S,
     MAX_ECHOED_IDS,
     MAX_EXPLAINED,
+    MAX_HISTORY,
     MAX_K,
     BadRequestError,
     Explanation,
@@ -153,13 +154,15 @@ class Engine:
         explain_budget_s: float = EXPLAIN_BUDGET_S,
         feedback_url: str | None = None,
         feedback_staleness_s: float = 1.0,
+        feedback_foldin: bool = False,
     ) -> Engine:
         """Load a package; ``model`` overrides the served model (default: serve.model, then best validation NDCG).
 
         ``max_explained`` and ``explain_budget_s`` bound the explanations of one /recommend request.
         ``feedback_url`` opens the feedback store (recforge.feedback): /feedback records events there and a
         known user's /recommend leaves out what they bought, rated or disliked, at most
-        ``feedback_staleness_s`` late.
+        ``feedback_staleness_s`` late; with ``feedback_foldin`` the items they viewed, clicked, bought or rated
+        well since training are folded into their history (as a session is) when a model can fold in.
         """
         from recforge.workspace import resolve_device
 
@@ -199,7 +202,7 @@ class Engine:
         if feedback_url:
             from recforge.feedback import Exclusions, FeedbackStore
 
-            engine.feedback = Exclusions(FeedbackStore(feedback_url), feedback_staleness_s)
+            engine.feedback = Exclusions(FeedbackStore(feedback_url), feedback_staleness_s, interests=feedback_foldin)
         engine._prepare(package)
         tag = manifest.get("tag") or f"{manifest['name']}:{manifest['version']}"
         log.info("loaded %s (serving %s on %s)", tag, primary, device)
@@ -368,9 +371,14 @@ class Engine:
         if user < 0:
             return self._answer(self._popular(k), "popularity", fallback="popular", user_id=user_id)
         # items the user bought, rated or disliked through /feedback since training: asked for k + as many, left out
-        excluded = self._feedback_excluded(user) if exclude_seen else None
+        excluded, liked = self._feedback_items(user) if exclude_seen else (None, None)
         want = k if excluded is None else min(k + len(excluded), max(k, len(self.titles)))
-        if self.primary == RERANK:
+        model = self.primary
+        if liked is not None and self.fold_in_model is not None:
+            # feedback.foldin: the user's new interests join their trained history, folded in as a session is
+            history = np.concatenate([self._history(user), liked])[-MAX_HISTORY:]
+            items, scores, model = self._fold_in(history, want)
+        elif self.primary == RERANK:
             # a known user with no new events: the rerank stage's own list, precomputed at package time
             stored = self.reranker.precomputed(user, want) if exclude_seen else None
             if stored is not None:
@@ -387,16 +395,36 @@ class Engine:
             keep = ~np.isin(items, excluded)
             items, scores = items[keep][:k], scores[keep][:k]
         return self._answer(
-            self._rows(items, scores), self.primary, user=user, user_id=plain(self.maps.user_ids[user]), explain=explain
+            self._rows(items, scores), model, user=user, user_id=plain(self.maps.user_ids[user]), explain=explain
         )
 
-    def _feedback_excluded(self, user: int) -> np.ndarray | None:
-        """Dense items dense ``user`` bought, rated or disliked through /feedback (None: none, or no store)."""
+    def _feedback_items(self, user: int) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """Dense items dense ``user`` bought, rated or disliked through /feedback, and (feedback.foldin) the
+        items they showed interest in, oldest first; None for none (or no store)."""
         if self.feedback is None:
-            return None
-        found = [self.maps.lookup_item(i) for i in self.feedback.get(str(plain(self.maps.user_ids[user])))]
-        known = [i for i in found if i >= 0]  # items new since training are not in any list anyway
-        return np.array(known, dtype=np.int64) if known else None
+            return None, None
+        excluded, liked = self.feedback.user(str(plain(self.maps.user_ids[user])))
+        dense = []
+        for items in (excluded, liked):
+            found = [self.maps.lookup_item(i) for i in items]
+            known = [i for i in found if i >= 0]  # items new since training are in no model
+            dense.append(np.array(known, dtype=np.int64) if known else None)
+        return dense[0], dense[1]
+
+    def _fold_in(self, known: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, str]:
+        """Top-``k`` (items, scores, model) for a history of dense items: the session path of /recommend/history."""
+        if self.reranks_sessions:
+            # the second stage for a session: each candidate model folds the history in, then the features
+            # of a user with exactly this history (recforge.online_rerank.OnlineReranker.rank_history)
+            per_model = self.reranker.per_model
+            lists = {
+                name: self.models[name].recommend_history(known, k=per_model, exclude_seen=True)
+                for name in self.reranker.models
+            }
+            items, scores = self.reranker.rank_history(known, lists, k)
+            return items, scores, RERANK
+        items, scores = self.models[self.fold_in_model].recommend_history(known, k=k, exclude_seen=True)
+        return items, scores, self.fold_in_model
 
     def record_feedback(self, events: list[dict[str, Any]]) -> FeedbackAck:
         """Store a batch of feedback events (recforge.feedback checks them); answered after the commit."""
@@ -438,18 +466,8 @@ class Engine:
         known = np.array([i for i in indices if i >= 0], dtype=np.int64)
         if not len(known) or self.fold_in_model is None:
             return self._answer(self._popular(k, exclude=known), "popularity", fallback="popular", unknown=unknown)
-        if self.reranks_sessions:
-            # the second stage for a session: each candidate model folds the history in, then the features
-            # of a user with exactly this history (recforge.online_rerank.OnlineReranker.rank_history)
-            per_model = self.reranker.per_model
-            lists = {
-                name: self.models[name].recommend_history(known, k=per_model, exclude_seen=True)
-                for name in self.reranker.models
-            }
-            items, scores = self.reranker.rank_history(known, lists, k)
-            return self._answer(self._rows(items, scores), RERANK, unknown=unknown)
-        items, scores = self.models[self.fold_in_model].recommend_history(known, k=k, exclude_seen=True)
-        return self._answer(self._rows(items, scores), self.fold_in_model, unknown=unknown)
+        items, scores, model = self._fold_in(known, k)
+        return self._answer(self._rows(items, scores), model, unknown=unknown)
 
     def similar_items(self, item_id: Any, k: int = 10) -> Recommendations:
         k = self._check_k(k)

@@ -48,6 +48,8 @@ EXCLUDING = ("purchase", "rating", "dislike")  # events that take an item out of
 # the per-field limits live with the service's other limits: MAX_ID_CHARS (user_id, item_id, event_id),
 # MAX_REVIEW_CHARS, MAX_BATCH (events per add() and per POST /feedback), RATING_MIN..RATING_MAX
 MAX_EXCLUSIONS = 10_000  # most recent excluding events read per user
+MAX_INTERESTS = 1_000  # most recent interest events a fold-in reads per user (the service's history limit)
+LIKED_RATING = 3.0  # a rating event at least this high is interest (fold-in); any rating excludes the item
 EXCLUSION_CACHE_USERS = 100_000
 # the span's rating of events that carry none (a ``rating`` event keeps its own): params feedback.implied_ratings
 IMPLIED_RATINGS = {"view": 3.0, "click": 3.5, "purchase": 5.0, "dislike": 0.0}
@@ -210,6 +212,11 @@ MIGRATIONS = {
     "postgresql": {1: _tables("BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY", "DOUBLE PRECISION")},
 }
 _COLUMNS = "event_id, user_id, item_id, event, rating, review, timestamp, received_at"
+# the items a user showed interest in (fold-in: feedback.foldin), oldest first after reversing
+_INTERESTS_SQL = (
+    "SELECT item_id FROM feedback_events WHERE user_id = ? AND (event IN ('view', 'click', 'purchase') "
+    "OR (event = 'rating' AND rating >= ?)) ORDER BY id DESC LIMIT ?"
+)
 _EXCLUSIONS_SQL = (
     "SELECT item_id FROM feedback_events WHERE user_id = ? AND event IN ('purchase', 'rating', 'dislike') "
     "ORDER BY id DESC LIMIT ?"
@@ -404,16 +411,21 @@ class FeedbackStore:
     def exclusions(self, user_id: str | int) -> frozenset[str]:
         """Items ``user_id`` bought, rated or disliked (the store's events: everything since the last training
         that the store still holds; forgotten users have none). The most recent :data:`MAX_EXCLUSIONS`."""
+        return frozenset(self._read(_EXCLUSIONS_SQL, (str(user_id), MAX_EXCLUSIONS)))
+
+    def interests(self, user_id: str | int, limit: int = MAX_INTERESTS) -> tuple[str, ...]:
+        """Items ``user_id`` viewed, clicked, bought or rated at least :data:`LIKED_RATING`, oldest first (the
+        most recent ``limit``; an item may repeat): what a fold-in adds to the user's trained history."""
+        return tuple(reversed(self._read(_INTERESTS_SQL, (str(user_id), LIKED_RATING, int(limit)))))
+
+    def _read(self, statement: str, values: tuple) -> list[str]:
+        """One read outside a transaction, on this thread's connection (a broken one is dropped)."""
         connection = self._connection()
         try:
-            if self.dialect == "sqlite":
-                rows = connection.execute(_EXCLUSIONS_SQL, (str(user_id), MAX_EXCLUSIONS)).fetchall()
-            else:
-                rows = connection.execute(self._sql(_EXCLUSIONS_SQL), (str(user_id), MAX_EXCLUSIONS)).fetchall()
+            return [row[0] for row in connection.execute(self._sql(statement), values).fetchall()]
         except Exception:
             self._drop_connection()
             raise
-        return frozenset(row[0] for row in rows)
 
     def count(self) -> int:
         with self._transaction(write=False) as cursor:
@@ -576,12 +588,25 @@ class Exclusions:
     (the least recently used users leave first).
     """
 
-    def __init__(self, store: FeedbackStore, staleness_s: float = 1.0, size: int = EXCLUSION_CACHE_USERS) -> None:
+    def __init__(
+        self,
+        store: FeedbackStore,
+        staleness_s: float = 1.0,
+        size: int = EXCLUSION_CACHE_USERS,
+        *,
+        interests: bool = False,
+    ) -> None:
         self.store, self.staleness_s, self.size = store, float(staleness_s), int(size)
-        self._entries: OrderedDict[str, tuple[float, frozenset[str]]] = OrderedDict()
+        self.interests = interests  # also read each user's interests (feedback.foldin)
+        self._entries: OrderedDict[str, tuple[float, frozenset[str], tuple[str, ...]]] = OrderedDict()
         self._lock = threading.Lock()
 
     def get(self, user_id: str | int) -> frozenset[str]:
+        """The items to leave out of ``user_id``'s lists, at most ``staleness_s`` old."""
+        return self.user(user_id)[0]
+
+    def user(self, user_id: str | int) -> tuple[frozenset[str], tuple[str, ...]]:
+        """(items to leave out, interests oldest first; empty unless ``interests``), at most ``staleness_s`` old."""
         key = str(user_id)
         now = time.monotonic()
         if self.staleness_s > 0:
@@ -589,15 +614,17 @@ class Exclusions:
                 found = self._entries.get(key)
                 if found is not None and now - found[0] < self.staleness_s:
                     self._entries.move_to_end(key)
-                    return found[1]
-        items = self.store.exclusions(key)  # read after `now`: an entry is never older than its stamp says
+                    return found[1], found[2]
+        # read after `now` was taken: an entry is never older than its stamp says
+        excluded = self.store.exclusions(key)
+        liked = self.store.interests(key) if self.interests else ()
         if self.staleness_s > 0:
             with self._lock:
-                self._entries[key] = (now, items)
+                self._entries[key] = (now, excluded, liked)
                 self._entries.move_to_end(key)
                 while len(self._entries) > self.size:
                     self._entries.popitem(last=False)
-        return items
+        return excluded, liked
 
     def forget(self, user_ids: Iterable[str | int]) -> None:
         """Drop cached entries (this worker's own writes are then seen at once)."""

@@ -354,7 +354,11 @@ class FeedbackParams(_Section):
     how long a worker reuses a user's exclusion set (the bound on how late
     /recommend reflects feedback; 0 reads the store on every request);
     ``spans_dir``: where ``recforge data export-feedback`` writes spans by
-    default; ``implied_ratings``: the exported rating of events without one.
+    default; ``implied_ratings``: the exported rating of events without one;
+    ``foldin``: a known user's items viewed, clicked, bought or rated >= 3
+    through /feedback join their trained history, folded in as a session is
+    (when a served model can fold in; it bypasses the re-ranker's precomputed
+    lists for that user).
     """
 
     enabled: bool = True
@@ -362,6 +366,7 @@ class FeedbackParams(_Section):
     staleness_s: float = Field(1.0, ge=0.0, le=60.0)
     spans_dir: str = "feedback/spans"
     implied_ratings: ImpliedRatings = Field(default_factory=ImpliedRatings)
+    foldin: bool = False
 
     @field_validator("url")
     @classmethod

@@ -158,6 +158,7 @@ class ServeArgs(BaseModel):
     explain_budget_s: float = Field(EXPLAIN_BUDGET_S, gt=0, description="seconds one request spends explaining")
     feedback_url: str | None = Field(None, description="the feedback store (absolute SQLite path or postgresql://)")
     feedback_staleness_s: float = Field(1.0, ge=0, le=60, description="exclusion sets reused this long at most")
+    feedback_foldin: bool = Field(False, description="fold a user's new interests into their history")
     follow_registry: str | None = Field(
         None, max_length=1024, description="follow this production registry (absolute path; recforge.follow)"
     )

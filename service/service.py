@@ -482,6 +482,7 @@ class Recforge:
             explain_budget_s=ARGS.explain_budget_s,
             feedback_url=ARGS.feedback_url,
             feedback_staleness_s=ARGS.feedback_staleness_s,
+            feedback_foldin=ARGS.feedback_foldin,
         )
         self.engine = load(directory)
         limit_threads(ARGS.threads)  # after loading: plugins may set their own thread counts while they load

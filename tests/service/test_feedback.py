@@ -83,6 +83,41 @@ def test_the_rerankers_precomputed_lists_leave_them_out_too(tmp_path_factory, tm
     assert after[:8] == before[2:] and len(after) == 10 and not set(before[:2]) & set(after)
 
 
+def test_foldin_folds_new_interests_into_the_history(package, tmp_path):
+    # catches feedback.foldin ignored (the list only loses the bought item) or folding in something else than the
+    # trained history plus the new interests, and a fold-in that forgets the exclusions (a disliked item listed)
+    import numpy as np
+
+    engine = Engine.load(
+        package / "package",
+        device="cpu",
+        model="itemknn",
+        feedback_url=str(tmp_path / "on.sqlite3"),
+        feedback_foldin=True,
+    )
+    assert engine.fold_in_model == "itemknn"
+    user = plain(engine.maps.user_ids[5])
+    dense = engine.maps.lookup_user(user)
+    before = _items(engine.recommend(user, 10))
+    seen = set(engine._history(dense).tolist())
+    bought = next(
+        i for i in np.argsort(engine.popularity) if i not in seen and plain(engine.maps.item_ids[i]) not in before
+    )
+    bought_id = plain(engine.maps.item_ids[bought])
+    engine.record_feedback(
+        [
+            {"user_id": user, "item_id": bought_id, "event": "purchase"},
+            {"user_id": user, "item_id": before[0], "event": "dislike"},
+        ]
+    )
+    after = _items(engine.recommend(user, 10))
+    history = np.concatenate([engine._history(dense), [bought]])
+    folded, _ = engine.models["itemknn"].recommend_history(history, k=11, exclude_seen=True)
+    expected = [plain(engine.maps.item_ids[i]) for i in np.ravel(folded) if plain(engine.maps.item_ids[i]) != before[0]]
+    assert after == expected[:10] and after[:9] != before[1:] and bought_id not in after and before[0] not in after
+    assert engine.recommend(user, 10).model == "itemknn"
+
+
 def test_a_worker_sees_another_workers_feedback_within_the_bound(package, tmp_path):
     # catches a cache that never expires: a purchase recorded by another worker would never leave the list
     url = str(tmp_path / "shared.sqlite3")
