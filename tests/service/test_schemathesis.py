@@ -62,6 +62,7 @@ def live(tmp_path_factory):
     command = [bentoml_cli, "serve", "service:Recforge", "--working-dir", str(PROJECT_ROOT / "service")]
     command += ["--host", "127.0.0.1", "--port", str(port), "--arg", f"package_dir={root / 'package'}"]
     command += ["--arg", "device=cpu", "--arg", "access_log=false"]
+    command += ["--arg", f"feedback_url={root / 'feedback.sqlite3'}"]  # /feedback exists only with a store
     env = {**env, "RECFORGE_API_TOKEN": TOKEN}
     with served(command, port=port, cwd=root, env=env, log_path=root / "serve.log") as base:
         spec = httpx.get(f"{base}/docs.json", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10)
