@@ -20,6 +20,8 @@ middleware reads the current engine once when a request arrives (:func:`pin`),
 every ``self.engine`` of that request returns that engine, and the response
 header ``X-Recforge-Model-Version`` names it. A request in flight during a
 switch finishes on the old engine, which is freed when its last request ends.
+A batched API (``/encode``) runs a batch of several requests in BentoML's
+dispatcher task: the batch uses the engine current when it runs.
 
 A version that fails (load, checksum, content hash, warm-up) is logged as one
 line and remembered for its registry serial (not retried every poll); the
@@ -44,7 +46,20 @@ VERSION_HEADER = b"x-recforge-model-version"
 MIN_POLL_S, MAX_POLL_S = 0.1, 300.0
 WARM_REQUESTS = 3  # per warm-up path
 
-_PINNED: contextvars.ContextVar[Any] = contextvars.ContextVar("recforge_engine", default=None)
+
+class _Pin:
+    """A request's engine while the request runs (``active`` goes false when the Guard is done with it)."""
+
+    __slots__ = ("engine", "active")
+
+    def __init__(self, engine: Any) -> None:
+        self.engine, self.active = engine, True
+
+
+# a task created during a request copies its context, pin included, and may outlive it (BentoML's batching
+# dispatcher for /encode is created by the first request): an inactive pin is ignored, so such a task gets
+# the current engine rather than the first request's forever
+_PINNED: contextvars.ContextVar[_Pin | None] = contextvars.ContextVar("recforge_engine", default=None)
 
 
 class EngineSlot:
@@ -60,7 +75,7 @@ class EngineSlot:
         if obj is None:
             return self
         pinned = _PINNED.get()
-        return pinned if pinned is not None else obj.__dict__.get(self.key)
+        return pinned.engine if pinned is not None and pinned.active else obj.__dict__.get(self.key)
 
     def __set__(self, obj: Any, value: Any) -> None:
         obj.__dict__[self.key] = value
@@ -72,10 +87,14 @@ class EngineSlot:
 
 def pin(engine: Any) -> contextvars.Token:
     """Pin ``engine`` to the running request (its context and every task or thread copied from it)."""
-    return _PINNED.set(engine)
+    return _PINNED.set(_Pin(engine))
 
 
 def unpin(token: contextvars.Token) -> None:
+    """End the pin ``token`` set (in the same context): contexts copied from the request stop seeing it."""
+    pinned = _PINNED.get()
+    if pinned is not None:
+        pinned.active = False
     _PINNED.reset(token)
 
 

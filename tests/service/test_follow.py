@@ -65,8 +65,12 @@ def test_a_pinned_request_keeps_its_engine_through_a_switch() -> None:
     assert asyncio.run(asyncio.to_thread(lambda: service.engine)) is old  # a sync API's thread
     assert Service.engine.current(service) is new
     assert contextvars.Context().run(lambda: service.engine) is new  # another request
+    leaked = contextvars.copy_context()  # a task created during the request (BentoML's batch dispatcher)
     unpin(token)
     assert service.engine is new
+    newer = object()
+    service.engine = newer
+    assert leaked.run(lambda: service.engine) is newer, "a task outliving its request must not keep its engine"
 
 
 def test_the_follower_switches_rolls_back_and_refuses(packages, tmp_path, caplog) -> None:
