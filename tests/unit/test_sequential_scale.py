@@ -11,7 +11,7 @@ from recforge.interactions import Interactions
 from recforge.threads import available_cores, resolve_threads
 from tests.unit.test_sequential import SMALL, topical  # noqa: F401 - the module's fixture
 
-from recforge_plugins.recommenders.sequential import FULL_SOFTMAX_MAX_ITEMS, Sequential, warm_refit_epochs
+from recforge_plugins.recommenders.sequential import FULL_SOFTMAX_FACTOR, Sequential, warm_refit_epochs
 
 
 def _split_last(events: Interactions) -> tuple[Interactions, Interactions]:
@@ -58,7 +58,12 @@ def test_auto_loss_follows_the_catalogue_size(topical) -> None:  # noqa: F811
     events, context, _ = topical
     small = Sequential(cell="gru", epochs=1, **SMALL).fit(events, context=context)
     assert small.config["loss"] == "full"
-    wide = replace(events, n_items=FULL_SOFTMAX_MAX_ITEMS + 1)  # unseen items widen the catalogue
+    # the bound follows the negatives: 120 items are full with 30 negatives (120 = 4 x 30), sampled with 29
+    assert Sequential(cell="gru", epochs=1, negatives=30, **SMALL).fit(events, context=context).config["loss"] == "full"
+    assert Sequential(cell="gru", epochs=1, negatives=29, **SMALL).fit(events, context=context).config["loss"] == (
+        "sampled"
+    )
+    wide = replace(events, n_items=FULL_SOFTMAX_FACTOR * 1024 + 1)  # unseen items widen the catalogue
     big = Sequential(cell="gru", epochs=1, **SMALL).fit(wide, context=context)
     assert big.config["loss"] == "sampled"
 
