@@ -35,6 +35,7 @@ SWAP_MARGIN_S = 15.0  # load + verify + warm a tiny package on a loaded 2-core m
 CLIENTS = 16
 MAX_REQUESTS = 6_000  # all clients together: the load is bounded in count ...
 MAX_LOAD_S = 90.0  # ... and in time
+BEFORE_S = 4.0  # load before the promotion
 USERS = 30
 PARAMS = {
     "data": {"synthetic": {"num_users": 120, "num_items": 80, "num_interactions": 2400, "num_topics": 4}},
@@ -176,7 +177,7 @@ def test_swap_under_load_then_rollback(world):
     for thread in threads:
         thread.start()
     try:
-        time.sleep(1.0)
+        time.sleep(BEFORE_S)  # the steady state before, for comparison
         promoted_at = time.monotonic()
         rf(world["root"], world["env"], "promote", b, "--reason", "swap under load")
         # load goes on until every client's worker answers with B for a while (or the bounds end it)
@@ -199,14 +200,22 @@ def test_swap_under_load_then_rollback(world):
     first_b = min(r[0] for r in results if r[2] == b) - promoted_at
     last_a = max(r[0] for r in results if r[2] == a) - promoted_at
     latencies = np.array([r[5] for r in results]) * 1000
-    during = np.array([r[5] for r in results if r[0] >= promoted_at]) * 1000
+    # the swap window: from `recforge promote` until the last answer from the old version (every worker
+    # has switched by then); a request belongs to the window it started in
+    started = np.array([r[0] - r[5] for r in results])
+    took = np.array([r[5] for r in results]) * 1000
+    before = took[started < promoted_at]
+    swap = took[(started >= promoted_at) & (started <= promoted_at + last_a)]
     figures = {
         "requests": len(results),
         "clients": CLIENTS,
         "failed": len(failed),
         "p50_ms": round(float(np.percentile(latencies, 50)), 2),
         "p99_ms": round(float(np.percentile(latencies, 99)), 2),
-        "p99_after_promote_ms": round(float(np.percentile(during, 99)), 2),
+        "requests_before": int(before.size),
+        "p99_before_ms": round(float(np.percentile(before, 99)), 2) if before.size else None,
+        "requests_in_swap": int(swap.size),
+        "p99_swap_ms": round(float(np.percentile(swap, 99)), 2) if swap.size else None,
         "first_b_after_promote_s": round(first_b, 2),
         "last_a_after_promote_s": round(last_a, 2),
     }
