@@ -557,6 +557,10 @@ def serve(
         params = load_params(params_file, overrides)
         command, env = serve_command(params, port=port)
         errors.print(f"serving on http://{params.serve.host}:{port or params.serve.port}")
+        if params.serve.follow == "production":
+            from recforge.production import registry_path
+
+            errors.print(f"following production: {registry_path(params)} every {params.serve.poll_s} s")
         os.execvpe(command[0], command, env)
 
     _guard(debug, body)
