@@ -241,11 +241,17 @@ class TrainParams(_Section):
     when the interactions carry a ``review`` column (no effect otherwise). ALS,
     item/user kNN and popularity use the weights; BPR drops negatively reviewed
     events from its liked items; sequential and content models ignore them.
+    ``workers``: how many recommenders the stage trains at once (``recforge
+    stage train`` / ``recforge run`` without a variant), each in its own process
+    with ``cores // workers`` threads; ``auto`` is min(cores, recommenders).
     """
 
     sentiment_weighting: bool = True
     sentiment_strength: float = Field(1.0, ge=0.0, le=10.0)
     sentiment_floor: float = Field(0.1, gt=0.0, le=1.0)
+    # recommenders trained at once, each in its own process with cores / workers threads (auto: min(cores,
+    # recommenders)); 1 trains them one after the other in this process (recforge.stages.train)
+    workers: Annotated[int, Field(ge=1, le=256)] | Literal["auto"] = 1
 
 
 class EvaluateParams(_Section):

@@ -20,8 +20,15 @@ AUTO = "auto"
 MAX_THREADS = 256
 
 
+BUDGET_ENV = "RECFORGE_THREADS"  # a worker process's share of the cores, set by whoever started it
+
+
 def available_cores() -> int:
-    """The cores this process may run on (its CPU affinity where the OS tells it, else the machine's)."""
+    """The cores this process may use: its share when a parent set ``RECFORGE_THREADS`` (the train stage's
+    worker processes), else its CPU affinity where the OS tells it, else the machine's."""
+    budget = os.environ.get(BUDGET_ENV, "")
+    if budget.isdigit() and int(budget) >= 1:
+        return min(int(budget), MAX_THREADS)
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not on Linux

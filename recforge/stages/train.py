@@ -38,9 +38,59 @@ def run_train(params: Params, variant: str | None = None) -> None:
     """Fit recommender ``variant`` (default: every configured one) and write models and lists."""
     if variant is not None and variant not in params.recommenders:
         raise RecforgeError(f"train: '{variant}' is not in recommenders ({', '.join(params.recommenders)})")
-    workspace = Workspace(params)
-    for name in [variant] if variant is not None else list(params.recommenders):
-        train_model(workspace, name)
+    names = [variant] if variant is not None else list(params.recommenders)
+    workers = train_workers(params.train.workers, len(names))
+    if workers <= 1:
+        workspace = Workspace(params)
+        for name in names:
+            train_model(workspace, name)
+        return
+    _train_parallel(params, names, workers)
+
+
+def train_workers(value: int | str, models: int) -> int:
+    """``train.workers`` as a count: ``auto`` is min(available cores, models); never more than the models."""
+    from recforge.sizing import is_auto
+    from recforge.threads import available_cores
+
+    return max(1, min(models, available_cores() if is_auto(value) else int(value)))
+
+
+def _train_parallel(params: Params, names: list[str], workers: int) -> None:
+    """Train ``names`` on ``workers`` processes, each with ``cores // workers`` threads (RECFORGE_THREADS).
+
+    The sequence models go first (they cost the most), the others fill the free workers. Each model is
+    trained exactly as alone (train_model); only its thread count follows the workers. Processes are
+    spawned, not forked, so no OpenMP or torch state is copied from this one."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from recforge.threads import available_cores
+
+    threads = max(1, available_cores() // workers)
+    order = sorted(names, key=lambda name: params.plugin_of(name) != "sequential")
+    log.info("train: %d recommenders on %d worker processes, %d thread(s) each", len(names), workers, threads)
+    context = multiprocessing.get_context("spawn")
+    level = logging.getLogger().getEffectiveLevel()
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(threads, level)) as pool:
+        futures = {name: pool.submit(_train_one, params, name) for name in order}
+        for name, future in futures.items():
+            future.result()  # the first error (a RecforgeError keeps its one-line message) stops the stage
+            log.info("train: %s done", name)
+
+
+def _init_worker(threads: int, level: int) -> None:
+    import os
+
+    from recforge.threads import BUDGET_ENV, limit_threads
+
+    os.environ[BUDGET_ENV] = str(threads)
+    limit_threads(threads)  # BLAS/OpenMP/torch of this process: its share of the cores
+    logging.basicConfig(level=level, format="%(asctime)s %(message)s")
+
+
+def _train_one(params: Params, name: str) -> dict:
+    return train_model(Workspace(params), name)
 
 
 def train_model(workspace: Workspace, name: str) -> dict:
