@@ -315,3 +315,84 @@ def test_item_and_k_of_similar_items(server, ref):
         assert lists[3]["items"] == lists[10]["items"][:3]
         answers.append(lists[10]["items"])
     assert answers[0] != answers[1] != answers[2]
+
+
+# ---- the re-ranker's precomputed path (the shared `rerank_server` of conftest.py) ------------------------------
+
+
+def offline_list(rerank_server, user_id) -> pd.DataFrame:
+    """The rerank stage's offline test list of ``user_id`` (the workspace's lists), best first."""
+    offline = rerank_server["offline"]
+    return offline[offline["user_id"] == user_id].sort_values("rank")
+
+
+def rerank_users(rerank_server) -> list:
+    users = rerank_server["offline"]["user_id"].drop_duplicates().to_list()
+    return [users[n] for n in np.linspace(0, len(users) - 2, USERS).astype(int)]  # the last: the feedback test's
+
+
+def test_rerank_k_reads_the_stored_lists_and_k_above_their_length_goes_online(rerank_server):
+    """Catches the precomputed lookup ignoring k (always the stored length), a k above the stored length
+    answered from the stored list (cut at 20) instead of the online second stage, the online re-ranker disagreeing
+    with the stored lists, and explain=true dropping or reordering the stored list."""
+    client = rerank_server["client"]
+    meta = client.get("/metadata").json()
+    assert meta["model"] == "rerank" and meta["rerank_precomputed"] is True
+    for user_id in rerank_users(rerank_server):
+        expected = offline_list(rerank_server, user_id)
+        length = len(expected)
+        assert length == 20
+        for k in (3, 10, 20, 30):
+            answer = client.post("/recommend", json={"user_id": user_id, "k": k}).json()
+            assert answer["model"] == "rerank"
+            items = [i["item_id"] for i in answer["items"]]
+            stored = expected.head(k)
+            assert items[:length] == stored["item_id"].tolist(), (user_id, k)
+            np.testing.assert_allclose([i["score"] for i in answer["items"]][:length], stored["score"], rtol=1e-5)
+            assert len(items) == k if k <= length else len(items) > length  # the online stage lists more
+        explained = client.post("/recommend", json={"user_id": user_id, "k": 5, "explain": True}).json()
+        assert [i["item_id"] for i in explained["items"]] == expected["item_id"].head(5).tolist()
+        assert all(f'"{i["title"]}"' in i["explanation"] for i in explained["items"])
+
+
+def test_rerank_exclude_seen_false_is_not_answered_from_the_stored_lists(rerank_server):
+    """Catches exclude_seen=false ignored by the precomputed path (the stored lists leave the history out): the
+    answer must be the online second stage over lists that keep the history, and exclude_seen=true never lists a
+    history item."""
+    client = rerank_server["client"]
+    directory = rerank_server["package"]
+    users = [v.item() if hasattr(v, "item") else v for v in pd.read_parquet(directory / "users.parquet")["user_id"]]
+    with np.load(directory / "history.npz") as history:
+        indptr, history_items = history["indptr"], history["items"]
+    items = pd.read_parquet(directory / "items.parquet")["item_id"].tolist()
+    with_history = differs = 0
+    for user_id in rerank_users(rerank_server):
+        user = users.index(user_id)
+        seen = {items[i] for i in history_items[indptr[user] : indptr[user + 1]]}
+        on = client.post("/recommend", json={"user_id": user_id, "k": 10, "exclude_seen": True}).json()
+        off = client.post("/recommend", json={"user_id": user_id, "k": 10, "exclude_seen": False}).json()
+        assert off["model"] == "rerank" and len(off["items"]) == 10
+        assert not {i["item_id"] for i in on["items"]} & seen
+        with_history += bool({i["item_id"] for i in off["items"]} & seen)
+        differs += [i["item_id"] for i in on["items"]] != [i["item_id"] for i in off["items"]]
+    assert with_history >= USERS // 2 and differs >= USERS // 2
+
+
+def test_rerank_feedback_leaves_the_stored_list_without_the_bought_items(rerank_server):
+    """Catches the precomputed lookup bypassing /feedback's exclusions over HTTP, and the stored list cut to k
+    before the exclusion (a list shorter than k)."""
+    client = rerank_server["client"]
+    users = rerank_server["offline"]["user_id"].drop_duplicates().to_list()
+    user_id, other_id = users[-1], users[0]
+    expected = offline_list(rerank_server, user_id)["item_id"].tolist()
+    other = client.post("/recommend", json={"user_id": other_id, "k": 10}).json()
+    events = [
+        {"user_id": user_id, "item_id": expected[0], "event": "purchase"},
+        {"user_id": user_id, "item_id": expected[3], "event": "rating", "rating": 2.0},
+        {"user_id": user_id, "item_id": expected[5], "event": "click"},
+    ]
+    assert client.post("/feedback", json={"events": events}).json()["stored"] == 3
+    after = client.post("/recommend", json={"user_id": user_id, "k": 10}).json()  # staleness 0: read at once
+    left = [item for item in expected if item not in (expected[0], expected[3])]
+    assert [i["item_id"] for i in after["items"]] == left[:10]
+    assert client.post("/recommend", json={"user_id": other_id, "k": 10}).json() == other

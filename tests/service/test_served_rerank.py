@@ -1,33 +1,16 @@
-"""The re-ranker served by default: every known user's list precomputed at package time, equal to offline."""
+"""The re-ranker served by default: every known user's list precomputed at package time, equal to offline.
+
+``trained`` (the tiny two-stage pipeline and its package) is the session-scoped fixture of
+tests/service/conftest.py, shared with test_request_options.py, which serves the same package over HTTP.
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
-import pytest
 
 from recforge.engine import Engine
-from recforge.packaging import build_package
-from recforge.params import load_params
-from recforge.pipeline import run_pipeline
 from recforge.selection import val_score
-from tests.conftest import TINY, TINY_RERANK, TINY_RERANK_MODELS, tmp_overrides
-
-MODELS = TINY_RERANK_MODELS
-RERANK = [*TINY_RERANK, "evaluate.list_length=20"]
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    root = tmp_path_factory.mktemp("served-rerank")
-    params = load_params(None, tmp_overrides(root) + TINY + [MODELS] + RERANK)
-    assert params.serve.model == "auto"  # the default
-    run_pipeline(params)
-    build_package(params, root / "package")
-    offline = pd.read_parquet(Path(params.paths.lists_dir) / "rerank" / "test.parquet")
-    return params, root / "package", offline
 
 
 def test_served_top10_equals_the_offline_test_top10_for_every_user(trained):
