@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from recforge.encoding import stage_encoder
 from recforge.errors import RecforgeError
 from recforge.interactions import IdMaps, Interactions
 from recforge.params import Params
@@ -77,8 +78,6 @@ class Workspace:
 
     def encoder_and_embeddings(self, encoder: str) -> tuple[Encoder, np.ndarray]:
         """Encoder ``encoder`` fitted as the encode stage fits it, and its item embeddings."""
-        from recforge.stages.encode import stage_encoder
-
         return stage_encoder(self.params, encoder, self.items)
 
     def _profiles(self, part: str, encoders: Sequence[str]):

@@ -209,6 +209,7 @@ STAGES: tuple[Stage, ...] = (
         params=("encode",),
         deps=(
             "recforge/stages/encode.py",
+            "recforge/encoding.py",
             "recforge/profiles.py",
             "recforge/text.py",
             "plugins/encoders",

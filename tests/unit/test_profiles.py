@@ -138,9 +138,9 @@ def test_encode_stage_writes_embeddings_encoder_state_and_profiles_and_reuses_th
         assert all(profiles.genres[u] for u in range(120) if profiles.counts[u])
     assert load_profiles(params, "full").counts.sum() > load_profiles(params, "val").counts.sum()
 
-    from recforge.stages.encode import fitted_encoder
+    from recforge.encoding import fitted_encoder
 
-    encoder = fitted_encoder(params, "tfidf")  # restored from the saved state, not refitted
+    encoder = fitted_encoder(params, "tfidf", texts=[])  # restored from the saved state: nothing to refit on
     assert encoder.vocabulary is not None
 
     cache = sorted(Path(params.paths.cache_dir).rglob("items.npy"))
