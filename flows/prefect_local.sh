@@ -5,8 +5,12 @@
 #        and runs what is triggered from the UI or with `prefect deployment run`.
 # stop:  stops both process groups by the pids recorded at start (checked against the
 #        process's command line, so a PID reused after a reboot is never signalled).
+# Settings (environment): PREFECT_HOST/PREFECT_PORT (127.0.0.1:4200), PREFECT_RUN_DIR (pid files, logs and the
+# auth secret: .recforge-cache/prefect), RECFORGE_WORK_DIR (where the served flow runs run, i.e. whose params.yaml,
+# data/, artifacts/ and metrics/ they use: the project root), PREFECT_HOME (Prefect's own database and settings).
 # The server requires HTTP basic auth (a random secret made once in $RUN/auth, mode 600;
-# the UI asks for it, `prefect` clients started here read it from PREFECT_API_AUTH_STRING),
+# the UI's login asks for the whole string 'recforge:<secret>'; `prefect` clients started here read it
+# from PREFECT_API_AUTH_STRING),
 # keeps CSRF protection on and allows cross-origin requests only from its own UI.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,6 +18,7 @@ VENV=${VENV:-.venv}
 HOST=${PREFECT_HOST:-127.0.0.1}
 PORT=${PREFECT_PORT:-4200}
 RUN=${PREFECT_RUN_DIR:-.recforge-cache/prefect}
+WORK=${RECFORGE_WORK_DIR:-$PWD}
 export PREFECT_API_URL="http://$HOST:$PORT/api"
 export PREFECT_SERVER_ANALYTICS_ENABLED=false DO_NOT_TRACK=1 GX_ANALYTICS_ENABLED=False DVC_NO_ANALYTICS=1
 export PREFECT_UI_API_URL="$PREFECT_API_URL"
@@ -40,6 +45,18 @@ alive() {
   tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q -- "$pattern"
 }
 SERVER_CMD="server start"
+DEPLOYMENTS="training/training training/retrain batch_recommend/batch-recommend continuous/continuous"
+
+# every deployment of flows/serve.py is registered (one API call each; faster than `prefect deployment ls`)
+deployed() {
+  "$VENV/bin/python" - $DEPLOYMENTS <<'PY' 2>/dev/null
+import os, sys, httpx
+user, _, password = os.environ["PREFECT_API_AUTH_STRING"].partition(":")
+url = os.environ["PREFECT_API_URL"]
+with httpx.Client(auth=(user, password), timeout=2) as client:
+    sys.exit(any(client.get(f"{url}/deployments/name/{name}").status_code != 200 for name in sys.argv[1:]))
+PY
+}
 SERVE_CMD="flows.serve"
 
 start() {
@@ -59,17 +76,20 @@ start() {
   if alive serve "$SERVE_CMD"; then
     echo "deployments already served (pid $(cat "$RUN/serve.pid"))"
   else
-    setsid "$VENV/bin/python" -m flows.serve >"$RUN/serve.log" 2>&1 &
+    local python
+    python=$(cd "$VENV/bin" && pwd)/python  # absolute: flows.serve runs in $WORK
+    (cd "$WORK" && exec setsid "$python" -m flows.serve) >"$RUN/serve.log" 2>&1 &
     echo $! >"$RUN/serve.pid"
   fi
   for _ in $(seq 1 90); do
-    "$VENV/bin/prefect" deployment ls 2>/dev/null | grep -q "training/retrain" && break
+    deployed && break
     alive serve "$SERVE_CMD" || { echo "flows.serve exited; see $RUN/serve.log"; tail -20 "$RUN/serve.log"; exit 1; }
     sleep 1
   done
+  deployed || { echo "the deployments were not registered within 90 s; see $RUN/serve.log"; exit 1; }
   "$VENV/bin/prefect" deployment ls 2>/dev/null || true
   echo
-  echo "Prefect UI:  http://$HOST:$PORT   (user and password: the two parts of $RUN/auth, 'recforge:<secret>')"
+  echo "Prefect UI:  http://$HOST:$PORT   (log in with the whole line of $RUN/auth, 'recforge:<secret>')"
   echo "run:         PREFECT_API_URL=$PREFECT_API_URL $VENV/bin/prefect deployment run training/training --watch"
   echo "stop:        make prefect-stop    (logs in $RUN/)"
 }
