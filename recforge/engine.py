@@ -1,8 +1,8 @@
 """Online recommendations: the framework-free core behind the BentoML service.
 
-``Engine.load`` opens a package (:class:`recforge.packaging.Package`: every
-checksum verified), loads every model once through the plugin registry and
-caches what requests reuse (normalised item embeddings, popularity, histories,
+``Engine.load`` (:mod:`recforge.engine_load`) opens a package
+(:class:`recforge.packaging.Package`: every checksum verified), loads every
+model once through the plugin registry and caches what requests reuse (normalised item embeddings, popularity, histories,
 the item table explanations read, user states of models with the
 :class:`recforge.protocols.UserStates` ability). With the re-ranker served,
 a known user's list was precomputed at package time (a lookup); every other
@@ -11,16 +11,15 @@ request is computed online from the loaded models.
 Which model answers what is chosen by ability (the optional protocols of
 :mod:`recforge.protocols`), never by plugin name. The service in ``service/``
 is a thin HTTP layer over :class:`Engine`; its answers are the pydantic models
-of :mod:`recforge.schemas`.
+of :mod:`recforge.schemas`. What a known user's feedback leaves out of their
+list is :mod:`recforge.exclusions`; explanation texts are kept in
+:mod:`recforge.explanation_cache`.
 """
 
 from __future__ import annotations
 
-import logging
 import os
-import threading
 import time
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,12 +29,12 @@ import pandas as pd
 
 from recforge import explain
 from recforge.artifacts import plain
-from recforge.errors import RecforgeError
+from recforge.engine_load import load_engine
+from recforge.exclusions import asked_for, dense_feedback, leave_out
+from recforge.explanation_cache import ExplanationCache
 from recforge.interactions import IdMaps
 from recforge.online_rerank import RERANK, OnlineReranker
-from recforge.packaging import Package
 from recforge.params import Params
-from recforge.protocols import FitContext, FoldIn, SimilarItems, TextQuery, UserStates
 from recforge.ranking import history_row, top_k
 from recforge.schemas import (
     EXPLAIN_BUDGET_S,
@@ -50,50 +49,6 @@ from recforge.schemas import (
     Recommendations,
     RecommendedItem,
 )
-from recforge.selection import AUTO, best_model, choose_model
-from recforge.text import item_titles
-
-log = logging.getLogger(__name__)
-
-EXPLANATION_CACHE_SIZE = 10_000  # (user, item) explanations kept by the service
-
-
-class ExplanationCache:
-    """A bounded, thread-safe LRU of explanation texts keyed by (dense user, item index).
-
-    A package is immutable once loaded, so the same (user, item) always gets
-    the same evidence: an explanation (generated or template) is computed once.
-    """
-
-    def __init__(self, size: int = EXPLANATION_CACHE_SIZE) -> None:
-        self.size = max(0, int(size))
-        self._entries: OrderedDict[tuple[int, int], str] = OrderedDict()
-        self._lock = threading.Lock()
-        self.hits = 0
-        self.misses = 0
-
-    def get(self, key: tuple[int, int]) -> str | None:
-        with self._lock:
-            text = self._entries.get(key)
-            if text is None:
-                self.misses += 1
-                return None
-            self._entries.move_to_end(key)
-            self.hits += 1
-            return text
-
-    def put(self, key: tuple[int, int], text: str) -> None:
-        if self.size == 0:
-            return
-        with self._lock:
-            self._entries[key] = text
-            self._entries.move_to_end(key)
-            while len(self._entries) > self.size:
-                self._entries.popitem(last=False)
-
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._entries)
 
 
 @dataclass
@@ -132,168 +87,21 @@ class Engine:
     # run a generative model: without bounds one request could take minutes and nothing cancels it)
     max_explained: int = MAX_EXPLAINED
     explain_budget_s: float = EXPLAIN_BUDGET_S
-    # the feedback store's exclusion sets (recforge.feedback.Exclusions; None: no store, /feedback refused)
+    # the feedback store's exclusion sets (recforge.exclusions.Exclusions; None: no store, /feedback refused)
     feedback: Any = None
+    popular_order: np.ndarray | None = None  # item indices by popularity, ties by index (set at load)
 
     @property
     def user_states(self) -> np.ndarray | None:
         """The served model's cached user states (None when it has none)."""
         return self.states.get(self.primary)
 
-    # ---- loading -------------------------------------------------------------------------------------------
-
-    @classmethod
-    def load(
-        cls,
-        directory: str | Path,
-        *,
-        device: str = "auto",
-        model: str | None = None,
-        verify: bool = True,
-        max_explained: int = MAX_EXPLAINED,
-        explain_budget_s: float = EXPLAIN_BUDGET_S,
-        feedback_url: str | None = None,
-        feedback_staleness_s: float = 1.0,
-        feedback_foldin: bool = False,
-    ) -> Engine:
-        """Load a package; ``model`` overrides the served model (default: serve.model, then best validation NDCG).
-
-        ``max_explained`` and ``explain_budget_s`` bound the explanations of one /recommend request.
-        ``feedback_url`` opens the feedback store (recforge.feedback): /feedback records events there and a
-        known user's /recommend leaves out what they bought, rated or disliked, at most
-        ``feedback_staleness_s`` late; with ``feedback_foldin`` the items they viewed, clicked, bought or rated
-        well since training are folded into their history (as a session is) when a model can fold in.
-        """
-        from recforge.workspace import resolve_device
-
-        package = Package.open(directory, verify=verify)
-        params, manifest = package.params, package.manifest
-        device = resolve_device(device)
-        indptr, history = package.history()
-        context = FitContext(
-            items=package.items, maps=package.maps, embeddings=package.embeddings, seed=params.seed, device=device
-        )
-        models = package.load_models(context)
-        if not models:
-            raise RecforgeError(f"{package.directory}: the package holds no models")
-        metrics = package.metrics
-        asked = model or params.serve.model or AUTO
-        primary, reason, reranker, rerank_note = choose_model(asked, package, models, metrics, params.evaluate.k)
-
-        engine = cls(
-            directory=package.directory,
-            manifest=manifest,
-            params=params,
-            metrics=metrics,
-            items=package.items,
-            maps=package.maps,
-            models=models,
-            primary=primary,
-            history_indptr=indptr,
-            history_items=history,
-            popularity=np.bincount(history, minlength=len(package.items)).astype(np.float64),
-            device=device,
-            reranker=reranker,
-            rerank_note=rerank_note,
-            model_reason=reason,
-            max_explained=max_explained,
-            explain_budget_s=explain_budget_s,
-        )
-        if feedback_url:
-            from recforge.feedback import Exclusions, FeedbackStore
-
-            engine.feedback = Exclusions(FeedbackStore(feedback_url), feedback_staleness_s, interests=feedback_foldin)
-        engine._prepare(package)
-        tag = manifest.get("tag") or f"{manifest['name']}:{manifest['version']}"
-        log.info("loaded %s (serving %s on %s)", tag, primary, device)
-        return engine
-
-    def _prepare(self, package: Package) -> None:
-        """Choose a model per path by ability, cache what requests reuse, warm every path up."""
-        self.titles = item_titles(self.items)
-        # popular list once: ties by index, like top_k
-        self._popular_order = np.lexsort((np.arange(len(self.popularity)), -self.popularity))
-        encoders = package.encoders
-        if encoders:
-            self.item_vectors = np.ascontiguousarray(package.embeddings(encoders[0]), dtype=np.float32)
-        evidence_encoder = next((name for name in explain.explanation_encoders(self.params) if name in encoders), None)
-        vectors = package.embeddings(evidence_encoder) if evidence_encoder is not None else None
-        self.item_table = explain.ItemTable.build(self.items, self.params.encode.fields, vectors)
-        self.profiles = explain.read_profiles(package.profiles_dir)  # the encode stage's, as packaged
-        lead = (
-            self.primary
-            if self.primary in self.models
-            else best_model(self.models, self.metrics, self.params.evaluate.k)
-        )
-        ordered = [lead] + [n for n in self.models if n != lead]
-        self.text_model = next((n for n in ordered if isinstance(self.models[n], TextQuery)), None)
-        if self.text_model is None and encoders:
-            self.text_encoder = package.load_encoder(encoders[0])
-        # a model that scores from a state of the ordered history folds a session in the same way: first choice
-        stateful = [n for n in ordered if isinstance(self.models[n], UserStates)]
-        self.fold_in_model = next((n for n in stateful + ordered if isinstance(self.models[n], FoldIn)), None)
-        self.similar_model = next((n for n in ordered if isinstance(self.models[n], SimilarItems)), None)
-        self.explainer, self.explainer_name = explain.load_explainer(
-            self.params.serve.explainer, self.params.serve.explainer_options
-        )
-        candidates = self.reranker.models if self.primary == RERANK else [self.primary]
-        for name in candidates:
-            states = self._cache_user_states(name)
-            if states is not None:
-                self.states[name] = states
-        self._warm_up(candidates)
-
-    def _warm_up(self, candidates: list[str]) -> None:
-        """Run every path once so the first request is not the slow one."""
-        for name in {*candidates, self.fold_in_model} - {None}:
-            try:
-                if name in candidates:
-                    self._top(name, 0, 10, True)
-                else:
-                    self.models[name].recommend_history(np.array([0]), k=10)
-            except Exception as exc:  # a warm-up failure shows up on the real request with its message
-                log.warning("warm-up of %s failed: %s", name, exc)
-        if self.primary == RERANK and self.maps.user_ids.size:
-            try:
-                self.recommend(plain(self.maps.user_ids[0]), 10)
-                self.recommend(plain(self.maps.user_ids[0]), 10, exclude_seen=False)  # the online path
-            except Exception as exc:
-                log.warning("warm-up of the re-ranker failed: %s", exc)
-        if self.text_model or self.text_encoder is not None:
-            try:
-                self.recommend_text("warm up", 10)
-            except Exception as exc:
-                log.warning("warm-up of the text path failed: %s", exc)
-
-    def _cache_user_states(self, name: str) -> np.ndarray | None:
-        """The user states of a model with the UserStates ability, computed once here.
-
-        Each request then scores with ``recommend_states``: one small product
-        instead of, for a sequential model, a recurrent pass over its history.
-        Checked against the model's own ``recommend`` on a few users; any
-        mismatch disables it.
-        """
-        model = self.models[name]
-        if not isinstance(model, UserStates):
-            return None
-        try:
-            states = np.ascontiguousarray(model.user_states(), dtype=np.float32)
-            probe = np.linspace(0, len(states) - 1, num=min(5, len(states))).astype(int)
-            for user in probe:
-                expected, _ = model.recommend(np.array([user]), k=10)
-                got, _ = model.recommend_states(np.array([user]), states[[user]], k=10)
-                if not np.array_equal(expected, got):
-                    log.warning("%s: cached user states disagree with recommend(); scoring online", name)
-                    return None
-            log.info("%s: cached %d user states", name, len(states))
-            return states
-        except Exception as exc:  # any surprise: the model's own recommend() still works
-            log.warning("%s: no cached user states (%s)", name, exc)
-            return None
+    # loading a package, choosing a model per path and warming up: recforge.engine_load
+    load = classmethod(load_engine)
 
     # ---- helpers -------------------------------------------------------------------------------------------
 
-    def _top(self, name: str, user: int, k: int, exclude_seen: bool) -> tuple[np.ndarray, np.ndarray]:
+    def top(self, name: str, user: int, k: int, exclude_seen: bool) -> tuple[np.ndarray, np.ndarray]:
         """Model ``name``'s top-``k`` for one known user (cached states when the model has them)."""
         model = self.models[name]
         users = np.array([user])
@@ -311,7 +119,7 @@ class Engine:
         return [(int(i), float(s)) for i, s in zip(np.ravel(items), np.ravel(scores)) if i >= 0 and np.isfinite(s)]
 
     def _popular(self, k: int, exclude: np.ndarray | None = None) -> list[tuple[int, float]]:
-        order = self._popular_order
+        order = self.popular_order
         if exclude is not None and len(exclude):
             order = order[~np.isin(order, exclude)]
         order = order[:k]
@@ -371,8 +179,8 @@ class Engine:
         if user < 0:
             return self._answer(self._popular(k), "popularity", fallback="popular", user_id=user_id)
         # items the user bought, rated or disliked through /feedback since training: asked for k + as many, left out
-        excluded, liked = self._feedback_items(user) if exclude_seen else (None, None)
-        want = k if excluded is None else min(k + len(excluded), max(k, len(self.titles)))
+        excluded, liked = dense_feedback(self.feedback, self.maps, user) if exclude_seen else (None, None)
+        want = asked_for(k, excluded, len(self.titles))
         model = self.primary
         if liked is not None and self.fold_in_model is not None:
             # feedback.foldin: the user's new interests join their trained history, folded in as a session is
@@ -385,31 +193,15 @@ class Engine:
                 items, scores = stored
             else:
                 lists = {
-                    name: self._top(name, user, self.reranker.per_model, exclude_seen) for name in self.reranker.models
+                    name: self.top(name, user, self.reranker.per_model, exclude_seen) for name in self.reranker.models
                 }
                 items, scores = self.reranker.rank(user, lists, want)
         else:
-            items, scores = self._top(self.primary, user, want, exclude_seen)
-        if excluded is not None:
-            items, scores = np.ravel(items), np.ravel(scores)
-            keep = ~np.isin(items, excluded)
-            items, scores = items[keep][:k], scores[keep][:k]
+            items, scores = self.top(self.primary, user, want, exclude_seen)
+        items, scores = leave_out(items, scores, excluded, k)
         return self._answer(
             self._rows(items, scores), model, user=user, user_id=plain(self.maps.user_ids[user]), explain=explain
         )
-
-    def _feedback_items(self, user: int) -> tuple[np.ndarray | None, np.ndarray | None]:
-        """Dense items dense ``user`` bought, rated or disliked through /feedback, and (feedback.foldin) the
-        items they showed interest in, oldest first; None for none (or no store)."""
-        if self.feedback is None:
-            return None, None
-        excluded, liked = self.feedback.user(str(plain(self.maps.user_ids[user])))
-        dense = []
-        for items in (excluded, liked):
-            found = [self.maps.lookup_item(i) for i in items]
-            known = [i for i in found if i >= 0]  # items new since training are in no model
-            dense.append(np.array(known, dtype=np.int64) if known else None)
-        return dense[0], dense[1]
 
     def _fold_in(self, known: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, str]:
         """Top-``k`` (items, scores, model) for a history of dense items: the session path of /recommend/history."""

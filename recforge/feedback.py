@@ -4,7 +4,7 @@ One concept: events (``view``, ``click``, ``purchase``, ``rating``, ``dislike``)
 their limits (:func:`check_events`), stored durably (:class:`FeedbackStore`: SQLite in WAL mode by
 default, PostgreSQL for ``postgresql://`` URLs), read back as the items a user must not be shown
 again (:meth:`FeedbackStore.exclusions`, cached per user for at most ``staleness_s`` by
-:class:`Exclusions`), exported once each as a span file the ``table`` loader reads
+:class:`recforge.exclusions.Exclusions`), exported once each as a span file the ``table`` loader reads
 (:meth:`FeedbackStore.export`) and forgotten on request (:meth:`FeedbackStore.forget`).
 
 Guarantees (docs/feedback.md):
@@ -30,7 +30,6 @@ import re
 import sqlite3
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,7 +49,6 @@ EXCLUDING = ("purchase", "rating", "dislike")  # events that take an item out of
 MAX_EXCLUSIONS = 10_000  # most recent excluding events read per user
 MAX_INTERESTS = 1_000  # most recent interest events a fold-in reads per user (the service's history limit)
 LIKED_RATING = 3.0  # a rating event at least this high is interest (fold-in); any rating excludes the item
-EXCLUSION_CACHE_USERS = 100_000
 # the span's rating of events that carry none (a ``rating`` event keeps its own): params feedback.implied_ratings
 IMPLIED_RATINGS = {"view": 3.0, "click": 3.5, "purchase": 5.0, "dislike": 0.0}
 SPAN_COLUMNS = ["user_id", "item_id", "rating", "timestamp", "review", "event_id", "event"]
@@ -575,62 +573,6 @@ def span_frame(events: pd.DataFrame, implied_ratings: Mapping[str, float] | None
             "event": events["event"].astype(str),
         }
     )[SPAN_COLUMNS]
-
-
-# ---- exclusions, cached --------------------------------------------------------------------------------------
-
-
-class Exclusions:
-    """Per-user exclusion sets read from the store, each reused for at most ``staleness_s`` seconds.
-
-    ``staleness_s`` is the bound: an event committed by any worker is seen by every worker's next
-    request at most this long after its commit (0: every request reads the store). Thread-safe, bounded
-    (the least recently used users leave first).
-    """
-
-    def __init__(
-        self,
-        store: FeedbackStore,
-        staleness_s: float = 1.0,
-        size: int = EXCLUSION_CACHE_USERS,
-        *,
-        interests: bool = False,
-    ) -> None:
-        self.store, self.staleness_s, self.size = store, float(staleness_s), int(size)
-        self.interests = interests  # also read each user's interests (feedback.foldin)
-        self._entries: OrderedDict[str, tuple[float, frozenset[str], tuple[str, ...]]] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, user_id: str | int) -> frozenset[str]:
-        """The items to leave out of ``user_id``'s lists, at most ``staleness_s`` old."""
-        return self.user(user_id)[0]
-
-    def user(self, user_id: str | int) -> tuple[frozenset[str], tuple[str, ...]]:
-        """(items to leave out, interests oldest first; empty unless ``interests``), at most ``staleness_s`` old."""
-        key = str(user_id)
-        now = time.monotonic()
-        if self.staleness_s > 0:
-            with self._lock:
-                found = self._entries.get(key)
-                if found is not None and now - found[0] < self.staleness_s:
-                    self._entries.move_to_end(key)
-                    return found[1], found[2]
-        # read after `now` was taken: an entry is never older than its stamp says
-        excluded = self.store.exclusions(key)
-        liked = self.store.interests(key) if self.interests else ()
-        if self.staleness_s > 0:
-            with self._lock:
-                self._entries[key] = (now, excluded, liked)
-                self._entries.move_to_end(key)
-                while len(self._entries) > self.size:
-                    self._entries.popitem(last=False)
-        return excluded, liked
-
-    def forget(self, user_ids: Iterable[str | int]) -> None:
-        """Drop cached entries (this worker's own writes are then seen at once)."""
-        with self._lock:
-            for user in user_ids:
-                self._entries.pop(str(user), None)
 
 
 def store_from_params(params: Any, root: str | Path | None = None) -> FeedbackStore:

@@ -7,7 +7,8 @@ import threading
 
 import pytest
 
-from recforge.engine import Engine, ExplanationCache
+from recforge.engine import Engine
+from recforge.explanation_cache import ExplanationCache
 from recforge.packaging import build_package
 from recforge.params import load_params
 from recforge.pipeline import run_pipeline

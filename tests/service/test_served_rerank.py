@@ -38,7 +38,7 @@ def test_the_precomputed_lists_are_the_online_reranker_s_lists(trained):
     reranker = engine.reranker
     for user in range(len(engine.maps.user_ids)):
         stored = reranker.precomputed(user, 10)
-        lists = {name: engine._top(name, user, reranker.per_model, True) for name in reranker.models}
+        lists = {name: engine.top(name, user, reranker.per_model, True) for name in reranker.models}
         items, scores = reranker.rank(user, lists, 10)
         assert stored[0].tolist() == items.tolist(), user
         np.testing.assert_allclose(stored[1], scores, rtol=1e-5, atol=1e-6)

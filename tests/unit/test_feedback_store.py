@@ -19,11 +19,11 @@ import pandas as pd
 import pytest
 
 from recforge.data.loaders import load
+from recforge.exclusions import Exclusions
 from recforge.feedback import (
     MAX_BATCH,
     MAX_ID_CHARS,
     MAX_REVIEW_CHARS,
-    Exclusions,
     FeedbackError,
     FeedbackStore,
     check_event,
