@@ -246,6 +246,8 @@ STAGES: tuple[Stage, ...] = (
             "recforge/rerank_reports.py",
             "recforge/llm_scorer.py",
             "recforge/features.py",
+            "recforge/candidates.py",
+            "recforge/rerank_rows.py",
             "plugins/rerankers",
             CANONICAL,
             SPLIT,
