@@ -86,7 +86,7 @@ def metrics_table(metrics: dict[str, dict], k: int = 10) -> Table:
 
 QUALITY_HINT = (
     "hint: params.yaml holds quick demo settings; on real data `-p configs/quality.yaml` is the quality profile "
-    "(5 to 7 minutes for ml-latest-small's 100k ratings on 2 cores; docs/rerank.md)"
+    "(about 4 minutes for ml-latest-small's 100k ratings on 2 cores; docs/rerank.md)"
 )
 
 
