@@ -490,3 +490,31 @@ def test_context_for_a_history_gives_the_features_of_the_user_with_that_history(
     session = context.for_history(np.array([0, 1]))
     assert session.last_ts.tolist() == [h.last_timestamp()] and session.first_ts.tolist() == [h.last_timestamp() - 1]
     assert context.counts.tolist() == [3.0, 2.0, 1.0]  # the shared context is untouched
+
+
+def test_similarities_in_row_chunks_equal_the_whole(monkeypatch) -> None:
+    """The similarity features are computed SIM_ROWS candidate rows at a time (bounded memory); chunks of 7 rows give
+    exactly the one-chunk values (catches a chunk written at the wrong offset or a row's last items misaligned)."""
+    import types
+
+    import recforge.features as features
+
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((40, 8)).astype(np.float32)
+    profiles = rng.standard_normal((12, 8)).astype(np.float32)
+    n = 100
+    users, items = rng.integers(0, 12, n), rng.integers(0, 40, n)
+    last = rng.integers(-1, 40, (n, features.LAST_N))
+    present = last >= 0
+    weights = 1.0 / np.maximum(present.sum(axis=1), 1)
+    context = types.SimpleNamespace(embeddings={"enc": (vectors, profiles)})
+    whole, chunked = {}, {}
+    features.FeatureContext._similarities(context, whole, users, items, last, present, weights)
+    monkeypatch.setattr(features, "SIM_ROWS", 7)
+    features.FeatureContext._similarities(context, chunked, users, items, last, present, weights)
+    assert set(whole) == {"sim_enc_profile", "sim_enc_last1", "sim_enc_last5", "sim_enc_max5"}
+    for name, values in whole.items():
+        np.testing.assert_array_equal(chunked[name], values, err_msg=name)
+    np.testing.assert_allclose(
+        whole["sim_enc_profile"], np.einsum("ij,ij->i", profiles[users], vectors[items]), rtol=1e-6
+    )
