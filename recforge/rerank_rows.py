@@ -87,7 +87,9 @@ class ValRows:
         self._keys: dict[str, list[np.ndarray]] = {"train": [], "rest": []}
         self._spill = tempfile.NamedTemporaryFile(prefix="rerank-val-", suffix=".f32", dir=spill_dir)  # noqa: SIM115
         self.rest_rows = 0
+        # set by finish(): the training rows (float32 features, labels, group sizes) and both parts' (user, item)
         self.X = self.labels = self.groups = None
+        self.train_keys = self.rest_keys = np.zeros((0, 2), np.int64)
 
     def add(self, block: pd.DataFrame) -> None:
         if self.features is None:

@@ -57,7 +57,7 @@ class UserKNN:
         The similarities of a batch of queries to every user are nearly dense at scale (a popular item links
         most users), so they are computed as dense blocks of at most DENSE_ENTRIES values, pruned to the
         ``neighbors`` largest per row (argpartition) and only then made sparse for the vote."""
-        if self._vector_norms is None or len(self._vector_norms) != self.vectors.shape[0]:
+        if self._vector_norms is None:  # reset by fit; computed once per fitted or loaded model
             self._vector_norms = self._norms(self.vectors)
         n_users, shrink, k = self.vectors.shape[0], self.config["shrink"], self.config["neighbors"]
         step = max(1, DENSE_ENTRIES // max(n_users, 1))

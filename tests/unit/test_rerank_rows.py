@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from recforge.candidates import positive_groups
+from recforge.candidates import feature_columns, positive_groups
 from recforge.params import load_params
 from recforge.pipeline import run_pipeline
 from recforge.rerank import candidate_models, make_reranker, positive_users, ranked_lists, read_lists, training_table
@@ -69,7 +69,7 @@ def test_below_the_cap_the_lists_are_the_whole_table_ones(workspace) -> None:
     ws = Workspace(params)
     models = candidate_models(params)
     frame, labels, groups = training_table(ws, models)
-    features = [c for c in frame.columns if c not in ("user", "item", "user_id", "item_id", "label")]
+    features = feature_columns(frame)
     reranker = make_reranker(params, features, positive_users(labels, groups))
     reranker.fit(frame, labels, groups)
     want = ranked_lists(frame, reranker.oof_scores, params.evaluate.list_length)
