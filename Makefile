@@ -36,12 +36,14 @@ run: setup
 	$(VENV)/bin/recforge run
 
 # test: lint and format check over the whole tree (ruff), security lint of the shipped code
-# (bandit: no medium or high severity finding), then the suite
+# (bandit: no medium or high severity finding), then the suite on TEST_WORKERS processes (pytest-xdist;
+# a test file stays on one worker, so its module fixtures are built once; TEST_WORKERS=0 runs in one process)
+TEST_WORKERS ?= 2
 test: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/bandit -q -r recforge plugins service flows -ll
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 # serve: train on the embedded default if nothing is trained yet, package, serve on 127.0.0.1:$(PORT).
 PORT ?= 3000
