@@ -19,6 +19,12 @@ one-line reason) and the mutant still makes exactly that change.
 
     .venv/bin/python scripts/mutation.py                      # every module
     .venv/bin/python scripts/mutation.py recforge/split.py    # one module (the report keeps the others)
+    .venv/bin/python scripts/mutation.py --changed HEAD~1 --fail-under 0.85   # what CI runs (.ci/run)
+
+``--changed BASE`` picks the modules whose source or listed test files differ
+between BASE and the working tree (``git diff --name-only BASE``); ``--fail-under``
+makes the exit status 1 when a module scores below it. A module whose budget ran
+out is judged on the mutants it checked, and the report says how many were left.
 """
 
 from __future__ import annotations
@@ -276,6 +282,29 @@ def write_reports(modules: dict) -> None:
     (REPORTS / "mutation.md").write_text("\n".join(lines) + "\n")
 
 
+def changed_modules(base: str, all_modules: dict) -> list[str]:
+    """The modules of ``all_modules`` whose source file or one of whose test files differs from ``base``."""
+    if not base or base.startswith("-") or any(c.isspace() for c in base):
+        raise SystemExit(f"mutation: --changed needs a git revision, got {base!r}")
+    done = subprocess.run(
+        ["git", "diff", "--name-only", base, "--"], cwd=ROOT, capture_output=True, text=True, check=False
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"mutation: cannot compare with {base!r}: {done.stderr.strip().splitlines()[-1:]}")
+    touched = set(done.stdout.split())
+    return [
+        module
+        for module, spec in all_modules.items()
+        if module in touched or any(test.split("::")[0] in touched for test in spec["tests"])
+    ]
+
+
+def checked_score(s: dict) -> float | None:
+    """Killed over the mutants that got a verdict (declared equivalents left out)."""
+    scored = s["total"] - s["equivalent"] - s.get("not_checked", 0)
+    return s["killed"] / scored if scored > 0 else None
+
+
 def main(argv: list[str] | None = None) -> int:
     settings = project()["tool"]["mutmut"]
     all_modules = settings["modules"]
@@ -285,10 +314,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget", type=float, help="seconds per module (default: its budget_s)")
     parser.add_argument("--fresh", action="store_true", help="drop the cache: test every mutant again")
     parser.add_argument("--retest-equivalent", action="store_true", help="also retest declared equivalents")
+    parser.add_argument("--changed", metavar="BASE", help="only the modules whose source or tests differ from BASE")
+    parser.add_argument("--fail-under", type=float, help="exit 1 when a module's score is below this (0-1)")
     args = parser.parse_args(argv)
     unknown = [m for m in args.modules if m not in all_modules]
     if unknown:
         parser.error(f"not in [tool.mutmut.modules]: {unknown}")
+    if args.fail_under is not None and not 0 < args.fail_under <= 1:
+        parser.error(f"--fail-under must be in (0, 1], got {args.fail_under}")
+    if args.changed is not None:
+        if args.modules:
+            parser.error("give modules or --changed, not both")
+        args.modules = changed_modules(args.changed, all_modules)
+        print(f"changed since {args.changed}: {', '.join(args.modules) or 'no module in scope'}", flush=True)
+        if not args.modules:
+            return 0
     equivalent = json.loads(EQUIVALENT_FILE.read_text()) if EQUIVALENT_FILE.exists() else {}
     previous = {}
     if (REPORTS / "mutation.json").exists():
@@ -317,7 +357,15 @@ def main(argv: list[str] | None = None) -> int:
         write_reports(modules)
     write_reports(modules)
     print(f"wrote {REPORTS / 'mutation.json'} and {REPORTS / 'mutation.md'}")
-    return 1 if failed else 0
+    below = []
+    if args.fail_under is not None:
+        for module in args.modules or all_modules:
+            score = checked_score(modules[module]) if "score" in modules.get(module, {}) else None
+            if score is not None and score < args.fail_under:
+                below.append(f"{module} {100 * score:.1f}%")
+        if below:
+            print(f"mutation: below {100 * args.fail_under:.0f}%: {', '.join(below)}", flush=True)
+    return 1 if failed or below else 0
 
 
 if __name__ == "__main__":
