@@ -220,6 +220,16 @@ def run_module(module: str, spec: dict, settings: dict, args, equivalent: dict) 
     deadline = started + budget
     log_path = directory / "mutmut.log"
     complete = True
+    if args.report_only:
+        if not (directory / "mutants").exists():
+            raise RuntimeError("no earlier run to report (run without --report-only first)")
+        codes = meta(directory, module)
+        not_killed = [n for n, c in codes.items() if c not in KILLED | TIMEOUT]
+        summary = summarize(module, codes, diffs(directory, module, not_killed), equivalent)
+        summary["complete"] = summary["not_checked"] == 0
+        summary["tests"] = existing_tests(spec)
+        summary["seconds"] = None  # nothing ran
+        return summary
     with open(log_path, "w") as log:
         # 1) every mutant without a verdict: new, changed since the last run, or not reached before
         complete = run_mutmut(directory, [], args.jobs, deadline, log)
@@ -314,6 +324,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget", type=float, help="seconds per module (default: its budget_s)")
     parser.add_argument("--fresh", action="store_true", help="drop the cache: test every mutant again")
     parser.add_argument("--retest-equivalent", action="store_true", help="also retest declared equivalents")
+    parser.add_argument(
+        "--report-only", action="store_true", help="write the reports from each module's last run, mutating nothing"
+    )
     parser.add_argument("--changed", metavar="BASE", help="only the modules whose source or tests differ from BASE")
     parser.add_argument("--fail-under", type=float, help="exit 1 when a module's score is below this (0-1)")
     args = parser.parse_args(argv)
@@ -351,7 +364,9 @@ def main(argv: list[str] | None = None) -> int:
         score = "-" if s["score"] is None else f"{100 * s['score']:.1f}%"
         print(
             f"{module}: {s['killed']}/{s['total']} killed, {s['equivalent']} equivalent, "
-            f"{len(s['survived'])} left ({score}) in {s['seconds']} s" + ("" if s["complete"] else " [budget ran out]"),
+            f"{len(s['survived'])} left ({score})"
+            + ("" if s["seconds"] is None else f" in {s['seconds']} s")
+            + ("" if s["complete"] else " [budget ran out]"),
             flush=True,
         )
         write_reports(modules)
