@@ -77,6 +77,19 @@ def one_openmp_thread():
         yield
 
 
+def open_with_models(directory: Path):
+    """(the package, its models) opened as the service opens them, on the CPU; call it inside
+    :func:`one_openmp_thread`."""
+    from recforge.packaging import Package
+    from recforge.protocols import FitContext
+
+    package = Package.open(directory)
+    context = FitContext(
+        items=package.items, maps=package.maps, embeddings=package.embeddings, seed=package.params.seed, device="cpu"
+    )
+    return package, package.load_models(context)
+
+
 def _build(target: Path) -> None:
     from recforge.packaging import build_package
     from recforge.params import load_params, paths_under

@@ -20,15 +20,8 @@ from recforge import follow
 from recforge.engine import Engine
 from recforge.follow import EngineSlot, Follower
 from recforge.interactions import IdMaps
+from tests.service.test_follow import Service, load, point
 from tests.unit.tiny_packages import ITEMKNN, POPULARITY, tiny_package
-
-
-class Service:
-    engine = EngineSlot()
-
-
-def load(path: str) -> Engine:
-    return Engine.load(path, device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -40,19 +33,6 @@ def built():
         out[name] = (str(directory), json.loads((directory / "manifest.json").read_text()))
     assert out["a"][1]["content_hash"] != out["b"][1]["content_hash"]
     return out
-
-
-def point(registry: Path, tag: str, path: str, content_hash: str, serial: int) -> None:
-    """The registry names ``tag`` (at ``path``, with ``content_hash``) as production, written atomically."""
-    body = {
-        "format": 1,
-        "serial": serial,
-        "versions": {tag: {"package_path": path, "content_hash": content_hash}},
-        "lineage": [tag],
-        "history": [],
-    }
-    registry.with_suffix(".tmp").write_text(json.dumps(body))
-    registry.with_suffix(".tmp").replace(registry)
 
 
 class Spy:

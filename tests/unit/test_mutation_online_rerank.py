@@ -18,7 +18,7 @@ from recforge.candidates import candidate_frame
 from recforge.interactions import IdMaps
 from recforge.online_rerank import RERANK, SESSION, OnlineReranker
 from recforge.packaging import Package
-from tests.unit.rerank_package import one_openmp_thread, rerank_package
+from tests.unit.rerank_package import one_openmp_thread, open_with_models, rerank_package
 
 K = 10  # the package's list length (evaluate.list_length)
 
@@ -26,19 +26,8 @@ K = 10  # the package's list length (evaluate.list_length)
 @pytest.fixture(scope="module")
 def loaded():
     """(package, its models, the re-ranker loaded from it), LightGBM on one OpenMP thread."""
-    from recforge.protocols import FitContext
-
-    directory = rerank_package()
     with one_openmp_thread():
-        package = Package.open(directory)
-        context = FitContext(
-            items=package.items,
-            maps=package.maps,
-            embeddings=package.embeddings,
-            seed=package.params.seed,
-            device="cpu",
-        )
-        models = package.load_models(context)
+        package, models = open_with_models(rerank_package())
         reranker, note = OnlineReranker.load(package, models)
         assert note is None
         yield package, models, reranker

@@ -14,7 +14,7 @@ from recforge.errors import RecforgeError
 from recforge.explanation_cache import EXPLANATION_CACHE_SIZE, ExplanationCache
 from recforge.packaging import Package
 from recforge.selection import AUTO, best_model, choose_model, val_score
-from tests.unit.rerank_package import one_openmp_thread, rerank_package
+from tests.unit.rerank_package import one_openmp_thread, open_with_models, rerank_package
 
 MODELS = {"popularity": object(), "itemknn": object()}  # choose_model reads only the names of these
 # itemknn is the best single model on validation; popularity is better on test (the rule reads validation)
@@ -149,19 +149,8 @@ def test_rerank_asked_but_not_servable_is_refused(tmp_path):
 @pytest.fixture(scope="module")
 def served():
     """(the tiny two-stage package, its models) opened once per module, LightGBM on one OpenMP thread."""
-    from recforge.protocols import FitContext
-
-    directory = rerank_package()
     with one_openmp_thread():
-        package = Package.open(directory)
-        context = FitContext(
-            items=package.items,
-            maps=package.maps,
-            embeddings=package.embeddings,
-            seed=package.params.seed,
-            device="cpu",
-        )
-        yield package, package.load_models(context)
+        yield open_with_models(rerank_package())
 
 
 def test_rerank_asked_is_served_from_the_precomputed_lists(served):
