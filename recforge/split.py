@@ -13,7 +13,7 @@ def split(interactions: pd.DataFrame, params: SplitParams) -> tuple[pd.DataFrame
     """Return (train, val, test); deterministic for a given seed."""
     if interactions.empty:
         raise RecforgeError("cannot split an empty interactions table")
-    ordered = interactions.sort_values(["user_id", "timestamp", "item_id"], kind="stable").reset_index(drop=True)
+    ordered = interactions.sort_values(["user_id", "timestamp", "item_id"]).reset_index(drop=True)
     if params.method == "leave-last-out":
         return _leave_last_out(ordered)
     if params.method == "temporal":
@@ -23,8 +23,8 @@ def split(interactions: pd.DataFrame, params: SplitParams) -> tuple[pd.DataFrame
 
 def _leave_last_out(ordered: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Last event per user -> test, second-last -> validation (users with >= 3 events)."""
-    from_end = ordered.groupby("user_id", sort=False).cumcount(ascending=False).to_numpy()
-    sizes = ordered.groupby("user_id", sort=False)["item_id"].transform("size").to_numpy()
+    from_end = ordered.groupby("user_id").cumcount(ascending=False).to_numpy()
+    sizes = ordered.groupby("user_id")["item_id"].transform("size").to_numpy()
     test = (from_end == 0) & (sizes >= 2)
     val = (from_end == 1) & (sizes >= 3)
     train = ~(test | val)
@@ -56,7 +56,7 @@ def _random(ordered: pd.DataFrame, params: SplitParams):
     """Per user, a random ``test_fraction`` / ``val_fraction`` of events (at least one event stays in train)."""
     rng = np.random.default_rng(params.seed)
     draws = rng.random(len(ordered))
-    first = ordered.groupby("user_id", sort=False).cumcount().to_numpy() == 0
+    first = ordered.groupby("user_id").cumcount().to_numpy() == 0
     test = (draws < params.test_fraction) & ~first
     val = (draws >= params.test_fraction) & (draws < params.test_fraction + params.val_fraction) & ~first
     train = ~(test | val)
