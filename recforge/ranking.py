@@ -21,7 +21,7 @@ def top_k(
     fewer than ``k`` eligible items are padded with -1 / -inf. Ties break
     towards the lower item index, so results are deterministic.
     """
-    scores = np.array(scores, dtype=np.float64, copy=True)
+    scores = np.array(scores, dtype=np.float64)
     n_rows, n_items = scores.shape
     if candidates is not None:
         mask = np.full_like(scores, -np.inf)
@@ -35,23 +35,18 @@ def top_k(
         scores[coo.row, coo.col] = -np.inf
     k_eff = min(k, n_items)
     # stable: sort by (-score, index) using lexsort on the partitioned block
-    part = (
-        np.argpartition(-scores, k_eff - 1, axis=1)[:, :k_eff]
-        if k_eff < n_items
-        else np.tile(np.arange(n_items), (n_rows, 1))
-    )
-    part_scores = np.take_along_axis(scores, part, axis=1)
+    part = np.argpartition(-scores, k_eff - 1)[:, :k_eff]
+    part_scores = np.take_along_axis(scores, part)
     # include all items tied with the k-th score so tie-breaking is by index
-    order = np.lexsort((part, -part_scores), axis=1)
-    items = np.take_along_axis(part, order, axis=1)
-    top_scores = np.take_along_axis(part_scores, order, axis=1)
+    order = np.lexsort((part, -part_scores))
+    items = np.take_along_axis(part, order)
+    top_scores = np.take_along_axis(part_scores, order)
     if k_eff < n_items:
         items, top_scores = _fix_ties(scores, items, top_scores, k_eff)
     items = np.where(np.isneginf(top_scores), -1, items)
-    if k > k_eff:
-        pad = k - k_eff
-        items = np.hstack([items, np.full((n_rows, pad), -1)])
-        top_scores = np.hstack([top_scores, np.full((n_rows, pad), -np.inf)])
+    pad = k - k_eff  # columns k_eff..k-1 (none when k <= n_items)
+    items = np.hstack([items, np.full((n_rows, pad), -1)])
+    top_scores = np.hstack([top_scores, np.full((n_rows, pad), -np.inf)])
     return items.astype(np.int64), top_scores.astype(np.float32)
 
 
@@ -79,7 +74,7 @@ def history_row(item_ids: np.ndarray, n_items: int) -> sp.csr_matrix:
     item_ids = np.unique(np.asarray(item_ids, dtype=np.int64))
     item_ids = item_ids[(item_ids >= 0) & (item_ids < n_items)]
     return sp.csr_matrix(
-        (np.ones(len(item_ids), dtype=np.float32), (np.zeros(len(item_ids), dtype=np.int64), item_ids)),
+        (np.ones(len(item_ids), dtype=np.float32), (np.zeros_like(item_ids), item_ids)),
         shape=(1, n_items),
     )
 
