@@ -21,7 +21,7 @@ METRICS = ("ndcg", "recall", "mrr", "map", "precision")
 def with_rank(recs: pd.DataFrame) -> pd.DataFrame:
     if "rank" in recs:
         return recs
-    ordered = recs.sort_values(["user_id", "score", "item_id"], ascending=[True, False, True], kind="stable")
+    ordered = recs.sort_values(["user_id", "score", "item_id"], ascending=[True, False, True])
     ordered = ordered.assign(rank=ordered.groupby("user_id").cumcount() + 1)
     return ordered
 
@@ -59,16 +59,15 @@ def ranking_metrics_per_row(top_items: np.ndarray, truth: np.ndarray, k: int) ->
         return {name: np.zeros(0) for name in METRICS}
     # (row, item) pairs as one int64 key; duplicate held-out items count once
     width = int(max(top.max(initial=-1), truth.max(initial=-1))) + 1
-    rows = np.arange(n, dtype=np.int64)[:, None]
+    rows = np.arange(n)[:, None]
     valid = truth >= 0
     truth_keys = np.unique((rows * width + truth)[valid])
     sizes = np.bincount(truth_keys // width, minlength=n)
     if (sizes == 0).any():
         raise ValueError("every row needs at least one held-out item")
     hits = np.isin(rows * width + top, truth_keys) & (top >= 0)
-    # pad to k columns so a short list counts as misses
-    if hits.shape[1] < k:
-        hits = np.hstack([hits, np.zeros((n, k - hits.shape[1]), dtype=bool)])
+    # pad to k columns so a short list counts as misses (no columns when it has k)
+    hits = np.hstack([hits, np.zeros((n, k - hits.shape[1]), dtype=bool)])
     ranks = np.arange(1, k + 1)
     found = hits.sum(axis=1)
     capped = np.minimum(sizes, k)
@@ -94,9 +93,9 @@ def table_arrays(recs: pd.DataFrame, truth: pd.DataFrame, k: int) -> tuple[np.nd
     rows = users.get_indexer(top["user_id"])
     top = top[rows >= 0]
     rows = rows[rows >= 0]
-    codes, _ = pd.factorize(pd.concat([truth["item_id"], top["item_id"]], ignore_index=True))
+    codes, _ = pd.factorize(pd.concat([truth["item_id"], top["item_id"]]))
     truth_codes, top_codes = codes[: len(truth)], codes[len(truth) :]
-    top_items = np.full((len(users), k), -1, dtype=np.int64)
+    top_items = np.full((len(users), k), -1)
     top_items[rows, top["rank"].to_numpy(np.int64) - 1] = top_codes
     return top_items, padded_truth(users.get_indexer(truth["user_id"]), truth_codes, len(users))
 
@@ -108,8 +107,8 @@ def padded_truth(rows: np.ndarray, items: np.ndarray, n_rows: int) -> np.ndarray
     counts = np.bincount(rows, minlength=n_rows)
     starts = np.cumsum(counts) - counts  # each row's first position (also for n_rows == 0)
     column = np.arange(len(rows)) - np.repeat(starts, counts)
-    truth = np.full((n_rows, int(counts.max(initial=0))), -1, dtype=np.int64)
-    truth[rows[order], column] = np.asarray(items, dtype=np.int64)[order]
+    truth = np.full((n_rows, int(counts.max(initial=0))), -1)
+    truth[rows[order], column] = np.asarray(items)[order]
     return truth
 
 
