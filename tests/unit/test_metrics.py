@@ -212,3 +212,27 @@ def test_empty_lists_score_zero():
     # catches max() over a list array without columns crashing: a model that lists nothing scores 0
     result = metrics.ranking_metrics(np.zeros((2, 0), dtype=np.int64), np.array([1, 2]), 3)
     assert result == {f"{name}@3": 0.0 for name in metrics.METRICS}
+
+
+def test_discounts_are_one_over_log2_of_rank_plus_one():
+    """Catches a scaled discount (2 / log2(...)): NDCG hides it, since the ideal scales too."""
+    assert metrics.discounts(3) == pytest.approx([1.0, 1 / math.log2(3), 0.5])
+
+
+def test_with_rank_orders_users_ascending_then_score_descending():
+    """Catches users sorted in descending order: with_rank documents its row order, not only the rank."""
+    recs = pd.DataFrame({"user_id": [2, 1, 2, 1], "item_id": [5, 6, 7, 8], "score": [0.1, 0.2, 0.9, 0.3]})
+    ranked = metrics.with_rank(recs)
+    assert ranked["user_id"].tolist() == [1, 1, 2, 2]
+    assert ranked["item_id"].tolist() == [8, 6, 7, 5]
+    assert ranked["rank"].tolist() == [1, 2, 1, 2]
+
+
+def test_table_arrays_pads_short_lists_with_minus_one():
+    """Catches another padding value (-2) in the top-k array: -1 is the documented 'no item'."""
+    recs = pd.DataFrame({"user_id": [1, 2, 2], "item_id": [10, 20, 10], "rank": [1, 1, 2]})
+    truth = pd.DataFrame({"user_id": [1, 2], "item_id": [10, 30]})
+    top_items, truth_items = metrics.table_arrays(recs, truth, 3)
+    # codes: 10 -> 0, 30 -> 1, 20 -> 2
+    assert top_items.tolist() == [[0, -1, -1], [2, 0, -1]]
+    assert truth_items.tolist() == [[0], [1]]
