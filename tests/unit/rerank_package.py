@@ -2,22 +2,19 @@
 once and kept on disk for the serving-path unit tests (tests/unit/test_mutation_serving.py,
 tests/unit/test_mutation_online_rerank.py).
 
-Building it costs ~10 s; mutation testing runs a fresh pytest session per mutant, so the package is cached in
-``$RECFORGE_TEST_CACHE`` (default: ``<tmp>/recforge-rerank-package``) under a hash of the overrides and of the
-sources that build it. The serving modules those tests mutate (they only read a package) are left out of the
-hash, so a mutation run reuses the package its unmutated test run built.
+Building it costs ~10 s, so it is kept on disk by :mod:`tests.unit.build_cache`; the serving modules those tests
+mutate (they only read a package) are left out of its key.
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
+
+from tests.unit.build_cache import build_once, source_key
 
 OVERRIDES = [
     "recommenders={popularity: {}, itemknn: {neighbors: 10}}",
@@ -34,36 +31,25 @@ OVERRIDES = [
     "evaluate.list_length=10",
 ]
 # read a package, never build one: their mutants must not change the cache key
-READ_ONLY = {"selection.py", "online_rerank.py", "explanation_cache.py", "exclusions.py", "schemas.py"}
-
-
-def _key() -> str:
-    import recforge
-
-    import recforge_plugins as plugins
-
-    digest = hashlib.sha256("\n".join(OVERRIDES).encode())
-    for package in (recforge, plugins):
-        root = Path(package.__file__).parent
-        for path in sorted(root.rglob("*.py")):
-            if path.name not in READ_ONLY or path.parent != Path(recforge.__file__).parent:
-                digest.update(path.relative_to(root).as_posix().encode())
-                digest.update(path.read_bytes())
-    return digest.hexdigest()[:16]
+READ_ONLY = {
+    "recforge/selection.py",
+    "recforge/online_rerank.py",
+    "recforge/explanation_cache.py",
+    "recforge/exclusions.py",
+    "recforge/schemas.py",
+}
 
 
 def rerank_package() -> Path:
-    """The package directory, built on first use in a child process (concurrent builders each build, the first
-    rename wins). A child, so that LightGBM's OpenMP threads never start in this process: mutation testing forks
-    a worker per mutant from it, and a fork of a process whose OpenMP pool is running hangs in its next
-    parallel region."""
-    cache = Path(os.environ.get("RECFORGE_TEST_CACHE") or Path(tempfile.gettempdir()) / "recforge-rerank-package")
-    target = cache / _key()
-    if not (target / "manifest.json").exists():
-        cache.mkdir(parents=True, exist_ok=True)
+    """The package directory, built on first use in a child process. A child, so that LightGBM's OpenMP threads
+    never start in this process: mutation testing forks a worker per mutant from it, and a fork of a process
+    whose OpenMP pool is running hangs in its next parallel region."""
+
+    def build(staging: Path) -> None:
         root = Path(__file__).resolve().parents[2]  # the folder holding tests/ (and, under mutmut, recforge/)
-        subprocess.run([sys.executable, "-m", "tests.unit.rerank_package", str(target)], cwd=root, check=True)
-    return target
+        subprocess.run([sys.executable, "-m", "tests.unit.rerank_package", str(staging)], cwd=root, check=True)
+
+    return build_once("rerank-package", source_key(OVERRIDES, READ_ONLY), build, "package/manifest.json") / "package"
 
 
 @contextmanager
@@ -90,23 +76,15 @@ def open_with_models(directory: Path):
     return package, package.load_models(context)
 
 
-def _build(target: Path) -> None:
+def _build(staging: Path) -> None:
     from recforge.packaging import build_package
     from recforge.params import load_params, paths_under
     from recforge.pipeline import run_pipeline
 
-    work = Path(tempfile.mkdtemp(dir=target.parent, prefix="build-"))
-    try:
-        params = load_params(None, paths_under(work / "workspace") + OVERRIDES)
-        run_pipeline(params)
-        build_package(params, work / "package")
-        try:
-            (work / "package").rename(target)
-        except OSError:  # another session renamed its build first
-            if not (target / "manifest.json").exists():
-                raise
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    params = load_params(None, paths_under(staging / "workspace") + OVERRIDES)
+    run_pipeline(params)
+    build_package(params, staging / "package")
+    shutil.rmtree(staging / "workspace")
 
 
 if __name__ == "__main__":

@@ -11,19 +11,16 @@ or from the loaded model objects called directly, never from the engine's own ou
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
 import shutil
-import tempfile
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-import recforge
 from recforge.engine import Engine
 from recforge.engine_load import _prepare, cached_user_states, warm_up
 from recforge.errors import RecforgeError
@@ -32,8 +29,7 @@ from recforge.packaging import Package
 from recforge.schemas import BadRequestError, NotFoundError
 from tests.conftest import PROJECT_ROOT
 from tests.service.test_request_options import Reference
-
-import recforge_plugins
+from tests.unit.build_cache import build_once, source_key
 
 OVERRIDES = [
     "data.synthetic.num_users=40",
@@ -51,19 +47,6 @@ OVERRIDES = [
     "serve.explainer=builtin",
 ]
 K = 5
-
-
-def _source_hash() -> str:
-    """Of the settings and of the code that builds the package (not the two modules tested here)."""
-    digest = hashlib.sha256(json.dumps(OVERRIDES).encode())
-    for package in (recforge, recforge_plugins):
-        root = Path(package.__file__).parent
-        for path in sorted(root.rglob("*.py")):
-            if path.name in ("engine.py", "engine_load.py"):
-                continue
-            digest.update(f"{package.__name__}/{path.relative_to(root).as_posix()}".encode())
-            digest.update(path.read_bytes())
-    return digest.hexdigest()[:16]
 
 
 BUILD = """
@@ -100,19 +83,15 @@ def package_dir() -> Path:
     import subprocess
     import sys
 
-    cache = Path(tempfile.gettempdir()) / "recforge-mutation-cache" / f"engine-{_source_hash()}"
-    if (cache / "package" / "manifest.json").exists():
-        return cache / "package"
-    work = cache.parent / f"{cache.name}.{os.getpid()}.tmp"
-    shutil.rmtree(work, ignore_errors=True)
-    done = subprocess.run([sys.executable, "-c", BUILD, str(work)], cwd=PROJECT_ROOT, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr[-3000:]
-    shutil.rmtree(work / "workspace")
-    try:
-        work.rename(cache)
-    except OSError:  # another session built it meanwhile
-        shutil.rmtree(work, ignore_errors=True)
-    return cache / "package"
+    def build(staging: Path) -> None:
+        done = subprocess.run(
+            [sys.executable, "-c", BUILD, str(staging)], cwd=PROJECT_ROOT, capture_output=True, text=True
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        shutil.rmtree(staging / "workspace")
+
+    skip = {"recforge/engine.py", "recforge/engine_load.py"}  # the modules tested here never build a package
+    return build_once("engine-package", source_key(OVERRIDES, skip), build, "package/manifest.json") / "package"
 
 
 @pytest.fixture(scope="module")

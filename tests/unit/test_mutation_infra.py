@@ -6,7 +6,6 @@ kept in the temporary directory. tests/e2e/test_infra_validation.py runs it with
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -25,6 +24,7 @@ from recforge import infra
 from recforge.params import load_params
 from tests.conftest import tmp_overrides
 from tests.unit import infra_server
+from tests.unit.build_cache import build_once, source_key
 
 SERVER_SCRIPT = Path(infra_server.__file__)
 UNKNOWN = infra.UNKNOWN_USER
@@ -287,18 +287,6 @@ PACKAGE_OVERRIDES = [
 ]
 
 
-def _sources_key() -> str:
-    """What the cached package depends on: recforge's sources but infra.py (not used to build it)."""
-    import recforge
-
-    root = Path(recforge.__file__).parent
-    digest = hashlib.sha256(json.dumps(PACKAGE_OVERRIDES).encode())
-    for path in sorted(root.rglob("*.py")):
-        if path.name != "infra.py":
-            digest.update(path.relative_to(root).as_posix().encode() + path.read_bytes())
-    return digest.hexdigest()[:16]
-
-
 def _model_store(directory: Path):
     from bentoml._internal.configuration.containers import BentoMLContainer
     from bentoml._internal.models import ModelStore
@@ -312,19 +300,15 @@ def stored_package() -> tuple[Path, str]:
     from recforge.bento import store_package
     from recforge.pipeline import run_pipeline
 
-    cache = Path(tempfile.gettempdir()) / f"recforge-test-infra-{_sources_key()}"
-    if not (cache / "tag").exists():
-        staging = Path(tempfile.mkdtemp(prefix="recforge-test-infra-staging-"))
+    def build(staging: Path) -> None:
         params = load_params(None, tmp_overrides(staging / "workspace") + PACKAGE_OVERRIDES)
         run_pipeline(params)
         with _model_store(staging / "models"):
             tag, _ = store_package(params)
         shutil.rmtree(staging / "workspace")
         (staging / "tag").write_text(tag)
-        try:
-            staging.rename(cache)
-        except OSError:  # built meanwhile by another process
-            shutil.rmtree(staging)
+
+    cache = build_once("infra-package", source_key(PACKAGE_OVERRIDES, {"recforge/infra.py"}), build, "tag")
     return cache / "models", (cache / "tag").read_text()
 
 
