@@ -52,6 +52,15 @@ def point(registry: Path, tag: str, path: str, content_hash: str, serial: int) -
     registry.with_suffix(".tmp").replace(registry)
 
 
+def damaged_copy(package_path: str, where: Path) -> Path:
+    """A copy of the package whose items.parquet has its last byte flipped: its checksums fail."""
+    damaged = where / "damaged"
+    shutil.copytree(package_path, damaged)
+    data = (damaged / "items.parquet").read_bytes()
+    (damaged / "items.parquet").write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+    return damaged
+
+
 def load(path: str) -> Engine:
     return Engine.load(path, device="cpu")
 
@@ -99,10 +108,7 @@ def test_the_follower_switches_rolls_back_and_refuses(packages, tmp_path, caplog
     assert follower.poll() is True and model_version(service.engine) == a["tag"]
 
     # a package whose files changed after registration: its checksums fail; logged once, A keeps serving
-    damaged = tmp_path / "damaged"
-    shutil.copytree(b_path, damaged)
-    data = (damaged / "items.parquet").read_bytes()
-    (damaged / "items.parquet").write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+    damaged = damaged_copy(b_path, tmp_path)
     point(registry, b["tag"], str(damaged), b["content_hash"], 4)
     with caplog.at_level(logging.ERROR, logger="recforge.follow"):
         assert follower.poll() is False

@@ -8,7 +8,6 @@ import contextvars
 import json
 import logging
 import re
-import shutil
 import threading
 import time
 from pathlib import Path
@@ -20,7 +19,7 @@ from recforge import follow
 from recforge.engine import Engine
 from recforge.follow import EngineSlot, Follower
 from recforge.interactions import IdMaps
-from tests.service.test_follow import Service, load, point
+from tests.service.test_follow import Service, damaged_copy, load, point
 from tests.unit.tiny_packages import ITEMKNN, POPULARITY, tiny_package
 
 
@@ -254,10 +253,7 @@ def test_refusals_keep_serving_and_are_logged_once(built, tmp_path, caplog) -> N
         return load(path)
 
     follower = Follower(service, Service.engine, registry, 0.1, counted)
-    damaged = tmp_path / "damaged"
-    shutil.copytree(b_path, damaged)
-    data = (damaged / "items.parquet").read_bytes()
-    (damaged / "items.parquet").write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+    damaged = damaged_copy(b_path, tmp_path)
     point(registry, b["tag"], str(damaged), b["content_hash"], 4)
     with caplog.at_level(logging.ERROR, logger="recforge.follow"):
         assert follower.poll() is False
