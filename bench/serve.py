@@ -409,9 +409,13 @@ def main() -> None:
         text = markdown(rows, meta, ceiling)
         if engine_rows:
             text += "\nIn-process Engine calls (no HTTP, same machine, same moment):\n\n| call | calls | p50 ms | p99 ms |\n|---|---:|---:|---:|\n"
-            text += "".join(
-                f"| {r['endpoint']} | {r['calls']} | {r['p50_ms']} | {r['p99_ms']} |\n" for r in engine_rows
-            )
+            timed = [r for r in engine_rows if "p50_ms" in r]
+            text += "".join(f"| {r['endpoint']} | {r['calls']} | {r['p50_ms']} | {r['p99_ms']} |\n" for r in timed)
+            for r in engine_rows:
+                if "p50_ms" not in r:  # a breakdown: one part per column, "p50 / p99"
+                    parts = [(key, value) for key, value in r.items() if key not in ("endpoint", "calls")]
+                    text += f"\n{r['endpoint']} ({r['calls']} calls, ms):\n\n| part | value |\n|---|---:|\n"
+                    text += "".join(f"| {key} | {value} |\n" for key, value in parts)
         text += f"\nLoad average at the end: {os.getloadavg()[0]:.1f}\n"
         Path(args.out + ".md").write_text(text)
         print(text)
