@@ -112,7 +112,9 @@ def positive_groups(labels: np.ndarray, groups: np.ndarray) -> np.ndarray:
 
 
 def group_sizes(frame: pd.DataFrame) -> np.ndarray:
-    """Rows per consecutive user block (the frame is sorted by user)."""
+    """Rows per consecutive user block (the frame is sorted by user); no rows, no group."""
     users = frame["user"].to_numpy()
+    if not len(users):
+        return np.zeros(0, np.int64)
     boundaries = np.flatnonzero(np.diff(users)) + 1
     return np.diff(np.concatenate([[0], boundaries, [len(users)]])).astype(np.int64)

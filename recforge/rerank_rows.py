@@ -116,10 +116,7 @@ class ValRows:
         self.labels = np.concatenate(self._labels) if self._labels else np.zeros(0, np.int32)
         self.train_keys = self._join("train")
         self.rest_keys = self._join("rest")
-        # no training row (no validation user with a positive candidate): no group, not one empty group, so that
-        # the fit's ValueError (rank-fusion fallback) is reached instead of an IndexError in positive_groups
-        users = self.train_keys[:, 0]
-        self.groups = group_sizes(pd.DataFrame({"user": users})) if len(users) else np.zeros(0, np.int64)
+        self.groups = group_sizes(pd.DataFrame({"user": self.train_keys[:, 0]}))
         return self
 
     def _join(self, part: str) -> np.ndarray:
