@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from recforge.candidates import dense_candidate_frame, positive_groups
+from recforge.candidates import dense_candidate_frame, group_sizes, positive_groups
 from recforge.interactions import IdMaps
 
 MAPS = IdMaps(user_ids=pd.Index([7, 8]), item_ids=pd.Index(["a", "b", "c"]))
@@ -53,3 +53,12 @@ def test_gap_is_computed_from_the_float32_scores_the_frame_holds():
     assert frame["m_gap"].tolist() == [0.0, 0.0, 0.0]
     assert frame["m_score"].dtype == np.float32 and frame["m_gap"].dtype == np.float32
     assert (frame["m_gap"] == frame["m_score"] - frame.groupby("user")["m_score"].transform("max")).all()
+
+
+def test_group_sizes_of_no_rows_is_no_group():
+    """Catches one group of size 0 for an empty frame (LambdaRank's groups then disagree with its rows: the rerank
+    stage crashed in positive_groups instead of falling back to rank fusion), or sizes that are not int64."""
+    empty = group_sizes(pd.DataFrame({"user": np.zeros(0, np.int64)}))
+    assert empty.shape == (0,) and empty.dtype == np.int64
+    sizes = group_sizes(pd.DataFrame({"user": [3, 3, 5, 9, 9, 9]}))
+    assert sizes.tolist() == [2, 1, 3] and sizes.dtype == np.int64
