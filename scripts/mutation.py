@@ -253,8 +253,10 @@ def run_module(module: str, spec: dict, settings: dict, args, equivalent: dict) 
 
 
 def write_reports(modules: dict) -> None:
+    from recforge.artifacts import write_json, write_text  # each report written whole or not at all
+
     REPORTS.mkdir(exist_ok=True)
-    (REPORTS / "mutation.json").write_text(json.dumps({"modules": modules}, indent=2) + "\n")
+    write_json({"modules": modules}, REPORTS / "mutation.json")
     lines = [
         "# Mutation testing",
         "",
@@ -289,7 +291,7 @@ def write_reports(modules: dict) -> None:
         if s["stale_equivalents"]:
             lines += ["", "Stale entries in tests/mutation_equivalent.json:", ""]
             lines += [f"- {entry}" for entry in s["stale_equivalents"]]
-    (REPORTS / "mutation.md").write_text("\n".join(lines) + "\n")
+    write_text("\n".join(lines) + "\n", REPORTS / "mutation.md")
 
 
 def changed_modules(base: str, all_modules: dict) -> list[str]:
