@@ -183,10 +183,13 @@ def test_swap_under_load_then_rollback(world):
         time.sleep(BEFORE_S)  # the steady state before, for comparison
         promoted_at = time.monotonic()
         rf(world["root"], world["env"], "promote", b, "--reason", "swap under load")
+        # the registry names B from here on: the command checks B's files first, which on a loaded machine
+        # (16 clients, a niced command) can take tens of seconds; the workers cannot switch before this
+        on_record = time.monotonic()
         with budget[1]:
             budget[0] = MAX_REQUESTS
         # load goes on until every client's worker answers with B for a while (or the bounds end it)
-        deadline = promoted_at + MAX_LOAD_S
+        deadline = on_record + MAX_LOAD_S
         while time.monotonic() < deadline and budget[0] > 0:
             recent = [r for r in results[-CLIENTS * 4 :] if r[0] > promoted_at]
             if len(recent) >= CLIENTS * 4 and all(r[2] == b for r in recent):
@@ -221,10 +224,12 @@ def test_swap_under_load_then_rollback(world):
         "p99_before_ms": round(float(np.percentile(before, 99)), 2) if before.size else None,
         "requests_in_swap": int(swap.size),
         "p99_swap_ms": round(float(np.percentile(swap, 99)), 2) if swap.size else None,
+        "promote_command_s": round(on_record - promoted_at, 2),
         "first_b_after_promote_s": round(first_b, 2),
         "last_a_after_promote_s": round(last_a, 2),
+        "last_a_after_on_record_s": round(last_a - (on_record - promoted_at), 2),
     }
-    assert last_a < POLL_S + SWAP_MARGIN_S + 10, figures  # the promote command itself takes seconds
+    assert figures["last_a_after_on_record_s"] < POLL_S + SWAP_MARGIN_S, figures
     back = time.monotonic()
     rf(world["root"], world["env"], "rollback", "--reason", "test rollback")
     figures["rollback_command_s"] = round(time.monotonic() - back, 2)
@@ -239,15 +244,17 @@ def test_swap_under_load_then_rollback(world):
 def test_a_corrupted_version_is_refused_and_the_current_one_keeps_serving(world):
     base, tags, paths = world["base"], world["tags"], world["paths"]
     a, c = tags["a"], tags["c"]
+    from recforge import production
+
+    registry_file = Path(world["env"]["BENTOML_HOME"]) / "recforge" / "production.json"
+    if production.current(registry_file).tag != a:  # the swap test failed before its rollback: stand alone
+        rf(world["root"], world["env"], "promote", a, "--reason", "back to A for the corrupted-version test")
     wait_for(base, a, timeout=POLL_S + SWAP_MARGIN_S)
     # C was packaged and verified; its files are damaged afterwards, then the registry names it (as a
     # promotion seen from another host, or a disk that rotted after `recforge promote` checked it)
-    from recforge import production
-
     damaged = Path(paths["c"], "items.parquet")
     data = damaged.read_bytes()
     damaged.write_bytes(data[:-1] + bytes([data[-1] ^ 0xFF]))
-    registry_file = Path(world["env"]["BENTOML_HOME"]) / "recforge" / "production.json"
     body = production.read(registry_file)
     manifest = json.loads(Path(paths["c"], "manifest.json").read_text())
     body["versions"][c] = {"package_path": paths["c"], "content_hash": manifest["content_hash"]}
