@@ -210,7 +210,7 @@ class RerankParams(_Section):
     models: list[str] | None = None
     encoders: list[str] | None = None
     candidates_per_model: int = Field(50, ge=1)
-    block_users: int = Field(20_000, ge=1)
+    block_users: int = Field(5_000, ge=1)
     # users with a positive candidate the re-ranker trains on at most (auto: recforge.rerank_rows.TRAIN_USERS_AUTO;
     # null: all of them), drawn with the seed; memory then stays bounded whatever the number of users
     max_train_users: Annotated[int, Field(ge=2, le=10_000_000)] | Literal["auto"] | None = "auto"

@@ -182,26 +182,36 @@ def make_reranker(params: Params, features: list[str] | None = None, positive_us
     return registry.rerankers.create(cfg.plugin, **options)
 
 
-def ranked_lists(frame: pd.DataFrame, scores: np.ndarray, k: int) -> pd.DataFrame:
-    """Top-``k`` (user_id, item_id, rank, score) per user from row scores (ties: better rrf, lower item)."""
-    table = pd.DataFrame(
-        {
-            "user": frame["user"].to_numpy(),
-            "user_id": frame["user_id"].to_numpy(),
-            "item_id": frame["item_id"].to_numpy(),
-            "item": frame["item"].to_numpy(),
-            "score": np.asarray(scores, dtype=np.float64),
-        }
-    )
-    table = table.sort_values(["user", "score", "item"], ascending=[True, False, True], kind="stable")
-    table["rank"] = table.groupby("user").cumcount() + 1
-    table = table[table["rank"] <= k]
+def ranked_lists(frame: pd.DataFrame, scores: np.ndarray, k: int, maps=None) -> pd.DataFrame:
+    """Top-``k`` (user_id, item_id, rank, score) per user from row scores (ties: lower item).
+
+    ``frame`` has the dense ``user`` and ``item`` of each row, and their original ids (``user_id``,
+    ``item_id``) unless ``maps`` (:class:`recforge.interactions.IdMaps`) is given: the ids of the
+    kept rows are then looked up after the cut, so millions of scored rows never carry their ids.
+    One index sort (numpy), no copy of the table.
+    """
+    users = frame["user"].to_numpy()
+    items = frame["item"].to_numpy()
+    scores = np.asarray(scores, dtype=np.float64)
+    order = np.lexsort((items, -scores, users))
+    if len(order):
+        ordered = users[order]
+        first = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+        rank = np.arange(1, len(order) + 1) - np.repeat(first, np.diff(np.r_[first, len(order)]))
+    else:
+        rank = np.zeros(0, np.int64)
+    keep = rank <= k
+    rows = order[keep]
+    if maps is None:
+        user_ids, item_ids = frame["user_id"].to_numpy()[rows], frame["item_id"].to_numpy()[rows]
+    else:
+        user_ids, item_ids = maps.user_ids.to_numpy()[users[rows]], maps.item_ids.to_numpy()[items[rows]]
     return pd.DataFrame(
         {
-            "user_id": table["user_id"].to_numpy(),
-            "item_id": table["item_id"].to_numpy(),
-            "rank": table["rank"].to_numpy(np.int32),
-            "score": table["score"].to_numpy(np.float32),
+            "user_id": user_ids,
+            "item_id": item_ids,
+            "rank": rank[keep].astype(np.int32),
+            "score": scores[rows].astype(np.float32),
         }
     )
 

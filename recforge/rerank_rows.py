@@ -133,6 +133,12 @@ class ValRows:
         del spilled
         return out
 
+    def scored_keys(self) -> pd.DataFrame:
+        """(user, item) of the training rows, then of the spilled rows: the order of ``train_scores``
+        followed by ``score_rest``'s scores (no ids: ``ranked_lists(..., maps=)`` maps the kept rows)."""
+        keys = np.concatenate([self.train_keys, self.rest_keys])
+        return pd.DataFrame({"user": keys[:, 0], "item": keys[:, 1]})
+
     def frame(self, part: str) -> pd.DataFrame:
         """(user, item, user_id, item_id) of the ``train`` or ``rest`` rows, in their order."""
         keys = self.train_keys if part == "train" else self.rest_keys
@@ -146,7 +152,9 @@ class ValRows:
         )
 
     def close(self) -> None:
+        """Remove the spill file and drop the training matrix (keys, labels and groups stay)."""
         self._spill.close()
+        self.X = None
 
 
 def collect_val_rows(

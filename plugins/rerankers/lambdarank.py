@@ -191,6 +191,7 @@ class LambdaRankReranker:
         for part in batched(len(missing), PREDICT_ROWS):
             oof[missing[part]] = self._predict(X[missing[part]])
         self.oof_scores = oof
+        self.boosters = [_detached(booster) for booster in self.boosters]
         log.info(
             "lambdarank: %d folds x %d repeats, best iterations %s (out-of-fold scores at %s)",
             n_folds,
@@ -413,3 +414,11 @@ class LambdaRankReranker:
         ]
         model.best_iterations = [int(b.current_iteration()) for b in model.boosters]
         return model
+
+
+def _detached(booster):
+    """The same trees without the training and early-stopping datasets a trained booster keeps (LightGBM's
+    binned copies and score buffers: hundreds of MiB at a million rows); its predictions are unchanged."""
+    import lightgbm as lgb
+
+    return lgb.Booster(model_str=booster.model_to_string(num_iteration=-1))

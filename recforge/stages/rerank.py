@@ -90,6 +90,7 @@ def run_rerank(params: Params, variant: str | None = None) -> dict[str, Any] | N
 
     blocks = iter_part(workspace, "val", models, scorer, lists=lists)
     rows = collect_val_rows(blocks, truths["val"], train_users, workspace.maps, each=each)
+    lists = blocks = None  # the validation lists (every model's whole list) are not needed any more
     features, labels, groups = rows.features, rows.labels, rows.groups
     log.info(
         "rerank: %d training rows (%d of %d users with a positive candidate), %d other val rows on disk, "
@@ -108,10 +109,12 @@ def run_rerank(params: Params, variant: str | None = None) -> dict[str, Any] | N
         rest_scores = rows.score_rest(lambda X: X[:, features.index("rrf")])
     rows.close()
     val_lists = ranked_lists(
-        pd.concat([rows.frame("train"), rows.frame("rest")], ignore_index=True),
+        rows.scored_keys(),
         np.concatenate([train_scores, rest_scores]),
         params.evaluate.list_length,
+        maps=workspace.maps,
     )
+    del train_scores, rest_scores
     keep_tables = keep_tables and reranker is not None
     test_lists, kept, test_rows = _score_test(workspace, models, scorer, reranker, recall, keep=keep_tables)
     write_parquet(val_lists, Path(params.paths.lists_dir) / NAME / "val.parquet")

@@ -90,3 +90,12 @@ def test_fold_assignment_deals_only_the_useful_groups_into_near_equal_folds():
     assert (folds[[1, 4, 8]] == -1).all() and (folds[useful] >= 0).all()
     assert sorted(np.bincount(folds[useful])) == [2, 2, 3]
     np.testing.assert_array_equal(folds, fold_assignment(10, useful, 3, seed=1))  # seeded
+
+
+def test_a_fitted_reranker_keeps_no_training_data():
+    """Catches the trained boosters kept with their LightGBM datasets (binned copies of every fold's rows, which
+    sat under the whole test pass at 1M events), and a detached copy that lost trees (its predictions would
+    differ from the out-of-fold scores the attached boosters gave: the test above)."""
+    reranker, X, _, _ = _fitted("mean")
+    assert all(getattr(booster, "train_set", None) is None for booster in reranker.boosters)
+    assert all(booster.current_iteration() == len(curve) for booster, curve in zip(reranker.boosters, reranker.curves))

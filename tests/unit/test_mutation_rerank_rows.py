@@ -207,7 +207,11 @@ def test_frames_give_original_ids_of_each_part(tmp_path):
     assert train.to_dict("list") == {"user": [1, 1], "item": [2, 0], "user_id": [20, 20], "item_id": [102, 100]}
     rest = rows.frame("rest")
     assert rest.to_dict("list") == {"user": [0, 3], "item": [3, 1], "user_id": [10, 40], "item_id": [103, 101]}
+    # scored_keys: the training rows then the spilled ones (the order of train scores + score_rest), no ids
+    assert rows.scored_keys().to_dict("list") == {"user": [1, 1, 0, 3], "item": [2, 0, 3, 1]}
     rows.close()
+    assert rows.X is None and not os.path.exists(rows._spill.name)  # closed: no matrix, no spill file
+    assert len(rows.labels) == 2 and rows.groups.tolist() == [2]  # labels and groups stay for the stage report
 
 
 def test_all_rows_spilled_leaves_empty_training_arrays_of_the_right_shape(tmp_path):

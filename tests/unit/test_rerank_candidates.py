@@ -164,3 +164,28 @@ def test_load_reranker_says_what_is_missing(tmp_path):
     write_meta(directory, {"fallback": "pop"})
     with pytest.raises(RecforgeError, match=r"no re-ranker was trained \(too little validation data; lists use pop\)"):
         rerank.load_reranker(params)
+
+
+def test_ranked_lists_with_maps_equal_a_pandas_reference_over_ties_and_unsorted_rows():
+    # catches ids looked up by row instead of by dense index after the cut, ranks that restart in the wrong place
+    # when a user's rows are not contiguous, and ties broken by row order (the reference: a stable pandas sort)
+    from recforge.interactions import IdMaps
+
+    rng = np.random.default_rng(3)
+    n = 400
+    pairs = rng.permutation(40 * 30)[:n]
+    users, items = pairs // 30, pairs % 30
+    scores = rng.integers(0, 4, n) / 4.0  # many ties
+    maps = IdMaps(user_ids=pd.Index([f"u{u}" for u in range(40)]), item_ids=pd.Index(1000 + np.arange(30)))
+    frame = pd.DataFrame({"user": users, "item": items})
+    got = rerank.ranked_lists(frame, scores, 5, maps=maps)
+    table = frame.assign(score=scores).sort_values(["user", "score", "item"], ascending=[True, False, True])
+    table["rank"] = table.groupby("user").cumcount() + 1
+    table = table[table["rank"] <= 5]
+    assert got["user_id"].tolist() == [f"u{u}" for u in table["user"]]
+    assert got["item_id"].tolist() == (1000 + table["item"]).tolist()
+    assert got["rank"].tolist() == table["rank"].tolist() and got["score"].tolist() == table["score"].tolist()
+    with_ids = frame.assign(user_id=maps.user_ids.to_numpy()[users], item_id=maps.item_ids.to_numpy()[items])
+    pd.testing.assert_frame_equal(rerank.ranked_lists(with_ids, scores, 5), got)
+    empty = rerank.ranked_lists(frame.iloc[:0], scores[:0], 5, maps=maps)
+    assert empty.empty and list(empty.columns) == ["user_id", "item_id", "rank", "score"]
