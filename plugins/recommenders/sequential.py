@@ -157,6 +157,22 @@ def _build_network(cell: str, n_items: int, dim: int, layers: int, heads: int, d
         def logits(self, hidden):
             return hidden @ self.items.weight[1:].T + self.bias
 
+        def pad_states(self, width: int) -> list:
+            """Recurrent cells: the state after 0..``width`` leading pads (the same for every history, as the
+            pad's input is its embedding row), one step at a time, as the full pass computes them."""
+            pad = self.items(torch.zeros((1, 1), dtype=torch.long, device=self.bias.device)) * math.sqrt(dim)
+            states, state = [None], None
+            for _ in range(width):
+                _, state = self.rnn(self.dropout(pad), state)
+                states.append(state)
+            return states
+
+        def forward_from(self, sequences, state):
+            """Recurrent cells: :meth:`forward` of unpadded ``sequences`` continued from ``state`` (the state
+            after their pads, :meth:`pad_states`): the pads' steps are not run again."""
+            h, _ = self.rnn(self.dropout(self.items(sequences) * math.sqrt(dim)), state)
+            return self.norm(h)
+
     return SequenceNet()
 
 
@@ -258,6 +274,7 @@ class Sequential:
         self.history: list[dict[str, float]] = []
         self._device = "cpu"
         self._output: tuple[np.ndarray, np.ndarray] | None = None  # numpy output layer for recommend_states
+        self._pads: list | None = None  # recurrent cells: the state after n pads (recommend_history)
         self._auto: list[str] = []  # the sizes the last fit chose from the data
         self._proposal: np.ndarray | None = None  # the sampled loss's item distribution (training only)
 
@@ -303,7 +320,7 @@ class Sequential:
     def _set_data(self, train: Interactions) -> None:
         self.n_items = train.n_items
         self.seen = train.csr
-        self._output = None
+        self._output = self._pads = None
         self.sequences = [np.asarray(s, dtype=np.int32) for s in train.sequences]
         # the sampled loss's proposal: the training targets' popularity (+1, so no item is never drawn)
         counts = np.bincount(train.item_ids, minlength=self.n_items).astype(np.float64) + 1.0
@@ -479,11 +496,28 @@ class Sequential:
         """Fold-in: score the next item after an anonymous, time-ordered history."""
         item_ids = np.asarray(item_ids, dtype=np.int64)
         item_ids = item_ids[(item_ids >= 0) & (item_ids < self.n_items)]
-        scores = self._scores([item_ids])
+        scores = self._history_scores(item_ids)
         seen = None
         if exclude_seen and len(item_ids):
             seen = history_row(item_ids, self.n_items)
         return top_k(scores, k, seen=seen)
+
+    def _history_scores(self, item_ids: np.ndarray) -> np.ndarray:
+        """``_scores([item_ids])`` for one history. A recurrent cell starts from the cached state after the
+        history's pads instead of running over them (a 30-item session in a 70-wide window: 30 steps, not 70);
+        the same computation, so the same scores (tests/unit/test_sequential_scale.py)."""
+        width = self.config["max_len"]
+        if self.config["cell"] == "sasrec" or not len(item_ids):
+            return self._scores([item_ids])
+        torch = _torch()
+        seq = np.asarray(item_ids, dtype=np.int64)[-width:] + 1
+        self.net.eval()
+        with torch.no_grad():
+            if self._pads is None:
+                self._pads = self.net.pad_states(width)
+            state = self._pads[width - len(seq)]
+            hidden = self.net.forward_from(torch.from_numpy(seq[None]).to(self._device), state)[:, -1]
+            return self.net.logits(hidden).float().cpu().numpy()
 
     def user_states(self) -> np.ndarray:
         """UserStates: the final hidden state of every fitted user's history ([n_users, dim] float32).

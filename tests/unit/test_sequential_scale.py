@@ -125,3 +125,23 @@ def test_threads_option() -> None:
         Sequential(negatives=1)
     with pytest.raises(ValueError, match="refit must be"):
         Sequential(refit="hot")
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_a_session_starts_from_the_state_after_its_pads(topical, cell) -> None:  # noqa: F811
+    """recommend_history of a recurrent cell skips the pads' steps (the cached state after them): its scores equal
+    the full padded pass for histories shorter than, as long as and longer than the window. Catches the state of
+    the wrong pad count, a cache kept across a refit, and a window cut on the wrong side."""
+    events, context, _ = topical
+    model = Sequential(cell=cell, epochs=2, **{**SMALL, "layers": 2}).fit(events, context=context)
+    width = model.config["max_len"]
+    rng = np.random.default_rng(4)
+    for length in (1, 3, width - 1, width, width + 5):
+        history = rng.integers(0, model.n_items, length)
+        np.testing.assert_allclose(model._history_scores(history), model._scores([history]), rtol=1e-5, atol=1e-6)
+    cached = model._pads
+    assert cached is not None and len(cached) == width + 1
+    model.fit(events, context=context)  # new weights: the states after the pads are computed again
+    assert model._pads is None
+    history = rng.integers(0, model.n_items, 3)
+    np.testing.assert_allclose(model._history_scores(history), model._scores([history]), rtol=1e-5, atol=1e-6)
