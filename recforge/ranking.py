@@ -73,10 +73,9 @@ def history_row(item_ids: np.ndarray, n_items: int) -> sp.csr_matrix:
     """A 1 x n_items binary row marking ``item_ids`` (an anonymous history, or one item to exclude)."""
     item_ids = np.unique(np.asarray(item_ids, dtype=np.int64))
     item_ids = item_ids[(item_ids >= 0) & (item_ids < n_items)]
-    return sp.csr_matrix(
-        (np.ones(len(item_ids), dtype=np.float32), (np.zeros_like(item_ids), item_ids)),
-        shape=(1, n_items),
-    )
+    # the CSR arrays directly (sorted, unique columns): no COO conversion on the per-request path
+    indptr = np.array([0, len(item_ids)], dtype=np.int64)
+    return sp.csr_matrix((np.ones(len(item_ids), dtype=np.float32), item_ids, indptr), shape=(1, n_items))
 
 
 RRF_OFFSET = 10.0  # reciprocal rank fusion: 1 / (RRF_OFFSET + rank)
