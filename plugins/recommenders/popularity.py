@@ -39,9 +39,35 @@ class Popularity:
 
     def recommend(self, user_ids, *, k, exclude_seen=True, candidates=None):
         user_ids = np.asarray(user_ids)
-        scores = np.broadcast_to(self.item_scores, (len(user_ids), len(self.item_scores)))
         seen = self.seen[user_ids] if exclude_seen else None
+        if candidates is None:
+            return self._top(seen, len(user_ids), k)
+        scores = np.broadcast_to(self.item_scores, (len(user_ids), len(self.item_scores)))
         return top_k(scores, k, seen=seen, candidates=candidates)
+
+    def _top(self, seen: sp.csr_matrix | None, n_users: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """``top_k`` of the shared scores, over the best ``k`` + (most items a user has seen) items only.
+
+        Every user's scores are the same, so a user's top ``k`` unseen items are among the first
+        ``k + seen`` items of the global order (score, then lower index): the same lists as ``top_k``
+        over the whole catalogue (a test), without an [users x items] matrix (at 100,000 items the
+        lists of 50,000 users took 350 s through it)."""
+        n_items = len(self.item_scores)
+        width = min(n_items, k + (int(np.diff(seen.indptr).max()) if seen is not None and n_users else 0))
+        order = np.lexsort((np.arange(n_items), -self.item_scores))[:width]
+        scores = np.broadcast_to(self.item_scores[order], (n_users, width))
+        mask = None
+        if seen is not None:
+            position = np.full(n_items, -1, dtype=np.int64)
+            position[order] = np.arange(width)
+            coo = seen.tocoo()
+            at = position[coo.col]
+            kept = at >= 0
+            mask = sp.csr_matrix(
+                (np.ones(int(kept.sum()), dtype=np.float32), (coo.row[kept], at[kept])), shape=(n_users, width)
+            )
+        items, values = top_k(scores, k, seen=mask)
+        return np.where(items >= 0, order[np.maximum(items, 0)], -1), values
 
     def recommend_history(self, item_ids, *, k, exclude_seen=True):
         seen = None
