@@ -141,3 +141,18 @@ def test_top_k_equals_a_full_sort_on_long_rows():
     for k in (1, 2, 10, 299):
         items, _ = top_k(scores, k)
         assert items.tolist() == np.argsort(-scores, axis=1)[:, :k].tolist(), k
+
+
+def test_top_k_keeps_float64_precision_and_float32_scores_give_the_same_lists():
+    # catches float64 scores compared in float32 (1 and 1 + 1e-12 become a tie, broken by the lower index), and
+    # float32 scores ranked differently from their exact float64 values
+    items, _ = top_k(np.array([[1.0, 1.0 + 1e-12, 0.5]]), 1)
+    assert items.tolist() == [[1]]
+    rng = np.random.default_rng(7)
+    scores = rng.integers(0, 50, (6, 40)).astype(np.float32) / 7
+    seen = sp.random(6, 40, density=0.2, format="csr", random_state=1)
+    for k in (3, 10, 45):
+        got, want = top_k(scores, k, seen=seen), top_k(scores.astype(np.float64), k, seen=seen)
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_array_equal(got[1], want[1])
+        assert got[1].dtype == np.float32
