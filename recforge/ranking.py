@@ -76,7 +76,7 @@ def history_row(item_ids: np.ndarray, n_items: int) -> sp.csr_matrix:
     item_ids = np.unique(np.asarray(item_ids, dtype=np.int64))
     item_ids = item_ids[(item_ids >= 0) & (item_ids < n_items)]
     # the CSR arrays directly (sorted, unique columns): no COO conversion on the per-request path
-    indptr = np.array([0, len(item_ids)], dtype=np.int64)
+    indptr = np.array([0, len(item_ids)])
     return sp.csr_matrix((np.ones(len(item_ids), dtype=np.float32), item_ids, indptr), shape=(1, n_items))
 
 

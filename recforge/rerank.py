@@ -194,12 +194,9 @@ def ranked_lists(frame: pd.DataFrame, scores: np.ndarray, k: int, maps=None) -> 
     items = frame["item"].to_numpy()
     scores = np.asarray(scores, dtype=np.float64)
     order = np.lexsort((items, -scores, users))
-    if len(order):
-        ordered = users[order]
-        first = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
-        rank = np.arange(1, len(order) + 1) - np.repeat(first, np.diff(np.r_[first, len(order)]))
-    else:
-        rank = np.zeros(0, np.int64)
+    ordered = users[order]
+    first = np.flatnonzero(np.diff(ordered, prepend=ordered[:1] - 1))  # where each user's rows start
+    rank = np.arange(1, len(order) + 1) - np.repeat(first, np.diff(np.append(first, len(order))))
     keep = rank <= k
     rows = order[keep]
     if maps is None:
