@@ -15,6 +15,7 @@ from recforge.params import load_params
 from recforge.pipeline import run_pipeline
 from recforge.schemas import BadRequestError, NotFoundError
 from tests.conftest import TINY, TINY_RERANK, TINY_RERANK_MODELS, tmp_overrides
+from tests.unit.test_mutation_engine import wrong_checksum_copy
 
 
 @pytest.fixture(scope="module")
@@ -86,14 +87,8 @@ def test_engine_rejects_bad_requests(package):
 
 
 def test_a_tampered_manifest_entry_is_caught(package, tmp_path):
-    import shutil
-
     _, directory, _ = package
-    copy = tmp_path / "copy"
-    shutil.copytree(directory, copy)
-    manifest = json.loads((copy / "manifest.json").read_text())
-    manifest["checksums"]["items.parquet"] = "0" * 64
-    (copy / "manifest.json").write_text(json.dumps(manifest))
+    copy = wrong_checksum_copy(directory, tmp_path)
     with pytest.raises(RecforgeError, match="checksum"):
         Engine.load(copy, device="cpu")
 

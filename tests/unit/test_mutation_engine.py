@@ -771,13 +771,19 @@ def test_a_package_without_models_is_refused(package_dir, tmp_path):
     assert str(error.value) == f"{copy}: the package holds no models"
 
 
-def test_verify_checks_the_checksums_unless_turned_off(package_dir, tmp_path):
-    """Catches: verify not passed to Package.open (a tampered package would load silently, or never load)."""
-    copy = tmp_path / "copy"
-    shutil.copytree(package_dir, copy)
+def wrong_checksum_copy(directory, where: Path) -> Path:
+    """A copy of the package whose manifest records a wrong sha256 for items.parquet: its checksums fail."""
+    copy = where / "copy"
+    shutil.copytree(directory, copy)
     manifest = json.loads((copy / "manifest.json").read_text())
     manifest["checksums"]["items.parquet"] = "0" * 64
     (copy / "manifest.json").write_text(json.dumps(manifest))
+    return copy
+
+
+def test_verify_checks_the_checksums_unless_turned_off(package_dir, tmp_path):
+    """Catches: verify not passed to Package.open (a tampered package would load silently, or never load)."""
+    copy = wrong_checksum_copy(package_dir, tmp_path)
     with pytest.raises(RecforgeError, match="checksum"):
         Engine.load(copy, device="cpu", model="content")
     assert Engine.load(copy, device="cpu", model="content", verify=False).primary == "content"

@@ -46,6 +46,14 @@ def copy_of(package: Package, tmp_path) -> Package:
     return Package(directory=folder, manifest=dict(package.manifest), params=package.params, verify=False)
 
 
+def rewrite_npz(path, change) -> None:
+    """Rewrite the arrays of the npz file ``path`` through ``change(arrays)`` (a dict it edits in place)."""
+    with np.load(path) as data:
+        arrays = {k: data[k] for k in data.files}
+    change(arrays)
+    np.savez(path, **arrays)
+
+
 class Recording:
     """The real re-ranker model, keeping every candidate frame it scores."""
 
@@ -322,9 +330,7 @@ def test_a_history_without_timestamps_is_refused(tmp_path, loaded):
     # catches a package from an older recforge (no timestamps: every time feature would be wrong) served
     package, models, _ = loaded
     copy = copy_of(package, tmp_path)
-    with np.load(copy.directory / "history.npz") as data:
-        arrays = {k: data[k] for k in data.files if k != "timestamps"}
-    np.savez(copy.directory / "history.npz", **arrays)
+    rewrite_npz(copy.directory / "history.npz", lambda arrays: arrays.pop("timestamps"))
     assert OnlineReranker.load(copy, models) == (
         None,
         "the package's history has no timestamps (packaged by an older recforge)",
@@ -335,10 +341,7 @@ def test_lists_not_covering_the_users_are_refused(tmp_path, loaded):
     # catches precomputed lists of another user set looked up by dense index (another user's list served)
     package, models, _ = loaded
     copy = copy_of(package, tmp_path)
-    with np.load(copy.directory / "rerank_lists.npz") as data:
-        arrays = {k: data[k] for k in data.files}
-    arrays["indptr"] = arrays["indptr"][:-1]
-    np.savez(copy.directory / "rerank_lists.npz", **arrays)
+    rewrite_npz(copy.directory / "rerank_lists.npz", lambda arrays: arrays.update(indptr=arrays["indptr"][:-1]))
     assert OnlineReranker.load(copy, models) == (
         None,
         "the precomputed lists do not cover the package's users; repackage",
