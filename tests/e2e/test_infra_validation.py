@@ -2,7 +2,7 @@
 
 A tiny synthetic workspace with a temporary BentoML home: a cycle whose candidate misses the latency budget
 is blessed but not promoted (the reason in reports/promotion.json and the registry); the same candidate with
-the default budget is served, answers as offline and is promoted; a served setting that makes the server
+a budget it meets (``WITHIN_MS``) is served, answers as offline and is promoted; a served setting that makes the server
 answer another model's lists, and a server that is not ready in time, fail with their reason.
 """
 
@@ -53,6 +53,12 @@ def rf(ws, *args: str) -> subprocess.CompletedProcess:
     return done
 
 
+# the budget the second cycle must meet: the tiny model answers in about 14 ms at p99, but this runs beside
+# another test process (2 cores; 16 load clients in the hot-swap test), where the default 100 ms was once
+# exceeded (106 ms): the test is about the budget deciding, not about this machine's tail
+WITHIN_MS = 1000.0
+
+
 def read(ws, name: str) -> dict:
     return json.loads((ws[0] / name).read_text())
 
@@ -68,12 +74,12 @@ def test_a_candidate_over_the_latency_budget_is_not_promoted_then_one_within_it_
     registry = read(ws, "bentoml/recforge/production.json")
     assert registry["lineage"] == [] and registry["versions"][promotion["tag"]]["infra_validation"] == infra
 
-    ok = rf(ws, "cycle")  # still no production: the cycle runs again, with the default budget
+    ok = rf(ws, "cycle", "-S", f"promote.infra_p99_ms={WITHIN_MS}")  # still no production: the cycle runs again
     assert "promoted" in ok.stdout and "not promoted" not in ok.stdout
     promotion = read(ws, "reports/promotion.json")
     infra = promotion["infra_validation"]
     assert promotion["promoted"] is True and infra["passed"] is True, infra
-    assert infra["users"] == 11 and infra["p99_ms"] <= PARAMS["promote"].get("infra_p99_ms", 100.0)
+    assert infra["users"] == 11 and infra["p99_ms"] <= WITHIN_MS
     registry = read(ws, "bentoml/recforge/production.json")
     assert registry["lineage"] == [promotion["tag"]]
     assert "infra-validated" in registry["history"][-1]["reason"]
