@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from recforge.ranking import RRF_OFFSET, batched, history_row, reciprocal_rank_fusion, top_k
+from recforge.ranking import RRF_OFFSET, TORCH_MIN_SCORES, batched, history_row, reciprocal_rank_fusion, top_k
 
 
 def test_rrf_sums_over_the_models_that_listed_the_item():
@@ -107,6 +109,40 @@ def test_top_k_equals_the_slow_reference_on_random_ties():
         want_items, want_values = reference_top_k(scores, k, seen, candidates)
         assert items.tolist() == want_items.tolist(), (trial, scores, k)
         assert values.tolist() == want_values.astype(np.float32).tolist(), trial
+
+
+@pytest.mark.parametrize("torch_installed", [True, False])
+def test_top_k_over_a_wide_block_equals_the_reference_with_and_without_torch(monkeypatch, torch_installed):
+    # catches the multi-threaded path (a block of TORCH_MIN_SCORES scores or more) keeping torch's arbitrary member
+    # of a tie at the cut, or asked for the wrong number of columns; and the numpy fallback broken where the
+    # optional torch extra is not installed (an import of a None module raises ImportError)
+    if not torch_installed:
+        monkeypatch.setitem(sys.modules, "torch", None)
+    rng = np.random.default_rng(5)
+    scores = rng.integers(0, 6, size=(40, 2000)).astype(np.float32)  # 80,000 scores, ties everywhere
+    assert scores.size >= TORCH_MIN_SCORES
+    seen = sp.csr_matrix(rng.random(scores.shape) < 0.1)
+    for k in (1, 7, 100):
+        items, values = top_k(scores, k, seen=seen)
+        want_items, want_values = reference_top_k(scores, k, seen)
+        assert items.tolist() == want_items.tolist(), k
+        assert values.tolist() == want_values.astype(np.float32).tolist(), k
+
+
+def test_top_k_hands_only_wide_blocks_to_torch(monkeypatch):
+    # catches the threshold inverted or dropped: torch's call overhead (about 0.2 ms) would be paid by every
+    # single list at serving time, and the wide blocks of a 100,000-item catalogue would stay single-threaded
+    torch = pytest.importorskip("torch")
+    calls, real = [], torch.topk
+    monkeypatch.setattr(
+        torch,
+        "topk",
+        lambda values, *args, **kwargs: calls.append(tuple(values.shape)) or real(values, *args, **kwargs),
+    )
+    assert top_k(np.zeros((1, TORCH_MIN_SCORES - 1)), 5)[0].tolist() == [[0, 1, 2, 3, 4]]
+    assert calls == []
+    assert top_k(np.zeros((1, TORCH_MIN_SCORES)), 5)[0].tolist() == [[0, 1, 2, 3, 4]]
+    assert calls == [(1, TORCH_MIN_SCORES)]
 
 
 def test_batched_covers_the_range_once():
