@@ -43,9 +43,18 @@ def dense_candidate_frame(
     lists: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]], maps: IdMaps
 ) -> pd.DataFrame:
     """:func:`candidate_frame` from dense (users, items, scores, ranks) per model, already cut to the
-    top ``per_model``; rows whose user or item is -1 (unknown) are dropped. The online re-ranker calls
-    this directly (no id round trip per request)."""
-    n_items = len(maps.item_ids)
+    top ``per_model``; rows whose user or item is -1 (unknown) are dropped."""
+    columns = dense_candidate_columns(lists, len(maps.item_ids))
+    users, items = columns.pop("user"), columns.pop("item")
+    ids = {"user_id": maps.user_ids.to_numpy()[users], "item_id": maps.item_ids.to_numpy()[items]}
+    return pd.DataFrame({"user": users, "item": items, **ids, **columns})
+
+
+def dense_candidate_columns(
+    lists: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]], n_items: int
+) -> dict[str, np.ndarray]:
+    """The dense columns of :func:`dense_candidate_frame` (``user``, ``item``, then each model's), without ids
+    or a frame: the online re-ranker builds one user's rows per request with no pandas."""
     blocks = []
     for name, (users, items, scores, ranks) in lists.items():
         valid = (users >= 0) & (items >= 0)
@@ -62,13 +71,7 @@ def dense_candidate_frame(
     if not blocks:
         raise ValueError("no candidate lists")
     union = np.unique(np.concatenate([keys for _, keys, _, _ in blocks]))  # sorted: by user, then item
-    users, items = union // n_items, union % n_items
-    columns: dict[str, np.ndarray] = {
-        "user": users,
-        "item": items,
-        "user_id": maps.user_ids.to_numpy()[users],
-        "item_id": maps.item_ids.to_numpy()[items],
-    }
+    columns: dict[str, np.ndarray] = {"user": union // n_items, "item": union % n_items}
     for key, keys, scores, ranks in blocks:
         at = np.searchsorted(union, keys)
         owners, inverse = np.unique(keys // n_items, return_inverse=True)
@@ -78,7 +81,7 @@ def dense_candidate_frame(
             column = np.full(len(union), np.nan, dtype=np.float32)
             column[at] = values
             columns[f"{key}_{suffix}"] = column
-    return pd.DataFrame(columns)
+    return columns
 
 
 def model_columns(frame: pd.DataFrame, model: str) -> list[str]:

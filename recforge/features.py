@@ -276,13 +276,22 @@ class FeatureContext:
         ``genre_overlap``, ``keyword_overlap``, with review text ``sent_item`` /
         ``sent_user``, and with an LLM scorer ``llm_logprob``.
         """
-        columns: dict[str, np.ndarray] = {}
-        users, items = frame["user"].to_numpy(), frame["item"].to_numpy()
         rank_cols = [c for c in frame.columns if c.endswith("_rank")]
-        ranks = frame[rank_cols].to_numpy(np.float64)
+        columns = self.columns(
+            frame["user"].to_numpy(), frame["item"].to_numpy(), frame[rank_cols].to_numpy(np.float64)
+        )
+        frame = pd.concat([frame, pd.DataFrame(columns, index=frame.index)], axis=1)  # one block, not one insert each
+        if llm_scorer is not None:
+            frame["llm_logprob"] = np.asarray(llm_scorer(frame, self.data), dtype=np.float32)
+        return frame
+
+    def columns(self, users: np.ndarray, items: np.ndarray, ranks: np.ndarray) -> dict[str, np.ndarray]:
+        """The feature columns of :meth:`add` (float32, in its order) for dense ``users`` / ``items`` rows and
+        their ``ranks`` ([rows, models], NaN where a model did not propose the item), without a frame: the
+        online re-ranker's path."""
+        columns: dict[str, np.ndarray] = {}
         columns["n_models"] = np.isfinite(ranks).sum(axis=1)
         columns["rrf"] = reciprocal_rank_fusion(ranks)
-        del ranks
         self._counts(columns, users, items)
         last = self.last[users]
         present = last >= 0
@@ -295,14 +304,7 @@ class FeatureContext:
             counts, item_counts = self.counts[users], self.item_counts[items]
             columns["sent_item"] = np.where(item_counts > 0, item_sum[items] / np.maximum(item_counts, 1), np.nan)
             columns["sent_user"] = np.where(counts > 0, user_sum[users] / np.maximum(counts, 1), np.nan)
-
-        features = pd.DataFrame(
-            {name: np.asarray(values, dtype=np.float32) for name, values in columns.items()}, index=frame.index
-        )
-        frame = pd.concat([frame, features], axis=1)  # one block, not one insert per column
-        if llm_scorer is not None:
-            frame["llm_logprob"] = np.asarray(llm_scorer(frame, self.data), dtype=np.float32)
-        return frame
+        return {name: np.asarray(values, dtype=np.float32) for name, values in columns.items()}
 
     def _counts(self, columns: dict[str, np.ndarray], users: np.ndarray, items: np.ndarray) -> None:
         """History length and span, item popularity (overall, recent, in the user's window), age, rating."""

@@ -16,11 +16,12 @@ import pytest
 
 from recforge.candidates import candidate_frame
 from recforge.interactions import IdMaps
-from recforge.online_rerank import RERANK, SESSION, OnlineReranker
+from recforge.online_rerank import RERANK, OnlineReranker
 from recforge.packaging import Package
 from tests.unit.rerank_package import one_openmp_thread, open_with_models, rerank_package
 
 K = 10  # the package's list length (evaluate.list_length)
+SESSION = "<session>"  # the user id of an anonymous session in the reference frames
 
 
 @pytest.fixture(scope="module")
@@ -55,21 +56,21 @@ def rewrite_npz(path, change) -> None:
 
 
 class Recording:
-    """The real re-ranker model, keeping every candidate frame it scores."""
+    """The real re-ranker model, keeping every feature matrix it scores as a frame of its feature columns."""
 
     def __init__(self, model) -> None:
         self.model, self.frames = model, []
 
-    def rerank(self, frame: pd.DataFrame) -> np.ndarray:
-        self.frames.append(frame.copy())
-        return self.model.rerank(frame)
+    def rerank(self, matrix: np.ndarray) -> np.ndarray:
+        self.frames.append(pd.DataFrame(np.array(matrix), columns=self.model.features))
+        return self.model.rerank(matrix)
 
 
 class Constant:
     """A re-ranker model that scores every candidate the same (only the tie rule orders them), in float32."""
 
-    def rerank(self, frame: pd.DataFrame) -> np.ndarray:
-        return np.zeros(len(frame), dtype=np.float32)
+    def rerank(self, matrix: np.ndarray) -> np.ndarray:
+        return np.zeros(len(matrix), dtype=np.float32)
 
 
 # ---- load ---------------------------------------------------------------------------------------------------
@@ -125,18 +126,50 @@ def test_invalid_and_surplus_candidates_are_dropped_before_ranking(loaded):
     recording = dataclasses.replace(reranker, model=Recording(reranker.model))
     only_popular = {"popularity": (np.array([0, 2]), np.array([0.5, 0.25])), "itemknn": (np.array([-1]), np.ones(1))}
     recording.rank(0, only_popular, K)
-    frame = recording.model.frames[0]
-    assert frame["item"].tolist() == [0, 2] and frame["popularity_rank"].tolist() == [1.0, 2.0]
+    assert recording.model.frames[0]["popularity_rank"].tolist() == [1.0, 2.0]
+    assert reranker.rows(0, only_popular)["item"].tolist() == [0, 2]
 
 
-def test_the_candidate_frame_is_the_user_s(loaded):
-    # catches the frame built for another dense user or with the wrong ids (the features are the user's)
+def reference_frame(reranker: OnlineReranker, lists: dict, maps: IdMaps, user_id, context) -> pd.DataFrame:
+    """The offline path's rows for one user's candidate lists (dense items, scores): candidate_frame (original
+    ids), then FeatureContext.add."""
+    frames = {}
+    for name, (found, values) in lists.items():
+        found, values = np.ravel(found), np.ravel(values)
+        keep = (found >= 0) & np.isfinite(values)
+        frames[name] = pd.DataFrame(
+            {
+                "user_id": user_id,
+                "item_id": maps.item_ids[found[keep]],
+                "rank": np.arange(1, keep.sum() + 1),
+                "score": values[keep],
+            }
+        )
+    return context.add(candidate_frame(frames, maps, reranker.per_model))
+
+
+def test_a_known_user_s_scored_rows_are_the_offline_frame_s(loaded):
+    # catches the array path departing from the offline frame path (features.FeatureContext.add over
+    # candidates.candidate_frame): rows built for another dense user, a feature column out of the model's order
+    # or computed from the wrong ranks, and columns taken by position instead of by name
     package, models, reranker = loaded
     recording = dataclasses.replace(reranker, model=Recording(reranker.model))
-    recording.rank(7, candidates(models, reranker, 7), K)
-    frame = recording.model.frames[0]
-    assert set(frame["user"]) == {7} and set(frame["user_id"]) == {package.maps.user_ids[7]}
-    assert frame["item_id"].tolist() == package.maps.item_ids[frame["item"]].tolist()
+    lists = candidates(models, reranker, 7)
+    recording.rank(7, lists, K)
+    frame = reference_frame(reranker, lists, package.maps, package.maps.user_ids[7], reranker.context)
+    (scored,) = recording.model.frames
+    np.testing.assert_array_equal(scored.to_numpy(), frame[reranker.features].to_numpy(np.float32))
+    assert set(reranker.rows(7, lists)["user"]) == {7}
+
+
+def test_rows_lacking_a_feature_column_are_refused(loaded):
+    # catches a model's columns missing from the rows (a candidate list not given) scored as whatever column
+    # comes next: the matrix is built by name
+    _, models, reranker = loaded
+    lists = candidates(models, reranker, 3)
+    del lists[reranker.models[-1]]
+    with pytest.raises(ValueError, match="lack feature columns"):
+        reranker.rank(3, lists, K)
 
 
 def test_no_valid_candidate_ranks_nothing(loaded):
@@ -187,27 +220,14 @@ def test_a_session_is_ranked_with_the_features_of_its_own_history(loaded):
     lists = {n: models[n].recommend_history(history, k=reranker.per_model, exclude_seen=True) for n in reranker.models}
     recording = dataclasses.replace(reranker, model=Recording(reranker.model))
     items, scores = recording.rank_history(history, lists, 6)
-    frames = {}
-    for name, (found, values) in lists.items():
-        found, values = np.ravel(found), np.ravel(values)
-        keep = (found >= 0) & np.isfinite(values)
-        frames[name] = pd.DataFrame(
-            {
-                "user_id": SESSION,
-                "item_id": package.maps.item_ids[found[keep]],
-                "rank": np.arange(1, keep.sum() + 1),
-                "score": values[keep],
-            }
-        )
     session = IdMaps(user_ids=pd.Index([SESSION]), item_ids=package.maps.item_ids)
-    frame = reranker.context.for_history(history).add(candidate_frame(frames, session, reranker.per_model))
+    frame = reference_frame(reranker, lists, session, SESSION, reranker.context.for_history(history))
     expected = np.asarray(reranker.model.rerank(frame), dtype=np.float64)
     order = np.lexsort((frame["item"].to_numpy(), -expected))[:6]
     assert items.tolist() == frame["item"].to_numpy()[order].tolist() and len(items) == 6
     np.testing.assert_allclose(scores, expected[order])
     (seen,) = recording.model.frames
-    assert set(seen["user_id"]) == {SESSION} and set(seen["user"]) == {0}
-    assert seen["item_id"].tolist() == package.maps.item_ids[seen["item"]].tolist()
+    np.testing.assert_array_equal(seen.to_numpy(), frame[reranker.features].to_numpy(np.float32))
     # the session's features differ from the package's user 0 (else this test could not tell them apart)
     assert items.tolist() != reranker.rank(0, lists, 6)[0].tolist() or not np.allclose(
         scores, reranker.rank(0, lists, 6)[1]
@@ -241,7 +261,14 @@ def stored(length: int = 3) -> OnlineReranker:
     items = np.array([7, 2, 9, 4, 1])
     scores = np.array([0.9, 0.8, 0.7, 0.6, 0.5])
     return OnlineReranker(
-        model=None, context=None, models=[], per_model=1, maps=None, lists=(indptr, items, scores), length=length
+        model=None,
+        context=None,
+        models=[],
+        per_model=1,
+        maps=None,
+        features=[],
+        lists=(indptr, items, scores),
+        length=length,
     )
 
 
@@ -386,15 +413,13 @@ def test_without_a_native_compiler_lightgbm_scores_and_the_log_says_so(tmp_path,
 
 
 def scored_frame(reranker: OnlineReranker, models, user: int | None = None) -> pd.DataFrame:
-    """The candidate frame the model scores for a known dense ``user``, or (None) for a fixed session."""
-    recording = dataclasses.replace(reranker, model=Recording(reranker.model))
+    """The candidate rows the model scores (OnlineReranker.rows, checked against the offline frame above) for a
+    known dense ``user``, or (None) for a fixed session."""
     if user is None:
         history = np.array([3, 8, 5, 12])
         lists = {n: models[n].recommend_history(history, k=10, exclude_seen=True) for n in reranker.models}
-        recording.rank_history(history, lists, K)
-    else:
-        recording.rank(user, candidates(models, reranker, user), K)
-    return recording.model.frames[0]
+        return pd.DataFrame(reranker.rows(0, lists, reranker.context.for_history(history)))
+    return pd.DataFrame(reranker.rows(user, candidates(models, reranker, user)))
 
 
 def load_copy(copy: Package, models) -> OnlineReranker:
