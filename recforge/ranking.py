@@ -70,15 +70,26 @@ def _best_unordered(scores: np.ndarray, k: int) -> np.ndarray:
 
 
 def _fix_ties(scores: np.ndarray, items: np.ndarray, top_scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """argpartition picks an arbitrary member of a tie at the k-th place; pick the lowest index."""
+    """The partition picks an arbitrary member of a tie at the k-th place; pick the lowest index.
+
+    A tied row keeps the partition's items above the k-th score (all of them are there), then takes the
+    lowest-index items equal to it from a prefix of the row that grows 4x until it holds enough: a sparse
+    model's row ties at 0 over most of a wide catalogue, and its first zeros come early."""
     kth = top_scores[:, -1:]
     tied_rows = np.nonzero(np.count_nonzero(scores == kth, axis=1) > np.count_nonzero(top_scores == kth, axis=1))[0]
+    n_items = scores.shape[1]
     for row in tied_rows:
-        better = np.nonzero(scores[row] > kth[row, 0])[0]
-        better = better[np.lexsort((better, -scores[row, better]))]
-        tied = np.nonzero(scores[row] == kth[row, 0])[0][: k - len(better)]
-        items[row] = np.concatenate([better, tied])
-        top_scores[row] = scores[row, items[row]]
+        values, cut = scores[row], kth[row, 0]
+        above = top_scores[row] > cut
+        better, better_scores = items[row][above], top_scores[row][above]
+        better = better[np.lexsort((better, -better_scores))]
+        width = 4 * k
+        tied = np.flatnonzero(values[:width] == cut)
+        while len(tied) < k - len(better) and width < n_items:
+            width *= 4
+            tied = np.flatnonzero(values[:width] == cut)
+        items[row] = np.concatenate([better, tied[: k - len(better)]])
+        top_scores[row] = values[items[row]]
     return items, top_scores
 
 

@@ -129,6 +129,22 @@ def test_top_k_over_a_wide_block_equals_the_reference_with_and_without_torch(mon
         assert values.tolist() == want_values.astype(np.float32).tolist(), k
 
 
+def test_top_k_finds_the_lowest_index_ties_far_into_a_long_row():
+    # catches the tie search stopping at its first prefix (4 k columns) when the tied items come later, the prefix
+    # grown past items it should keep, and the items above the tie dropped or left out of (-score, index) order
+    scores = np.full((3, 5000), -1.0)
+    scores[0, [4100, 4200, 4300, 4400, 4500, 4600]] = 1.0  # six tied at the cut for k = 5, all beyond 1,280 columns
+    scores[1, [3000, 10, 20]] = [3.0, 2.0, 2.0]  # two above the cut, in the partition's set
+    scores[1, [2500, 2600, 2700, 4999]] = 1.0
+    scores[2, 7] = 5.0  # a sparse row tied at -1 from column 0 on
+    for k in (3, 5):
+        items, values = top_k(scores, k)
+        want_items, want_values = reference_top_k(scores, k)
+        assert items.tolist() == want_items.tolist(), k
+        assert values.tolist() == want_values.astype(np.float32).tolist(), k
+    assert top_k(scores, 5)[0][0].tolist() == [4100, 4200, 4300, 4400, 4500]
+
+
 def test_top_k_hands_only_wide_blocks_to_torch(monkeypatch):
     # catches the threshold inverted or dropped: torch's call overhead (about 0.2 ms) would be paid by every
     # single list at serving time, and the wide blocks of a 100,000-item catalogue would stay single-threaded
