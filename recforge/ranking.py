@@ -19,11 +19,14 @@ def top_k(
     ``seen`` rows (aligned with ``scores`` rows) are masked out; with
     ``candidates`` ([n, c], -1 padded) every other item is masked. Rows with
     fewer than ``k`` eligible items are padded with -1 / -inf. Ties break
-    towards the lower item index, so results are deterministic.
+    towards the lower item index, so results are deterministic. A NaN score
+    counts as -inf: its item is never listed.
     """
-    # float32 scores stay float32 (half the memory traffic over a wide catalogue; float32 -> float64 is exact,
-    # so the order and the ties are the same); anything else is compared in float64
-    scores = np.array(scores, dtype=np.float32 if np.asarray(scores).dtype == np.float32 else np.float64)
+    # a new array (the caller's is left as it is): float32 scores stay float32 (half the memory traffic over a
+    # wide catalogue; float32 -> float64 is exact, so the order and the ties are the same), anything else is
+    # compared in float64; fmax turns NaN into -inf in the same pass (torch's topk would rank NaN first)
+    dtype = np.float32 if np.asarray(scores).dtype == np.float32 else np.float64
+    scores = np.fmax(np.asarray(scores, dtype=dtype), -np.inf)
     n_rows, n_items = scores.shape
     if candidates is not None:
         mask = np.full_like(scores, -np.inf)

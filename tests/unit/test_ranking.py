@@ -145,6 +145,19 @@ def test_top_k_finds_the_lowest_index_ties_far_into_a_long_row():
     assert top_k(scores, 5)[0][0].tolist() == [4100, 4200, 4300, 4400, 4500]
 
 
+@pytest.mark.parametrize("columns", [12, TORCH_MIN_SCORES // 2])
+def test_top_k_never_lists_an_item_scored_nan(columns):
+    # catches NaN ranked first by torch's topk (the wide path) or kept as a listed item with a NaN score when a
+    # row has fewer than k other items: a NaN counts as -inf on both paths, and the caller's array is not changed
+    scores = np.zeros((2, columns), dtype=np.float32)
+    scores[:, :3] = [0.5, np.nan, 0.25]
+    scores[1, 3:] = np.nan  # row 1: two real scores only
+    items, values = top_k(scores, 4)
+    assert items[0].tolist() == [0, 2, 3, 4] and values[0].tolist() == [0.5, 0.25, 0.0, 0.0]
+    assert items[1].tolist() == [0, 2, -1, -1] and values[1].tolist() == [0.5, 0.25, -np.inf, -np.inf]
+    assert np.isnan(scores[0, 1]) and np.isnan(scores[1, 3:]).all()
+
+
 def test_top_k_hands_only_wide_blocks_to_torch(monkeypatch):
     # catches the threshold inverted or dropped: torch's call overhead (about 0.2 ms) would be paid by every
     # single list at serving time, and the wide blocks of a 100,000-item catalogue would stay single-threaded
