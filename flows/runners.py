@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from recforge.params import Params
+from recforge.threads import BUDGET_ENV, available_cores
 
 
 def task_runner(params: Params):
@@ -11,7 +12,12 @@ def task_runner(params: Params):
     ``local``: a thread pool with ``orchestration.dask_workers`` threads (tasks
     in one process). ``dask``: prefect-dask's DaskTaskRunner on the cluster at
     ``orchestration.dask_address``, or a LocalCluster of ``dask_workers``
-    single-threaded worker processes.
+    single-threaded worker processes that share this machine's cores: each
+    is told its share (``RECFORGE_THREADS`` = cores // workers, at least 1),
+    so ``threads: auto`` in two workers on 2 cores is one thread each, not
+    two each. A worker of a remote cluster uses its own machine's cores, or
+    the ``RECFORGE_THREADS`` it was started with (docs/orchestration.md,
+    "Dask").
     """
     settings = params.orchestration
     if settings.runner == "dask":
@@ -26,6 +32,7 @@ def task_runner(params: Params):
                 "threads_per_worker": 1,
                 "processes": True,
                 "dashboard_address": None,
+                "env": {BUDGET_ENV: str(max(1, available_cores() // settings.dask_workers))},
             },
         )
     from prefect.task_runners import ThreadPoolTaskRunner

@@ -130,6 +130,35 @@ def test_batch_recommend_writes_top_k_for_every_user(prefect_server, project: Pa
     assert overlap.empty
 
 
+def test_the_local_dask_cluster_shares_the_cores_between_its_workers(
+    prefect_server, project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """orchestration.runner=dask without an address: the LocalCluster's worker processes are each given
+    cores // workers threads (RECFORGE_THREADS), so threads: auto does not oversubscribe the machine."""
+    import os
+
+    from prefect import flow, task
+
+    from flows.runners import task_runner
+    from recforge.params import load_params
+    from recforge.threads import available_cores
+
+    monkeypatch.setenv("RECFORGE_THREADS", "5")  # this process's cores, as a parent would have set them
+    params = load_params("params.yaml", ["orchestration.runner=dask", "orchestration.dask_workers=2"])
+
+    @task
+    def worker_cores() -> tuple[int, int]:
+        return os.getpid(), available_cores()
+
+    @flow(task_runner=task_runner(params))
+    def probe() -> list[tuple[int, int]]:
+        return [future.result() for future in [worker_cores.submit() for _ in range(4)]]
+
+    seen = probe()
+    assert {cores for _, cores in seen} == {2}, seen  # 5 // 2 each, not the whole 5
+    assert os.getpid() not in {pid for pid, _ in seen}
+
+
 def test_dask_runner_runs_the_training_tasks_on_the_cluster_workers(
     prefect_server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
