@@ -40,7 +40,7 @@ def top_k(
         scores[coo.row, coo.col] = -np.inf
     k_eff = min(k, n_items)
     # stable: sort by (-score, index) using lexsort on the partitioned block
-    part = _best_unordered(scores, k_eff)
+    part = best_unordered(scores, k_eff)
     part_scores = np.take_along_axis(scores, part)
     # include all items tied with the k-th score so tie-breaking is by index
     order = np.lexsort((part, -part_scores))
@@ -60,8 +60,9 @@ def top_k(
 TORCH_MIN_SCORES = 1 << 16
 
 
-def _best_unordered(scores: np.ndarray, k: int) -> np.ndarray:
-    """Columns of the ``k`` best scores of each row, in no order; any member of a tie at the k-th place."""
+def best_unordered(scores: np.ndarray, k: int) -> np.ndarray:
+    """Columns of the ``k`` best scores of each row, in no order; any member of a tie at the k-th place
+    (``top_k`` repairs the tie; a kNN neighbour pick keeps it, as numpy's partition did)."""
     if scores.size >= TORCH_MIN_SCORES:
         try:
             import torch

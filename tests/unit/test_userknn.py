@@ -30,10 +30,14 @@ def _events(seed: int = 0, n_users: int = 60, n_items: int = 40) -> Interactions
     )
 
 
-def _reference(seen: np.ndarray, neighbors: int, shrink: float) -> np.ndarray:
+def _reference(seen: np.ndarray, neighbors: int, shrink: float, pool: np.ndarray | None = None) -> np.ndarray:
+    """Every user's votes from its ``neighbors`` most similar users among ``pool`` (every user when None)."""
     norms = np.sqrt((seen**2).sum(1))
     sims = seen @ seen.T / (norms[:, None] * norms[None, :] + shrink + 1e-12)
     np.fill_diagonal(sims, 0.0)
+    if pool is not None:
+        outside = np.setdiff1d(np.arange(len(seen)), pool)
+        sims[:, outside] = 0.0
     votes = np.zeros_like(seen)
     for u in range(len(seen)):
         top = np.argsort(-sims[u], kind="stable")[:neighbors]
@@ -41,11 +45,17 @@ def _reference(seen: np.ndarray, neighbors: int, shrink: float) -> np.ndarray:
     return votes
 
 
+@pytest.mark.parametrize("torch_path", [False, True])
 @pytest.mark.parametrize("dense_entries", [10**9, 7 * 60, 1])  # one block, blocks of 7 users, one user a block
-def test_scores_equal_brute_force(monkeypatch, dense_entries) -> None:
+def test_scores_equal_brute_force(monkeypatch, dense_entries, torch_path) -> None:
     """Catches a block's users excluded at the wrong offset, a norm of the wrong side, or the pruning keeping
-    other than each row's ``neighbors`` largest similarities."""
+    other than each row's ``neighbors`` largest similarities (numpy's partition and torch's topk alike)."""
+    import recforge.ranking as ranking
+
     monkeypatch.setattr(userknn, "DENSE_ENTRIES", dense_entries)
+    if torch_path:
+        pytest.importorskip("torch")
+        monkeypatch.setattr(ranking, "TORCH_MIN_SCORES", 1)
     events = _events()
     model = UserKNN(neighbors=5, shrink=2.0).fit(events, context=FitContext(items=None, maps=None))
     seen = events.weighted_csr.toarray().astype(np.float64)
@@ -81,3 +91,38 @@ def test_a_history_is_weighted_as_a_training_row(weighting) -> None:
     got = model.recommend_history(history, k=6)
     np.testing.assert_array_equal(got[0], want[0])
     np.testing.assert_allclose(got[1], want[1], rtol=1e-6)
+
+
+@pytest.mark.parametrize("dense_entries", [10**9, 7 * 25])
+def test_a_pool_restricts_the_neighbours_to_its_users(monkeypatch, dense_entries, tmp_path) -> None:
+    """pool=n: every query (in the pool or not) takes its neighbours among n users drawn with the run's seed
+    (catches a user's pool column taken for its index, a pool user voting for itself, or the pool's own
+    rows not used for the votes); the saved model scores the same; another seed draws another pool."""
+    monkeypatch.setattr(userknn, "DENSE_ENTRIES", dense_entries)
+    events = _events(seed=2)
+    model = UserKNN(neighbors=4, shrink=1.0, pool=25).fit(events, context=FitContext(items=None, maps=None, seed=3))
+    pool = model.pool_users
+    assert len(pool) == 25 and np.all(np.diff(pool) > 0) and pool.max() < events.n_users
+    np.testing.assert_array_equal(pool, userknn.draw_pool(events.n_users, 25, 3))
+    assert not np.array_equal(pool, userknn.draw_pool(events.n_users, 25, 4))
+    seen = events.weighted_csr.toarray().astype(np.float64)
+    users = np.arange(events.n_users)
+    want = _reference(seen, 4, 1.0, pool)
+    np.testing.assert_allclose(model._score(model.vectors[users], users), want, rtol=1e-4, atol=1e-5)
+    model.save(tmp_path)
+    loaded = UserKNN.load(tmp_path, context=FitContext(items=None, maps=None))
+    np.testing.assert_array_equal(loaded.pool_users, pool)
+    np.testing.assert_allclose(loaded._score(loaded.vectors[users], users), want, rtol=1e-4, atol=1e-5)
+
+
+def test_pool_sizes() -> None:
+    """auto is POOL_AUTO users; no pool when there are no more users than its size; bad values are refused."""
+    assert UserKNN(pool="auto").config["pool"] == userknn.POOL_AUTO
+    assert userknn.draw_pool(60, 60, 0) is None and userknn.draw_pool(60, None, 0) is None
+    assert len(userknn.draw_pool(61, 60, 0)) == 60
+    events = _events()
+    model = UserKNN(pool=events.n_users).fit(events, context=FitContext(items=None, maps=None))
+    assert model.pool_users is None
+    for bad in (0, -3, "all", 2.5, True):
+        with pytest.raises(ValueError, match="pool must be"):
+            UserKNN(pool=bad)
