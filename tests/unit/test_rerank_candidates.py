@@ -91,6 +91,19 @@ def test_blocks_of_users_concatenate_to_the_whole_table(workspace):
     assert whole.groupby("user_id").size().tolist() == [3, 3, 3]
 
 
+def test_blocks_are_the_same_when_the_lists_are_not_in_user_order(workspace):
+    # catches a block given the rows of other users when a list file is not sorted by user (the block's
+    # rows taken in file order instead of block order)
+    whole = rerank.build_part(workspace, "val", ["pop", "knn"])
+    for model in ("pop", "knn"):
+        path = Path(workspace.params.paths.lists_dir) / model / "val.parquet"
+        frame = pd.read_parquet(path)
+        frame.sort_values(["user_id", "rank"], ascending=[False, True]).to_parquet(path)  # users 3, 2, 1
+    blocks = list(rerank.iter_part(workspace, "val", ["pop", "knn"], block_users=1))
+    assert [b["user_id"].unique().tolist() for b in blocks] == [[1], [2], [3]]
+    pd.testing.assert_frame_equal(pd.concat(blocks, ignore_index=True), whole)
+
+
 def test_training_table_labels_are_the_validation_targets(workspace):
     # catches labels taken from another part, and group sizes that do not match the rows
     frame, labels, groups = rerank.training_table(workspace)
