@@ -123,14 +123,19 @@ class ValRows:
         return np.concatenate(self._keys[part]) if self._keys[part] else np.zeros((0, 2), np.int64)
 
     def score_rest(self, score) -> np.ndarray:
-        """``score(X)`` over the spilled rows, ``SCORE_ROWS`` at a time (float64)."""
+        """``score(X)`` over the spilled rows, ``SCORE_ROWS`` at a time (float64).
+
+        Each block is read into memory of its own and freed (not a memory map: the pages of a map stay in the
+        process's resident memory as it is read, 11.8 GB of the re-rank stage's 21.4 GB peak at 10M events)."""
         out = np.zeros(self.rest_rows)
         if not self.rest_rows:
             return out
-        spilled = np.memmap(self._spill.name, dtype=np.float32, mode="r", shape=(self.rest_rows, len(self.features)))
-        for part in batched(self.rest_rows, SCORE_ROWS):
-            out[part] = score(np.asarray(spilled[part]))
-        del spilled
+        width = len(self.features)
+        with open(self._spill.name, "rb") as spilled:
+            for part in batched(self.rest_rows, SCORE_ROWS):
+                rows = part.stop - part.start
+                block = np.fromfile(spilled, dtype=np.float32, count=rows * width)
+                out[part] = score(block.reshape(rows, width))  # a short file cannot take this shape: ValueError
         return out
 
     def scored_keys(self) -> pd.DataFrame:
