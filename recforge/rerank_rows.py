@@ -49,12 +49,14 @@ SCORE_ROWS = 500_000  # spilled rows scored per call
 
 def positive_val_users(lists: dict[str, pd.DataFrame], truth: pd.DataFrame, maps: IdMaps, per_model: int) -> np.ndarray:
     """Dense ids (sorted) of the validation users whose held-out item is among the union of the candidates."""
-    proposed = [frame.loc[frame["rank"] <= per_model, ["user_id", "item_id"]] for frame in lists.values()]
-    if not proposed:
+    keys = truth_keys(truth)
+    hits = []
+    for frame in lists.values():  # one list at a time: the union of all lists' pairs was 200M rows at 10M events
+        proposed = frame.loc[frame["rank"] <= per_model, ["user_id", "item_id"]]
+        hits.append(proposed["user_id"].to_numpy()[labels_for(proposed, keys) == 1])
+    if not hits:
         return np.zeros(0, dtype=np.int64)
-    pairs = pd.MultiIndex.from_frame(pd.concat(proposed, ignore_index=True))
-    hits = truth[pd.MultiIndex.from_frame(truth[["user_id", "item_id"]]).isin(pairs)]
-    users = maps.user_index(hits["user_id"].unique())
+    users = maps.user_index(pd.unique(np.concatenate(hits)))
     return np.unique(users[users >= 0]).astype(np.int64)
 
 
