@@ -35,7 +35,8 @@ class UserKNN:
     candidates): null, every training user; an integer n, n of them drawn
     uniformly with the run's seed when there are more; ``auto``, POOL_AUTO.
     Exact user-kNN compares every query with every user, so its lists cost
-    users x users: about 2 hours a pass at 500,000 users on 2 cores. With a
+    users x users: about 50 minutes a pass at 500,000 users on 2 cores
+    (bench/userknn_pool.py: 30.8-32.1 s per 5,000 queries). With a
     pool they cost users x pool, and the neighbours are the best among a
     uniform sample (docs/models.md, "user-kNN's pool").
     """
@@ -87,7 +88,7 @@ class UserKNN:
 
         The similarities of a batch of queries to every user are nearly dense at scale (a popular item links
         most users), so they are computed as dense blocks of at most DENSE_ENTRIES values, pruned to the
-        ``neighbors`` largest per row (argpartition) and only then made sparse for the vote."""
+        ``neighbors`` largest per row (``ranking.best_unordered``) and only then made sparse for the vote."""
         vectors, seen, vector_norms, column = self._pool()
         n_users, shrink, k = vectors.shape[0], self.config["shrink"], self.config["neighbors"]
         step = max(1, DENSE_ENTRIES // max(n_users, 1))
