@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 NAME = "rerank"
 HISTORY = {"val": "train", "test": "train+val"}
 PROFILE_PART = {"val": "val", "test": "full"}  # profiles built from the same history (recforge.profiles.PARTS)
+LIST_COLUMNS = ["user_id", "item_id", "rank", "score"]  # what candidate_frame reads of a list
+LIST_BATCH_ROWS = 1 << 20  # list rows read from a file at a time
 
 
 def candidate_models(params: Params) -> list[str]:
@@ -50,14 +52,34 @@ def feature_encoders(params: Params) -> list[str]:
     return list(params.rerank.encoders if params.rerank.encoders is not None else params.encode.encoders)
 
 
-def read_lists(params: Params, models: Sequence[str], part: str) -> dict[str, pd.DataFrame]:
-    lists = {}
+def list_paths(params: Params, models: Sequence[str], part: str) -> dict[str, Path]:
+    """Each model's list file of ``part`` (the train stage writes them); RecforgeError if one is missing."""
+    paths = {}
     for name in models:
         path = Path(params.paths.lists_dir) / name / f"{part}.parquet"
         if not path.exists():
             raise RecforgeError(f"{path}: not found; run `recforge stage train` first")
-        lists[name] = pd.read_parquet(path)
-    return lists
+        paths[name] = path
+    return paths
+
+
+def read_lists(params: Params, models: Sequence[str], part: str) -> dict[str, pd.DataFrame]:
+    """Each model's whole list frame of ``part`` (small data and tests; the stage streams the files)."""
+    return {name: pd.read_parquet(path) for name, path in list_paths(params, models, part).items()}
+
+
+def list_batches(source: pd.DataFrame | Path, per_model: int, rows: int | None = None) -> Iterator[pd.DataFrame]:
+    """A list's rows ranked within ``per_model``: a frame whole, a list file ``rows`` (default
+    ``LIST_BATCH_ROWS``) rows at a time, never the whole file: eight models' lists at 10M events were 6.4 GB."""
+    if isinstance(source, pd.DataFrame):
+        yield source[source["rank"] <= per_model]
+        return
+    import pyarrow.parquet as pq
+
+    with pq.ParquetFile(source) as handle:
+        for batch in handle.iter_batches(batch_size=rows or LIST_BATCH_ROWS, columns=LIST_COLUMNS):
+            frame = batch.to_pandas()
+            yield frame[frame["rank"] <= per_model]
 
 
 def part_data(
@@ -65,7 +87,8 @@ def part_data(
 ) -> PartData:
     """What features of ``part`` ('val' or 'test') may read: never that part's own events.
 
-    ``lists``: the candidate lists to use instead of the train stage's (default: read them).
+    ``lists``: the candidate lists to use instead of the train stage's (default: their files, which
+    :func:`iter_part` reads a batch at a time).
     """
     from recforge.profiles import settings_from_params
 
@@ -82,7 +105,7 @@ def part_data(
         history=history,
         maps=workspace.maps,
         items=workspace.items,
-        lists=read_lists(params, models, part) if lists is None else lists,
+        lists=list_paths(params, models, part) if lists is None else lists,
         embeddings=embeddings,
         sentiment=sentiment,
         text_fields=params.encode.fields,
@@ -111,25 +134,99 @@ def iter_part(
     context = FeatureContext(data)
     per_model = workspace.params.rerank.candidates_per_model
     size = block_users or workspace.params.rerank.block_users
-    # each list's kept rows in block order, as positions into the list: a block copies its own rows only (a
-    # sorted copy of every whole list was 5-6 GiB at 10M events)
-    keyed = {}
-    for name, frame in data.lists.items():
-        rows = np.flatnonzero(frame["rank"].to_numpy() <= per_model)
-        block = data.maps.user_index(frame["user_id"].to_numpy()[rows]) // size
-        order = np.argsort(block, kind="stable")
-        keyed[name] = (frame, rows[order], block[order])
+    sources = {name: _Blocks(source, data.maps, size, per_model) for name, source in data.lists.items()}
     n_blocks = (len(data.maps.user_ids) + size - 1) // size
     progress = Progress(f"rerank {part} candidates + features", n_blocks, unit=" user blocks")
     for b in range(n_blocks):
-        lists = {}
-        for name, (frame, rows, block) in keyed.items():
-            lo, hi = np.searchsorted(block, [b, b + 1])
-            lists[name] = frame.iloc[rows[lo:hi]]
+        lists = {name: blocks.take(b) for name, blocks in sources.items()}
         progress.advance()
         if not any(len(f) for f in lists.values()):
             continue
         yield context.add(candidate_frame(lists, data.maps, per_model), llm_scorer=llm_scorer)
+
+
+class _Blocks:
+    """One list's rows block by block (block = dense user // ``size``), in block order: ``take(b)`` for
+    b = 0, 1, ... gives block b's rows (an empty frame where the list has none).
+
+    A frame is indexed whole: its kept rows as positions in block order, so a block copies only its own
+    rows and the list may be in any order. A file is read a batch at a time and must list its users in
+    dense order (the train stage writes it so): memory holds one batch and one block, not the list.
+    """
+
+    def __init__(self, source: pd.DataFrame | Path, maps, size: int, per_model: int) -> None:
+        if not isinstance(source, pd.DataFrame) and not _in_dense_order(source, maps):
+            log.warning(
+                "%s: users not in dense order, so the list is read whole; `recforge stage train` rewrites it", source
+            )
+            source = pd.read_parquet(source, columns=LIST_COLUMNS)
+        self.maps, self.size, self.source = maps, size, source
+        if isinstance(source, pd.DataFrame):
+            self.empty = source.iloc[:0]
+            rows = np.flatnonzero(source["rank"].to_numpy() <= per_model)
+            block = maps.user_index(source["user_id"].to_numpy()[rows]) // size
+            order = np.argsort(block, kind="stable")
+            rows, block = rows[order], block[order]
+            self._blocks = ((int(block[lo]), source.iloc[rows[lo:hi]]) for lo, hi in _runs(block, -2))
+        else:
+            import pyarrow.parquet as pq
+
+            self.empty = pq.read_schema(source).empty_table().select(LIST_COLUMNS).to_pandas()
+            self._blocks = self._from_file(list_batches(source, per_model))
+        self._next = next(self._blocks, None)
+
+    def take(self, b: int) -> pd.DataFrame:
+        while self._next is not None and self._next[0] < b:  # rows of unknown users (block -1)
+            self._next = next(self._blocks, None)
+        if self._next is None or self._next[0] != b:
+            return self.empty
+        rows = self._next[1]
+        self._next = next(self._blocks, None)
+        return rows
+
+    def _from_file(self, batches: Iterator[pd.DataFrame]) -> Iterator[tuple[int, pd.DataFrame]]:
+        current, pending = -1, []
+        for frame in batches:
+            block = self.maps.user_index(frame["user_id"].to_numpy())
+            keep = block >= 0
+            frame, block = frame[keep], block[keep] // self.size
+            if not len(block):
+                continue
+            if block[0] < current or np.any(np.diff(block) < 0):
+                raise RecforgeError(
+                    f"{self.source}: users are not in dense order; run `recforge stage train` again to rewrite it"
+                )
+            runs = _runs(block, current)  # the blocks that start in this batch
+            head = runs[0][0] if runs else len(block)
+            if head:  # the batch's first rows continue the pending block
+                pending.append(frame.iloc[:head])
+            for lo, hi in runs:
+                if pending:
+                    yield current, pd.concat(pending, ignore_index=True)
+                current, pending = int(block[lo]), [frame.iloc[lo:hi]]
+        if pending:
+            yield current, pd.concat(pending, ignore_index=True)
+
+
+def _runs(block: np.ndarray, before: int) -> list[tuple[int, int]]:
+    """(start, stop) of each run of equal values in sorted ``block`` that differs from the value ``before`` it."""
+    starts = np.flatnonzero(np.diff(block, prepend=before)).tolist()
+    return list(zip(starts, [*starts[1:], len(block)][: len(starts)], strict=True))
+
+
+def _in_dense_order(path: Path, maps) -> bool:
+    """Whether a list file gives its (known) users in dense order, read a batch of its user column at a time."""
+    import pyarrow.parquet as pq
+
+    last = -1
+    with pq.ParquetFile(path) as handle:
+        for batch in handle.iter_batches(batch_size=LIST_BATCH_ROWS, columns=["user_id"]):
+            users = maps.user_index(batch.column(0).to_numpy(zero_copy_only=False))
+            users = users[users >= 0]
+            if len(users) and (users[0] < last or np.any(np.diff(users) < 0)):
+                return False
+            last = users[-1] if len(users) else last
+    return True
 
 
 def build_part(workspace: Workspace, part: str, models: Sequence[str], llm_scorer=None) -> pd.DataFrame:

@@ -45,10 +45,11 @@ from recforge.rerank import (
     candidate_models,
     feature_encoders,
     iter_part,
+    list_batches,
+    list_paths,
     make_reranker,
     positive_users,
     ranked_lists,
-    read_lists,
 )
 from recforge.rerank_reports import CandidateRecall, ablations, write_importance, write_table
 from recforge.rerank_rows import ValRows, collect_val_rows, positive_val_users, sample_training_users
@@ -74,8 +75,9 @@ def run_rerank(params: Params, variant: str | None = None) -> dict[str, Any] | N
 
     # the training users are chosen from the lists and validation events alone, before any feature is built
     truths = {"val": workspace.frame("val"), "test": workspace.frame("test")}
-    lists = read_lists(params, models, "val")
-    positive = positive_val_users(lists, truths["val"], workspace.maps, params.rerank.candidates_per_model)
+    per_model = params.rerank.candidates_per_model
+    batches = (rows for path in list_paths(params, models, "val").values() for rows in list_batches(path, per_model))
+    positive = positive_val_users(batches, truths["val"], workspace.maps, per_model)
     train_users = sample_training_users(positive, params.rerank.max_train_users, params.seed)
 
     # everything reading the test targets below does so for reporting only
@@ -88,9 +90,9 @@ def run_rerank(params: Params, variant: str | None = None) -> dict[str, Any] | N
         if keep_tables:
             kept_val.append(block)
 
-    blocks = iter_part(workspace, "val", models, scorer, lists=lists)
+    blocks = iter_part(workspace, "val", models, scorer)  # each list file read a batch at a time
     rows = collect_val_rows(blocks, truths["val"], train_users, workspace.maps, each=each)
-    lists = blocks = None  # the validation lists (every model's whole list) are not needed any more
+    blocks = None  # the validation part's feature state is not needed any more
     features, labels, groups = rows.features, rows.labels, rows.groups
     log.info(
         "rerank: %d training rows (%d of %d users with a positive candidate), %d other val rows on disk, "
@@ -103,18 +105,10 @@ def run_rerank(params: Params, variant: str | None = None) -> dict[str, Any] | N
         time.perf_counter() - started,
     )
     reranker, train_scores = _fit(params, rows)
-    if reranker is not None:
-        rest_scores = rows.score_rest(reranker.rerank)
-    else:
-        rest_scores = rows.score_rest(lambda X: X[:, features.index("rrf")])
+    score = reranker.rerank if reranker is not None else (lambda X: X[:, features.index("rrf")])
+    val_lists = rows.lists(train_scores, score, params.evaluate.list_length)
     rows.close()
-    val_lists = ranked_lists(
-        rows.scored_keys(),
-        np.concatenate([train_scores, rest_scores]),
-        params.evaluate.list_length,
-        maps=workspace.maps,
-    )
-    del train_scores, rest_scores
+    del train_scores
     keep_tables = keep_tables and reranker is not None
     test_lists, kept, test_rows = _score_test(workspace, models, scorer, reranker, recall, keep=keep_tables)
     write_parquet(val_lists, Path(params.paths.lists_dir) / NAME / "val.parquet")

@@ -115,9 +115,7 @@ def train_model(workspace: Workspace, name: str) -> dict:
         model.fit(train, context=workspace.context(validation=val))
     val_fit_s = time.perf_counter() - started
     started = time.perf_counter()
-    val_lists = recommend_frame(
-        model, workspace.frame("val")["user_id"].unique(), workspace.maps, length, label=f"{name} val lists"
-    )
+    val_lists = recommend_frame(model, part_users(workspace, "val"), workspace.maps, length, label=f"{name} val lists")
     val_lists_s = time.perf_counter() - started
 
     # refit on train + val with whatever the validation fit chose (epochs, tuned settings), continuing
@@ -139,7 +137,7 @@ def train_model(workspace: Workspace, name: str) -> dict:
     full_fit_s = time.perf_counter() - started
     started = time.perf_counter()
     test_lists = recommend_frame(
-        full, workspace.frame("test")["user_id"].unique(), workspace.maps, length, label=f"{name} test lists"
+        full, part_users(workspace, "test"), workspace.maps, length, label=f"{name} test lists"
     )
     test_lists_s = time.perf_counter() - started
 
@@ -180,6 +178,13 @@ def train_model(workspace: Workspace, name: str) -> dict:
         test_lists_s,
     )
     return meta
+
+
+def part_users(workspace: Workspace, part: str) -> np.ndarray:
+    """The original ids of a split part's users in dense order, the order their list files keep: the rerank
+    stage reads those files a batch at a time and needs each block of users together (recforge.rerank)."""
+    users = workspace.frame(part)["user_id"].unique()
+    return users[np.argsort(workspace.maps.user_index(users), kind="stable")]
 
 
 def recommend_frame(

@@ -15,9 +15,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from recforge import rerank_rows
 from recforge.interactions import IdMaps
-from recforge.rerank import positive_users
+from recforge.rerank import positive_users, ranked_lists
 from recforge.rerank_rows import (
     TRAIN_USERS_AUTO,
     ValRows,
@@ -61,8 +60,8 @@ def _block(users, items, features=None):
 def test_positive_users_counts_a_hit_at_exactly_the_rank_cut():
     # catches `rank <= per_model` turned into `<` (the last candidate kept is dropped) and the cut ignored
     lists = {"pop": _lists([(10, 103, 1), (10, 101, 2), (20, 102, 3)])}
-    np.testing.assert_array_equal(positive_val_users(lists, TRUTH, MAPS, 2), [0])
-    np.testing.assert_array_equal(positive_val_users(lists, TRUTH, MAPS, 3), [0, 1])
+    np.testing.assert_array_equal(positive_val_users(lists.values(), TRUTH, MAPS, 2), [0])
+    np.testing.assert_array_equal(positive_val_users(lists.values(), TRUTH, MAPS, 3), [0, 1])
 
 
 def test_positive_users_take_the_union_of_the_models_sorted_int64():
@@ -72,7 +71,7 @@ def test_positive_users_take_the_union_of_the_models_sorted_int64():
         "pop": _lists([(30, 100, 1), (20, 103, 1)]),
         "knn": _lists([(10, 101, 1), (30, 100, 2), (20, 102, 2)]),
     }
-    got = positive_val_users(lists, TRUTH, MAPS, 2)
+    got = positive_val_users(lists.values(), TRUTH, MAPS, 2)
     np.testing.assert_array_equal(got, [0, 1, 2])
     assert got.dtype == np.int64
 
@@ -81,13 +80,13 @@ def test_positive_users_leave_out_users_unknown_to_the_maps():
     # catches the -1 of an unknown user kept (`users >= 0` dropped or turned into `> -1`-like slips)
     truth = pd.concat([TRUTH, pd.DataFrame({"user_id": [99], "item_id": [100]})], ignore_index=True)
     lists = {"pop": _lists([(99, 100, 1), (20, 102, 1)])}
-    got = positive_val_users(lists, truth, MAPS, 5)
+    got = positive_val_users(lists.values(), truth, MAPS, 5)
     np.testing.assert_array_equal(got, [1])
 
 
 def test_positive_users_of_no_lists_is_an_empty_int64_array():
     # catches the no-model case returning None or a float array (np.isin / indexing downstream needs int64)
-    got = positive_val_users({}, TRUTH, MAPS, 5)
+    got = positive_val_users([], TRUTH, MAPS, 5)
     assert isinstance(got, np.ndarray) and got.dtype == np.int64 and got.shape == (0,)
 
 
@@ -139,26 +138,31 @@ def _rows(tmp_path, train_users=(0, 2)):
     return ValRows(TRUTH, np.array(train_users), MAPS, spill_dir=tmp_path)
 
 
-def test_spill_file_lives_in_the_spill_dir_and_close_removes_it(tmp_path):
-    # catches spill_dir ignored (the spill goes to the system temp dir, e.g. a small /tmp), the file's name
-    # changed (rerank-val-*.f32 is how a leaked spill is recognised), and close() leaving the file behind
+def _spilled(rows):
+    """Every spilled (keys, X), joined (empty arrays of the right shape when nothing was spilled)."""
+    blocks = list(rows.rest_blocks())
+    if not blocks:
+        return np.zeros((0, 2), np.int64), np.zeros((0, len(rows.features or [])), np.float32)
+    return np.concatenate([k for k, _ in blocks]), np.concatenate([x for _, x in blocks])
+
+
+def test_spill_files_live_in_the_spill_dir_and_close_removes_them(tmp_path):
+    # catches spill_dir ignored (the spill goes to the system temp dir, e.g. a small /tmp), the files' names
+    # changed (rerank-val-* is how a leaked spill is recognised), and close() leaving either file behind
     rows = _rows(tmp_path)
-    path = Path(rows._spill.name)
-    assert path.parent == tmp_path
-    assert path.name.startswith("rerank-val-") and path.name.endswith(".f32")
-    assert path.exists()
+    paths = [Path(rows._spill.name), Path(rows._spill_keys.name)]
+    assert [p.parent for p in paths] == [tmp_path, tmp_path]
+    assert all(p.name.startswith("rerank-val-") for p in paths)
+    assert paths[0].name.endswith(".f32") and paths[1].name.endswith(".keys")
+    assert all(p.exists() for p in paths)
     rows.close()
-    assert not path.exists()
+    assert not any(p.exists() for p in paths)
 
 
 def test_unfinished_rows_have_empty_int64_keys(tmp_path):
-    # catches the declared key arrays made with a row, a wrong width or a float dtype (frame() would fail)
+    # catches the declared key array made with a row, a wrong width or a float dtype
     rows = _rows(tmp_path)
-    for part in ("train", "rest"):
-        keys = rows.train_keys if part == "train" else rows.rest_keys
-        assert keys.shape == (0, 2) and keys.dtype == np.int64
-        frame = rows.frame(part)
-        assert list(frame.columns) == ["user", "item", "user_id", "item_id"] and len(frame) == 0
+    assert rows.train_keys.shape == (0, 2) and rows.train_keys.dtype == np.int64
     assert rows.X is None and rows.labels is None and rows.groups is None and rows.rest_rows == 0
     rows.close()
 
@@ -166,7 +170,7 @@ def test_unfinished_rows_have_empty_int64_keys(tmp_path):
 def test_training_rows_stay_in_memory_and_the_rest_is_spilled_in_order(tmp_path):
     # catches the split by user inverted, training features kept as float64, labels computed on the wrong
     # rows, keys stacked the wrong way (user/item swapped or transposed), the rest count overwritten per block
-    # instead of summed, and spilled rows read back in another order or dtype
+    # instead of summed, and spilled rows read back in another order, grouping or dtype
     blocks = [
         _block([0, 0, 1, 1], [1, 3, 2, 0]),  # user 0 trains (101 is its held-out item), user 1 spills
         _block([2, 2, 3], [0, 2, 1]),  # user 2 trains (100 held out), user 3 spills
@@ -181,37 +185,56 @@ def test_training_rows_stay_in_memory_and_the_rest_is_spilled_in_order(tmp_path)
     assert rows.labels.tolist() == [1, 0, 1, 0]
     np.testing.assert_array_equal(rows.groups, [2, 2])
     np.testing.assert_array_equal(rows.train_keys, [[0, 1], [0, 3], [2, 0], [2, 2]])
-    np.testing.assert_array_equal(rows.rest_keys, [[1, 2], [1, 0], [3, 1]])
     assert rows.rest_rows == 3
+    spilled = list(rows.rest_blocks())
+    assert len(spilled) == 2  # one read per block that spilled
+    (keys1, X1), (keys2, X2) = spilled
+    assert keys1.dtype == np.int64 and X1.dtype == np.float32
+    np.testing.assert_array_equal(keys1, [[1, 2], [1, 0]])
+    np.testing.assert_array_equal(X1, [[12.5, -12.25], [10.5, -10.25]])
+    np.testing.assert_array_equal(keys2, [[3, 1]])
+    np.testing.assert_array_equal(X2, [[31.5, -31.25]])
+    rows.close()
+
+
+def test_lists_equal_cutting_the_whole_part_at_once(tmp_path):
+    # catches a block's training scores or spilled rows taken from another block (offsets not advanced, or
+    # advanced by the wrong count), the scorer given the training rows, a block's rows cut to k without its
+    # training rows, and the lists out of user order: they must equal ranked_lists over every row at once
+    blocks = [
+        _block([0, 0, 0, 1, 1, 1], [1, 3, 2, 2, 0, 3]),  # user 0 trains, user 1 spills
+        _block([2, 2, 3, 3, 3], [0, 2, 1, 0, 2]),  # user 2 trains, user 3 spills
+    ]
+    rows = _rows(tmp_path)
+    for block in blocks:
+        rows.add(block)
+    rows.finish()
+    train_scores = np.array([0.3, 0.9, 0.1, 0.5, 0.7])
     seen = []
 
     def score(X):
-        seen.append(X)
-        return X[:, 0] * 2
+        seen.append(X.copy())
+        return -X[:, 0]  # lower f1 ranks first
 
-    out = rows.score_rest(score)
-    assert len(seen) == 1 and isinstance(seen[0], np.ndarray) and seen[0].dtype == np.float32
-    np.testing.assert_array_equal(seen[0], [[12.5, -12.25], [10.5, -10.25], [31.5, -31.25]])
-    assert out.dtype == np.float64
-    np.testing.assert_array_equal(out, [25.0, 21.0, 63.0])
+    got = rows.lists(train_scores, score, k=2)
+    assert [len(x) for x in seen] == [3, 3] and all(x.dtype == np.float32 for x in seen)
+    keys = np.concatenate([rows.train_keys, _spilled(rows)[0]])
+    scores = np.concatenate([train_scores, -_spilled(rows)[1][:, 0]])
+    want = ranked_lists(pd.DataFrame({"user": keys[:, 0], "item": keys[:, 1]}), scores, 2, maps=MAPS)
+    pd.testing.assert_frame_equal(got, want.sort_values(["user_id", "rank"], ignore_index=True))
+    assert got["user_id"].tolist() == [10, 10, 20, 20, 30, 30, 40, 40]
+    assert got["item_id"].tolist() == [103, 101, 100, 102, 102, 100, 100, 101]
     rows.close()
 
 
-def test_frames_give_original_ids_of_each_part(tmp_path):
-    # catches frame("rest") returning the training keys (or the reverse), columns renamed, and user and item
-    # columns taken from the wrong key column or mapped through the wrong id index
-    rows = _rows(tmp_path, train_users=(1,))
-    rows.add(_block([0, 1, 1, 3], [3, 2, 0, 1]))
+def test_lists_refuse_training_scores_of_another_length(tmp_path):
+    # catches scores silently misaligned with the training rows (a fold's scores, or the scores of another run)
+    rows = _rows(tmp_path)
+    rows.add(_block([0, 1], [1, 2]))
     rows.finish()
-    train = rows.frame("train")
-    assert train.to_dict("list") == {"user": [1, 1], "item": [2, 0], "user_id": [20, 20], "item_id": [102, 100]}
-    rest = rows.frame("rest")
-    assert rest.to_dict("list") == {"user": [0, 3], "item": [3, 1], "user_id": [10, 40], "item_id": [103, 101]}
-    # scored_keys: the training rows then the spilled ones (the order of train scores + score_rest), no ids
-    assert rows.scored_keys().to_dict("list") == {"user": [1, 1, 0, 3], "item": [2, 0, 3, 1]}
+    with pytest.raises(ValueError, match="2 training scores for 1 training rows"):
+        rows.lists(np.zeros(2), lambda X: X[:, 0], k=5)
     rows.close()
-    assert rows.X is None and not os.path.exists(rows._spill.name)  # closed: no matrix, no spill file
-    assert len(rows.labels) == 2 and rows.groups.tolist() == [2]  # labels and groups stay for the stage report
 
 
 def test_all_rows_spilled_leaves_empty_training_arrays_of_the_right_shape(tmp_path):
@@ -226,61 +249,47 @@ def test_all_rows_spilled_leaves_empty_training_arrays_of_the_right_shape(tmp_pa
     assert rows.labels.shape == (0,) and rows.labels.dtype == np.int32
     assert rows.groups.tolist() == [] and rows.groups.dtype == np.int64 and rows.train_keys.shape == (0, 2)
     assert positive_users(rows.labels, rows.groups) == 0
-    np.testing.assert_array_equal(rows.rest_keys, [[1, 0], [3, 1]])
+    np.testing.assert_array_equal(_spilled(rows)[0], [[1, 0], [3, 1]])
+    lists = rows.lists(np.zeros(0), lambda X: X[:, 0], k=5)
+    assert lists["user_id"].tolist() == [20, 40] and lists["item_id"].tolist() == [100, 101]
     rows.close()
 
 
 def test_no_rows_at_all_finishes_empty(tmp_path):
-    # catches `features or []` turned into `and` (len(None) fails) when a part yields no block
+    # catches `features or []` turned into `and` (len(None) fails) when a part yields no block, and the
+    # lists of nothing failing or carrying other columns
     rows = _rows(tmp_path).finish()
     assert rows.X.shape == (0, 0) and rows.labels.shape == (0,)
-    assert rows.score_rest(lambda X: pytest.fail("nothing to score")).shape == (0,)
+    assert list(rows.rest_blocks()) == []
+    lists = rows.lists(np.zeros(0), lambda X: pytest.fail("nothing to score"), k=5)
+    assert list(lists.columns) == ["user_id", "item_id", "rank", "score"] and len(lists) == 0
     rows.close()
 
 
 def test_all_rows_training_spills_nothing_and_scores_nothing(tmp_path):
-    # catches a spill (and a rest count) made when every row trains, and score_rest opening the empty spill
-    # file (np.memmap of an empty file fails) or calling the scorer with no rows
+    # catches a spill (and a rest count) made when every row trains, and the scorer called with no rows
     rows = _rows(tmp_path, train_users=(0, 1))
     rows.add(_block([0, 1], [1, 2]))
     rows.finish()
     assert rows.rest_rows == 0 and os.path.getsize(rows._spill.name) == 0
-    assert rows.rest_keys.shape == (0, 2) and rows.rest_keys.dtype == np.int64
-    assert rows.frame("rest").empty
-    out = rows.score_rest(lambda X: pytest.fail("nothing to score"))
-    assert out.shape == (0,)
+    assert os.path.getsize(rows._spill_keys.name) == 0
+    assert list(rows.rest_blocks()) == []
+    lists = rows.lists(np.array([0.5, 0.25]), lambda X: pytest.fail("nothing to score"), k=5)
+    assert lists["user_id"].tolist() == [10, 20] and lists["score"].tolist() == [0.5, 0.25]
     assert rows.labels.tolist() == [1, 1]
     rows.close()
 
 
-def test_score_rest_goes_in_chunks_of_score_rows(tmp_path, monkeypatch):
-    # catches the spilled rows scored in one piece (memory grows with the users) or chunks written to the
-    # wrong slice of the output
-    monkeypatch.setattr(rerank_rows, "SCORE_ROWS", 2)
-    rows = _rows(tmp_path, train_users=())
-    rows.add(_block([0, 0, 1], [0, 1, 2]))
-    rows.add(_block([2, 3], [3, 0]))
-    rows.finish()
-    sizes = []
-
-    def score(X):
-        sizes.append(len(X))
-        return X[:, 1].astype(np.float64)
-
-    np.testing.assert_array_equal(rows.score_rest(score), [-0.25, -1.25, -12.25, -23.25, -30.25])
-    assert sizes == [2, 2, 1]
-    rows.close()
-
-
 def test_keys_are_int64_whatever_the_block_id_dtype(tmp_path):
-    # catches the block's id columns kept in their own dtype (int32 here): the key arrays finish() declares are
-    # int64 (one int64 column alone already promotes the stacked keys, so both are narrowed here)
-    block = _block([0, 1], [1, 2]).astype({"user": np.int32, "item": np.int32})
+    # catches the block's id columns kept in their own dtype (int32 here): the spilled keys are read back as
+    # int64 pairs, so int32 ones would come back as garbage
+    block = _block([0, 1, 1], [1, 2, 3]).astype({"user": np.int32, "item": np.int32})
     rows = _rows(tmp_path, train_users=(0,))
     rows.add(block)
     rows.finish()
-    assert rows.train_keys.dtype == np.int64 and rows.rest_keys.dtype == np.int64
-    np.testing.assert_array_equal(np.concatenate([rows.train_keys, rows.rest_keys]), [[0, 1], [1, 2]])
+    assert rows.train_keys.dtype == np.int64
+    np.testing.assert_array_equal(rows.train_keys, [[0, 1]])
+    np.testing.assert_array_equal(_spilled(rows)[0], [[1, 2], [1, 3]])
     rows.close()
 
 
@@ -295,9 +304,9 @@ def test_a_scorer_writing_into_its_rows_leaves_the_spill_as_it_was(tmp_path):
         X[:, 0] += 1.0
         return X[:, 0].copy()
 
-    first = rows.score_rest(bump)
-    second = rows.score_rest(lambda X: X[:, 0].copy())
-    np.testing.assert_array_equal(second, first - 1.0)
+    first = rows.lists(np.zeros(0), bump, k=5)
+    second = rows.lists(np.zeros(0), lambda X: X[:, 0].copy(), k=5)
+    np.testing.assert_array_equal(second["score"], first["score"] - 1.0)
     rows.close()
 
 
@@ -312,7 +321,8 @@ def test_collect_calls_each_on_every_block_before_adding_it(tmp_path):
     rows = collect_val_rows(blocks, TRUTH, np.array([0, 2]), MAPS, each=lambda b: seen.append(len(b)))
     assert seen == [2, 1]
     assert rows.labels.tolist() == [1, 1] and rows.rest_rows == 1
-    assert rows.frame("rest").to_dict("list") == {"user": [1], "item": [2], "user_id": [20], "item_id": [102]}
+    np.testing.assert_array_equal(_spilled(rows)[0], [[1, 2]])
+    assert rows.lists(np.zeros(2), lambda X: X[:, 0], k=1)["user_id"].tolist() == [10, 20, 30]  # maps given
     np.testing.assert_array_equal(rows.X, [[1.5, -1.25], [20.5, -20.25]])
     rows.close()
     plain = collect_val_rows(iter(blocks), TRUTH, np.array([1]), MAPS)

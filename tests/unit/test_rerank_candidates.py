@@ -91,17 +91,65 @@ def test_blocks_of_users_concatenate_to_the_whole_table(workspace):
     assert whole.groupby("user_id").size().tolist() == [3, 3, 3]
 
 
-def test_blocks_are_the_same_when_the_lists_are_not_in_user_order(workspace):
+def test_blocks_are_the_same_when_the_lists_are_not_in_user_order(workspace, caplog):
     # catches a block given the rows of other users when a list file is not sorted by user (the block's
-    # rows taken in file order instead of block order)
+    # rows taken in file order instead of block order, or the file streamed as if it were in order), and
+    # the whole read not said
     whole = rerank.build_part(workspace, "val", ["pop", "knn"])
     for model in ("pop", "knn"):
         path = Path(workspace.params.paths.lists_dir) / model / "val.parquet"
         frame = pd.read_parquet(path)
         frame.sort_values(["user_id", "rank"], ascending=[False, True]).to_parquet(path)  # users 3, 2, 1
+    assert not rerank._in_dense_order(path, workspace.maps)
     blocks = list(rerank.iter_part(workspace, "val", ["pop", "knn"], block_users=1))
     assert [b["user_id"].unique().tolist() for b in blocks] == [[1], [2], [3]]
     pd.testing.assert_frame_equal(pd.concat(blocks, ignore_index=True), whole)
+    assert "knn/val.parquet: users not in dense order, so the list is read whole" in caplog.text
+
+
+@pytest.mark.parametrize("block_users", [1, 2, 5])
+def test_list_files_read_a_few_rows_at_a_time_give_the_frames_blocks(workspace, monkeypatch, caplog, block_users):
+    # catches a list file's rows lost or repeated where a batch ends inside a block (the pending rows dropped,
+    # or yielded twice), blocks yielded out of turn, rows of users unknown to the maps kept, and a file in
+    # dense order read whole instead of streamed: batches of 2 rows split every user's 3 rows
+    for model in ("pop", "knn"):
+        path = Path(workspace.params.paths.lists_dir) / model / "val.parquet"
+        frame = pd.read_parquet(path)
+        unknown = pd.DataFrame({"user_id": [0, 99], "item_id": [100, 100], "rank": [1, 1], "score": [9.0, 9.0]})
+        pd.concat([unknown.iloc[:1], frame, unknown.iloc[1:]], ignore_index=True).to_parquet(path)
+    monkeypatch.setattr(rerank, "LIST_BATCH_ROWS", 2)
+    in_memory = rerank.read_lists(workspace.params, ["pop", "knn"], "val")
+    want = list(rerank.iter_part(workspace, "val", ["pop", "knn"], block_users=block_users, lists=in_memory))
+    got = list(rerank.iter_part(workspace, "val", ["pop", "knn"], block_users=block_users))
+    assert len(got) == len(want) == -(-3 // block_users)
+    for g, w in zip(got, want, strict=True):
+        pd.testing.assert_frame_equal(g, w)
+    assert sorted(pd.concat(got)["user_id"].unique()) == [1, 2, 3]
+    assert "read whole" not in caplog.text
+
+
+def test_a_list_file_out_of_order_while_streamed_is_an_error(workspace):
+    # catches a file that turns out of order mid-read being streamed on (blocks would miss rows silently)
+    path = Path(workspace.params.paths.lists_dir) / "pop" / "val.parquet"
+    blocks = rerank._Blocks(path, workspace.maps, 1, 2)
+    frame = pd.read_parquet(path)
+    backwards = iter([frame[frame["user_id"] == 2], frame[frame["user_id"] == 1]])
+    with pytest.raises(RecforgeError, match="users are not in dense order; run `recforge stage train` again"):
+        list(blocks._from_file(backwards))
+    within = iter([frame.iloc[::-1]])
+    with pytest.raises(RecforgeError, match="not in dense order"):
+        list(blocks._from_file(within))
+
+
+def test_list_files_list_their_users_in_dense_order(workspace):
+    # catches the train stage writing lists in the split's user order (the rerank stage could then not
+    # stream them): the users come back in dense order, once each, whatever the split's order
+    from recforge.stages.train import part_users
+
+    split = Path(workspace.params.paths.split_dir) / "val.parquet"
+    pd.read_parquet(split).iloc[[2, 0, 1, 2]].to_parquet(split)  # users 3, 1, 2, 3
+    users = part_users(Workspace(workspace.params), "val")
+    assert users.tolist() == [1, 2, 3]
 
 
 def test_training_table_labels_are_the_validation_targets(workspace):

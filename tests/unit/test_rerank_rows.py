@@ -11,7 +11,15 @@ import pytest
 from recforge.candidates import feature_columns, positive_groups
 from recforge.params import load_params
 from recforge.pipeline import run_pipeline
-from recforge.rerank import candidate_models, make_reranker, positive_users, ranked_lists, read_lists, training_table
+from recforge.rerank import (
+    candidate_models,
+    list_batches,
+    list_paths,
+    make_reranker,
+    positive_users,
+    ranked_lists,
+    training_table,
+)
 from recforge.rerank_rows import TRAIN_USERS_AUTO, positive_val_users, sample_training_users
 from recforge.stages.rerank import run_rerank
 from recforge.workspace import Workspace
@@ -47,16 +55,16 @@ def _lists(params, part: str) -> pd.DataFrame:
 
 
 def test_positive_users_are_the_ones_with_a_labelled_candidate(workspace) -> None:
-    """Read from the lists alone, they equal the users with a positive row in the built table
-    (catches a rank cut-off off by one, or the union computed per model)."""
+    """Read from the list files alone, a few rows at a time, they equal the users with a positive row in the
+    built table (catches a rank cut-off off by one, the union computed per model, or a piece of a file lost)."""
     params, _ = workspace
     ws = Workspace(params)
     models = candidate_models(params)
     frame, labels, groups = training_table(ws, models)
     want = np.sort(frame["user"].to_numpy()[np.cumsum(groups) - 1][positive_groups(labels, groups)])
-    got = positive_val_users(
-        read_lists(params, models, "val"), ws.frame("val"), ws.maps, params.rerank.candidates_per_model
-    )
+    per_model = params.rerank.candidates_per_model
+    pieces = [rows for path in list_paths(params, models, "val").values() for rows in list_batches(path, per_model, 7)]
+    got = positive_val_users(pieces, ws.frame("val"), ws.maps, per_model)
     assert len(got) > 10
     np.testing.assert_array_equal(got, want)
 
