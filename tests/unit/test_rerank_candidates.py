@@ -128,6 +128,33 @@ def test_list_files_read_a_few_rows_at_a_time_give_the_frames_blocks(workspace, 
     assert "read whole" not in caplog.text
 
 
+def test_list_batches_cut_at_the_rank_and_read_a_file_in_pieces(workspace, monkeypatch):
+    # catches the rank cut dropped or off by one, a file read whole or in pieces of another size than asked
+    # (LIST_BATCH_ROWS when no size is given), and a frame cut into pieces
+    path = Path(workspace.params.paths.lists_dir) / "pop" / "val.parquet"  # 3 users x ranks 1, 2, 3
+    monkeypatch.setattr(rerank, "LIST_BATCH_ROWS", 4)
+    pieces = list(rerank.list_batches(path, 2))
+    assert [len(p) for p in pieces] == [3, 3, 0]  # raw pieces of 4, 4, 1 rows, rank 3 dropped from each
+    assert pd.concat(pieces)["rank"].max() == 2 and list(pieces[0].columns) == rerank.LIST_COLUMNS
+    assert [len(p) for p in rerank.list_batches(path, 3, rows=2)] == [2, 2, 2, 2, 1]
+    frame = pd.read_parquet(path)
+    whole = list(rerank.list_batches(frame, 1))
+    assert len(whole) == 1 and whole[0]["user_id"].tolist() == [1, 2, 3]
+
+
+def test_dense_order_is_checked_across_batches_and_ignores_unknown_users(workspace, monkeypatch):
+    # catches the order checked within each batch only (the last user of the previous batch forgotten), and
+    # users unknown to the maps (-1) counted as out of order
+    path = Path(workspace.params.paths.lists_dir) / "pop" / "val.parquet"
+    frame = pd.read_parquet(path)
+    monkeypatch.setattr(rerank, "LIST_BATCH_ROWS", 3)  # one user a batch
+    frame.sort_values("user_id", ascending=False, kind="stable").to_parquet(path)
+    assert not rerank._in_dense_order(path, workspace.maps)
+    with_unknown = pd.concat([frame.iloc[:4], frame.iloc[:1].assign(user_id=99), frame.iloc[4:]])
+    with_unknown.to_parquet(path)
+    assert rerank._in_dense_order(path, workspace.maps)
+
+
 def test_a_list_file_out_of_order_while_streamed_is_an_error(workspace):
     # catches a file that turns out of order mid-read being streamed on (blocks would miss rows silently)
     path = Path(workspace.params.paths.lists_dir) / "pop" / "val.parquet"
