@@ -202,10 +202,10 @@ class _Blocks:
                 pending.append(frame.iloc[:head])
             for lo, hi in runs:
                 if pending:
-                    yield current, pd.concat(pending, ignore_index=True)
+                    yield current, pd.concat(pending)  # candidate_frame reads values, not the index
                 current, pending = int(block[lo]), [frame.iloc[lo:hi]]
         if pending:
-            yield current, pd.concat(pending, ignore_index=True)
+            yield current, pd.concat(pending)
 
 
 def _runs(block: np.ndarray, before: int) -> list[tuple[int, int]]:
@@ -221,7 +221,7 @@ def _in_dense_order(path: Path, maps) -> bool:
     last = -1
     with pq.ParquetFile(path) as handle:
         for batch in handle.iter_batches(batch_size=LIST_BATCH_ROWS, columns=["user_id"]):
-            users = maps.user_index(batch.column(0).to_numpy(zero_copy_only=False))
+            users = maps.user_index(batch.column("user_id").to_pandas())
             users = users[users >= 0]
             if len(users) and (users[0] < last or np.any(np.diff(users) < 0)):
                 return False

@@ -150,7 +150,7 @@ class ValRows:
         gives the lists of cutting the whole part, in user order, with one block's rows in memory at a time."""
         from recforge.rerank import ranked_lists
 
-        train_scores = np.asarray(train_scores, dtype=np.float64)
+        train_scores = np.asarray(train_scores)
         if len(train_scores) != len(self.train_keys):
             raise ValueError(f"{len(train_scores)} training scores for {len(self.train_keys)} training rows")
         spilled = self.rest_blocks()
@@ -162,7 +162,7 @@ class ValRows:
             if n_rest:
                 rest_keys, X = next(spilled)
                 keys.append(rest_keys)
-                scores.append(np.asarray(score(X), dtype=np.float64))
+                scores.append(np.asarray(score(X)))
             joined = np.concatenate(keys)
             frame = pd.DataFrame({"user": joined[:, 0], "item": joined[:, 1]})
             lists.append(ranked_lists(frame, np.concatenate(scores), k, maps=self.maps))

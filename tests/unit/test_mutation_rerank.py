@@ -94,6 +94,30 @@ def test_blocks_follow_block_users_with_integer_division(workspace):  # noqa: F8
     assert [b["user_id"].unique().tolist() for b in blocks] == [[1], [3]]
 
 
+def test_given_lists_may_start_past_the_first_blocks_or_hold_only_unknown_users(workspace):  # noqa: F811
+    # catches the first run of blocks in a given frame missed when it is not block 0 (a wrong value before
+    # the first block), and the skip over unknown users' rows (block -1) failing when nothing follows them
+    lists = _lists([3], lambda u: [100, 101])
+    blocks = list(rerank.iter_part(workspace, "val", MODELS, block_users=1, lists={"pop": lists, "knn": lists}))
+    assert [b["user_id"].unique().tolist() for b in blocks] == [[3]]
+    unknown = _lists([99], lambda u: [100, 101])
+    assert list(rerank.iter_part(workspace, "val", MODELS, block_users=1, lists={"pop": unknown, "knn": unknown})) == []
+
+
+def test_make_reranker_needs_the_positive_users_for_auto_sizes():
+    # catches the 'auto' sizes chosen from no count at all instead of the error that says what is missing
+    params = load_params(None, ["rerank.folds=auto"])
+    with pytest.raises(ValueError, match=r"^rerank.folds/repeats/num_leaves 'auto' need the number of validation"):
+        rerank.make_reranker(params, ["a"], None)
+    fixed = load_params(None, ["rerank.folds=2", "rerank.repeats=1", "rerank.num_leaves=7"])
+    assert rerank.make_reranker(fixed, ["a"], None) is not None
+
+
+def test_positive_users_count_the_groups_with_a_positive():
+    # catches the count taken over rows instead of groups, or labels and groups swapped
+    assert rerank.positive_users(np.array([0, 1, 1, 0, 0, 1]), np.array([3, 2, 1])) == 2
+
+
 def _llm(frame, data):
     return frame["item"].to_numpy() * 0.5
 

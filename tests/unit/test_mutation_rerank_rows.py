@@ -227,6 +227,22 @@ def test_lists_equal_cutting_the_whole_part_at_once(tmp_path):
     rows.close()
 
 
+def test_lists_follow_the_training_rows_over_blocks_with_and_without_spilled_rows(tmp_path):
+    # catches the training offset set to the last block's count instead of advanced by it (right for two
+    # blocks, wrong from the third), and the spilled blocks given up at a block that spilled nothing
+    rows = _rows(tmp_path, train_users=(0, 2, 3))
+    rows.add(_block([0, 0], [1, 3]))  # trains only
+    rows.add(_block([1, 1, 2], [0, 2, 1]))  # user 1 spills, user 2 trains
+    rows.add(_block([3, 3], [0, 2]))  # trains only
+    rows.finish()
+    got = rows.lists(np.array([0.1, 0.2, 0.3, 0.5, 0.4]), lambda X: -X[:, 0], k=1)
+    assert got["user_id"].tolist() == [10, 20, 30, 40]
+    assert got["item_id"].tolist() == [103, 100, 101, 100]
+    assert got["score"].tolist() == pytest.approx([0.2, -10.5, 0.3, 0.5])
+    rows.close()
+    assert rows.X is None
+
+
 def test_lists_refuse_training_scores_of_another_length(tmp_path):
     # catches scores silently misaligned with the training rows (a fold's scores, or the scores of another run)
     rows = _rows(tmp_path)
