@@ -53,12 +53,25 @@ def feature_encoders(params: Params) -> list[str]:
 
 
 def list_paths(params: Params, models: Sequence[str], part: str) -> dict[str, Path]:
-    """Each model's list file of ``part`` (the train stage writes them); RecforgeError if one is missing."""
+    """Each model's list file of ``part`` (the train stage writes them); RecforgeError if one is missing, is not
+    a parquet file or lacks a column of LIST_COLUMNS (only the file's footer is read)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     paths = {}
     for name in models:
         path = Path(params.paths.lists_dir) / name / f"{part}.parquet"
         if not path.exists():
             raise RecforgeError(f"{path}: not found; run `recforge stage train` first")
+        try:
+            columns = set(pq.read_schema(path).names)
+        except (pa.ArrowException, OSError) as exc:
+            raise RecforgeError(
+                f"{path}: not a readable parquet file ({exc}); run `recforge stage train` again"
+            ) from exc
+        missing = [column for column in LIST_COLUMNS if column not in columns]
+        if missing:
+            raise RecforgeError(f"{path}: a candidate list needs the columns {LIST_COLUMNS}; missing {missing}")
         paths[name] = path
     return paths
 

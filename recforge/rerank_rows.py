@@ -37,6 +37,7 @@ import pandas as pd
 
 from recforge.candidates import feature_columns, group_sizes, labels_for, truth_keys
 from recforge.interactions import IdMaps
+from recforge.rerank import ranked_lists
 from recforge.sizing import is_auto
 
 log = logging.getLogger(__name__)
@@ -148,8 +149,6 @@ class ValRows:
 
         A block's users are all its own (iter_part's blocks hold whole users), so cutting each block alone
         gives the lists of cutting the whole part, in user order, with one block's rows in memory at a time."""
-        from recforge.rerank import ranked_lists
-
         train_scores = np.asarray(train_scores)
         if len(train_scores) != len(self.train_keys):
             raise ValueError(f"{len(train_scores)} training scores for {len(self.train_keys)} training rows")

@@ -70,6 +70,20 @@ def test_missing_lists_name_the_file_and_the_stage(workspace):
         rerank.read_lists(workspace.params, ["mf"], "val")
 
 
+def test_a_list_file_without_a_list_column_or_not_parquet_names_the_file(workspace):
+    # catches a foreign or truncated list file reaching pyarrow's or candidate_frame's own errors (a KeyError on
+    # 'score' in the middle of the stage) instead of a one-line error naming the file and what is wrong
+    path = Path(workspace.params.paths.lists_dir) / "pop" / "val.parquet"
+    pd.read_parquet(path).drop(columns="score").to_parquet(path)
+    with pytest.raises(
+        RecforgeError, match=r"pop/val\.parquet: a candidate list needs the columns .*missing \['score'\]"
+    ):
+        rerank.list_paths(workspace.params, ["pop"], "val")
+    path.write_bytes(b"not parquet")
+    with pytest.raises(RecforgeError, match=r"pop/val\.parquet: not a readable parquet file"):
+        rerank.read_lists(workspace.params, ["pop"], "val")
+
+
 def test_part_data_never_reads_the_parts_own_events(workspace):
     # catches the leak the issue is about: val features built from a history that contains val, or test
     # features from one without val; lists must be those of the part
@@ -179,8 +193,8 @@ def test_a_list_file_out_of_order_while_streamed_is_an_error(workspace):
 
 
 def test_list_files_list_their_users_in_dense_order(workspace):
-    # catches the train stage writing lists in the split's user order (the rerank stage could then not
-    # stream them): the users come back in dense order, once each, whatever the split's order
+    # catches part_users (the users the train stage writes lists for, in that order) returning the split's
+    # order or repeating a user: the rerank stage could then not stream the lists
     from recforge.stages.train import part_users
 
     split = Path(workspace.params.paths.split_dir) / "val.parquet"
