@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from recforge.params import Params
-from recforge.threads import BUDGET_ENV, available_cores
+from recforge.threads import local_cluster
 
 
 def task_runner(params: Params):
@@ -12,10 +12,10 @@ def task_runner(params: Params):
     ``local``: a thread pool with ``orchestration.dask_workers`` threads (tasks
     in one process). ``dask``: prefect-dask's DaskTaskRunner on the cluster at
     ``orchestration.dask_address``, or a LocalCluster of ``dask_workers``
-    single-threaded worker processes that share this machine's cores: each
-    is told its share (``RECFORGE_THREADS`` = cores // workers, at least 1),
-    so ``threads: auto`` in two workers on 2 cores is one thread each, not
-    two each. A worker of a remote cluster uses its own machine's cores, or
+    single-threaded worker processes that share this machine's cores
+    (``recforge.threads.local_cluster``: each is told its share, so
+    ``threads: auto`` in two workers on 2 cores is one thread each, and none
+    gets the nanny's ``MALLOC_TRIM_THRESHOLD_``). A worker of a remote cluster uses its own machine's cores, or
     the ``RECFORGE_THREADS`` it was started with (docs/orchestration.md,
     "Dask").
     """
@@ -25,16 +25,7 @@ def task_runner(params: Params):
 
         if settings.dask_address:
             return DaskTaskRunner(address=settings.dask_address)
-        return DaskTaskRunner(
-            cluster_class="distributed.LocalCluster",
-            cluster_kwargs={
-                "n_workers": settings.dask_workers,
-                "threads_per_worker": 1,
-                "processes": True,
-                "dashboard_address": None,
-                "env": {BUDGET_ENV: str(max(1, available_cores() // settings.dask_workers))},
-            },
-        )
+        return DaskTaskRunner(cluster_class=local_cluster, cluster_kwargs={"workers": settings.dask_workers})
     from prefect.task_runners import ThreadPoolTaskRunner
 
     return ThreadPoolTaskRunner(max_workers=settings.dask_workers)

@@ -22,7 +22,9 @@ log = logging.getLogger(__name__)
 @contextlib.contextmanager
 def dask_client(address: str | None = None, workers: int = 2) -> Iterator[Any]:
     """The current ``distributed.Client``, a client of the scheduler at ``address``, or a LocalCluster's."""
-    from distributed import Client, LocalCluster, get_client
+    from distributed import Client, get_client
+
+    from recforge.threads import local_cluster
 
     try:
         current = get_client()
@@ -36,7 +38,7 @@ def dask_client(address: str | None = None, workers: int = 2) -> Iterator[Any]:
             yield client
         return
     with (
-        LocalCluster(n_workers=int(workers), threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
+        local_cluster(int(workers)) as cluster,
         Client(cluster) as client,
     ):
         yield client

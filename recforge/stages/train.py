@@ -29,6 +29,7 @@ from recforge.progress import Progress
 from recforge.protocols import FitContext, Refittable, WarmRefit
 from recforge.ranking import batched
 from recforge.sentiment import training_events, weight_summary
+from recforge.threads import BUDGET_ENV, available_cores, limit_threads, slow_malloc_note
 from recforge.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,9 @@ def run_train(params: Params, variant: str | None = None) -> None:
     if variant is not None and variant not in params.recommenders:
         raise RecforgeError(f"train: '{variant}' is not in recommenders ({', '.join(params.recommenders)})")
     names = [variant] if variant is not None else list(params.recommenders)
+    note = slow_malloc_note()
+    if note:
+        log.warning("train: %s", note)
     workers = train_workers(params.train.workers, len(names))
     if workers <= 1:
         workspace = Workspace(params)
@@ -51,7 +55,6 @@ def run_train(params: Params, variant: str | None = None) -> None:
 def train_workers(value: int | str, models: int) -> int:
     """``train.workers`` as a count: ``auto`` is min(available cores, models); never more than the models."""
     from recforge.sizing import is_auto
-    from recforge.threads import available_cores
 
     return max(1, min(models, available_cores() if is_auto(value) else int(value)))
 
@@ -64,8 +67,6 @@ def _train_parallel(params: Params, names: list[str], workers: int) -> None:
     spawned, not forked, so no OpenMP or torch state is copied from this one."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
-
-    from recforge.threads import available_cores
 
     threads = max(1, available_cores() // workers)
     order = sorted(names, key=lambda name: params.plugin_of(name) != "sequential")
@@ -81,8 +82,6 @@ def _train_parallel(params: Params, names: list[str], workers: int) -> None:
 
 def _init_worker(threads: int, level: int) -> None:
     import os
-
-    from recforge.threads import BUDGET_ENV, limit_threads
 
     os.environ[BUDGET_ENV] = str(threads)
     limit_threads(threads)  # BLAS/OpenMP/torch of this process: its share of the cores

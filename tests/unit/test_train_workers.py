@@ -60,3 +60,36 @@ def test_workers_rule(monkeypatch) -> None:
     assert train_workers(1, 8) == 1
     with pytest.raises(RecforgeError, match="train.workers"):
         load_params(None, ["train.workers=0"])
+
+
+@pytest.mark.parametrize("workers", [0, -1, True, 1.5, "2"])
+def test_a_local_cluster_needs_a_whole_number_of_workers(workers) -> None:
+    """Catches a LocalCluster started with no worker (a flow that waits for ever) or a count that is not a
+    whole number, before any process starts."""
+    from recforge.threads import local_cluster
+
+    with pytest.raises(ValueError, match="at least one worker"):
+        local_cluster(workers)
+
+
+def test_the_train_stage_warns_when_started_with_dasks_malloc_trim(
+    tmp_path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Catches a remote Dask worker's slow allocator (MALLOC_TRIM_THRESHOLD_, 1.7 times slower torch epochs)
+    going unmentioned, and a warning given to a process started without it."""
+    import logging
+
+    from recforge.threads import slow_malloc_note
+
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
+    assert slow_malloc_note() is None
+    params = load_params(None, tmp_overrides(tmp_path) + SMALL)
+    run_pipeline(params, ["ingest", "validate", "split", "encode"])
+    with caplog.at_level(logging.WARNING, logger="recforge"):
+        run_train(params, "popularity")
+    assert "MALLOC_TRIM_THRESHOLD_" not in caplog.text
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "65536")
+    with caplog.at_level(logging.WARNING, logger="recforge"):
+        run_train(params, "popularity")
+    warned = [r.getMessage() for r in caplog.records if "MALLOC_TRIM_THRESHOLD_=65536" in r.getMessage()]
+    assert len(warned) == 1 and warned[0].startswith("train: this process was started with"), warned
