@@ -19,9 +19,11 @@ trains exactly that long without validation, or, with ``refit: warm``,
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -71,6 +73,22 @@ def _seed_offset(value: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= SEED_OFFSET_MAX:
         raise ValueError(f"seed_offset must be an integer in [0, {SEED_OFFSET_MAX}], got {value!r}")
     return value
+
+
+# torch's random generator (initial weights, dropout) and its intra-op thread count belong to the process: two
+# models trained at once in one process's threads (the flow's local runner) drew from one generator in an order
+# set by the threads' timing, so a run's weights changed from run to run. A process trains one model at a time;
+# models in other processes (train.workers, Dask workers) are not held.
+_TRAINING = threading.RLock()
+
+
+def _one_at_a_time(method):
+    @functools.wraps(method)
+    def held(*args, **kwargs):
+        with _TRAINING:
+            return method(*args, **kwargs)
+
+    return held
 
 
 def _torch():
@@ -295,6 +313,7 @@ class Sequential:
                 end = start + 1 if start > 0 else 0
         return np.stack(rows) if rows else np.zeros((0, width), dtype=np.int64)
 
+    @_one_at_a_time
     def fit(self, train: Interactions, *, context: FitContext) -> Sequential:
         cfg = self.config
         _set_threads(cfg["threads"])
@@ -393,6 +412,7 @@ class Sequential:
             logits, torch.zeros(len(logits), dtype=torch.long, device=logits.device)
         )
 
+    @_one_at_a_time
     def warm_refit(self, train: Interactions, *, context: FitContext) -> Sequential | None:
         """WarmRefit: with ``refit: warm``, a new model that continues this fit's chosen weights on ``train``
         (train + val) for :func:`warm_refit_epochs` epochs, no early stopping; None with ``refit: scratch``."""

@@ -111,6 +111,31 @@ def test_same_seed_and_thread_count_give_identical_weights(topical) -> None:  # 
         assert np.array_equal(value.numpy(), second.net.state_dict()[name].numpy()), name
 
 
+def test_two_fits_in_one_process_at_once_are_the_fits_alone(topical) -> None:  # noqa: F811
+    """The flow's local runner trains GRU and SASRec in two threads of one process. Catches their dropout and
+    initial weights drawn from torch's one generator in the threads' order (each run's weights differed)."""
+    import threading
+
+    events, context, _ = topical
+    options = {**SMALL, "epochs": 3, "dropout": 0.3}
+    alone = {cell: Sequential(cell=cell, **options).fit(events, context=context) for cell in ("gru", "sasrec")}
+    together: dict = {}
+    start = threading.Barrier(2)
+
+    def fit(cell: str) -> None:
+        start.wait()
+        together[cell] = Sequential(cell=cell, **options).fit(events, context=context)
+
+    threads = [threading.Thread(target=fit, args=(cell,)) for cell in ("gru", "sasrec")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for cell, model in alone.items():
+        for name, value in model.net.state_dict().items():
+            assert np.array_equal(value.numpy(), together[cell].net.state_dict()[name].numpy()), (cell, name)
+
+
 def test_threads_option() -> None:
     assert resolve_threads("auto") == available_cores() == resolve_threads(None)
     assert resolve_threads(3) == 3
