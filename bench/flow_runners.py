@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/flow_runners.py --config configs/quality.yaml \\
         --path ../shared/data/ml-latest-small --runners local dask:1 dask:2 --out /tmp/bench-runners
+    .venv/bin/python bench/flow_runners.py --format synthetic --runners dask:2 -S data.synthetic.num_users=50000 ...
 
 Each runner gets a fresh workspace under ``--out/<runner>`` (its own params.yaml:
 the config, the dataset, every path under that folder, ``orchestration.runner``
@@ -50,11 +51,13 @@ def runner_settings(label: str) -> dict:
     return {"runner": "dask", "dask_workers": int(workers)}
 
 
-def workspace(out: Path, config: Path, data_format: str, path: str | None, orchestration: dict) -> Path:
+def workspace(
+    out: Path, config: Path, data_format: str, path: str | None, orchestration: dict, sets: list[str] | None = None
+) -> Path:
     from recforge.params import load_params, paths_under
 
     out.mkdir(parents=True, exist_ok=True)
-    overrides = paths_under(out.resolve()) + [f"data.format={data_format}"]
+    overrides = paths_under(out.resolve()) + [f"data.format={data_format}"] + list(sets or [])
     if path:
         overrides.append(f"data.path={Path(path).resolve()}")
     params = load_params(config, overrides).to_dict()
@@ -70,6 +73,7 @@ def main() -> None:
     parser.add_argument("--path", default=None, help="dataset path (not needed for synthetic)")
     parser.add_argument("--runners", nargs="+", default=["local", "dask:2"])
     parser.add_argument("--out", type=Path, default=Path("/tmp/bench-runners"))
+    parser.add_argument("-S", "--set", dest="sets", action="append", default=[], help="a params override, as -S")
     args = parser.parse_args()
     runners = {label: runner_settings(label) for label in args.runners}
 
@@ -77,7 +81,9 @@ def main() -> None:
     env.setdefault("PREFECT_HOME", str(args.out.resolve() / "prefect-home"))
     rows = ["| runner | wall s | CPU s | test NDCG@10 (rerank) |", "|---|---:|---:|---:|"]
     for label, orchestration in runners.items():
-        directory = workspace(args.out / label.replace(":", "-"), args.config, args.format, args.path, orchestration)
+        directory = workspace(
+            args.out / label.replace(":", "-"), args.config, args.format, args.path, orchestration, args.sets
+        )
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         started = time.perf_counter()
         log = directory / "flow.log"
