@@ -37,6 +37,11 @@ def available_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def core_share(workers: int) -> int:
+    """Each of ``workers`` processes' share of this process's cores: cores // workers, at least 1."""
+    return max(1, available_cores() // workers)
+
+
 def resolve_threads(value: int | str | None, *, default: int | str | None = AUTO) -> int:
     """A ``threads`` option as a count: ``auto`` (or None with ``default`` auto) is every available core.
 
@@ -113,7 +118,7 @@ def local_cluster(workers: int):
                 threads_per_worker=1,
                 processes=True,
                 dashboard_address=None,
-                env={BUDGET_ENV: str(max(1, available_cores() // workers))},
+                env={BUDGET_ENV: str(core_share(workers))},
             )
     finally:
         if saved is not None:

@@ -29,7 +29,7 @@ from recforge.progress import Progress
 from recforge.protocols import FitContext, Refittable, WarmRefit
 from recforge.ranking import batched
 from recforge.sentiment import training_events, weight_summary
-from recforge.threads import BUDGET_ENV, available_cores, limit_threads, slow_malloc_note
+from recforge.threads import BUDGET_ENV, available_cores, core_share, limit_threads, slow_malloc_note
 from recforge.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -68,7 +68,7 @@ def _train_parallel(params: Params, names: list[str], workers: int) -> None:
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    threads = max(1, available_cores() // workers)
+    threads = core_share(workers)
     order = sorted(names, key=lambda name: params.plugin_of(name) != "sequential")
     log.info("train: %d recommenders on %d worker processes, %d thread(s) each", len(names), workers, threads)
     context = multiprocessing.get_context("spawn")
