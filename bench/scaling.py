@@ -27,6 +27,14 @@ val and test users, in blocks of rerank.block_users), rerank (the whole re-rank 
 fit, lists). Each model fit is the train stage's protocol: fit on train +
 lists for val users, refit on train+val + lists for test users.
 
+Cores (``--cores 1 2 4 ...``): the chosen stages again with each process pinned to the first N of the
+cores this process may use (``os.sched_setaffinity``; ``threads: auto`` and ``train.workers: auto`` follow
+the affinity, ``RECFORGE_THREADS`` is dropped from the stages' environment); counts above what the
+machine has are skipped with a note. Writes cores.md (wall and CPU seconds per stage and core count, the
+speed-up over the smallest count) and cores.png beside the size table; the size table keeps the
+unpinned runs. On the workspace of an earlier run, e.g. the 1M profile's train and rerank stages:
+``--profile configs/quality.yaml --sizes 1m --stages train:gru train:mf rerank --cores 1 2 4 8 16``.
+
 Writes bench/results/scaling/{results.jsonl,scaling.md,scaling.png}; the table
 gives, per stage, wall and CPU seconds and peak MiB per size, and the fitted
 exponent b of CPU seconds ~ n^b (least squares on log-log over all measured
@@ -187,10 +195,32 @@ def child(stage: str, workdir: Path) -> dict:
     }
 
 
-def run_size(label: str, n: int, stages: list[str], timeout: float, params: dict | None = None) -> list[dict]:
+def pinned_cores(counts: list[int]) -> dict[int, list[int]]:
+    """Each count's CPU set (the first N of this process's affinity); counts the machine lacks are left out."""
+    if any(isinstance(c, bool) or not isinstance(c, int) or c < 1 for c in counts):
+        raise SystemExit(f"--cores takes positive whole numbers, got {counts}")
+    mine = sorted(os.sched_getaffinity(0))
+    for count in counts:
+        if count > len(mine):
+            print(f"--cores {count}: skipped, this process may use {len(mine)} cores", flush=True)
+    return {c: mine[:c] for c in dict.fromkeys(counts) if c <= len(mine)}
+
+
+def run_size(
+    label: str,
+    n: int,
+    stages: list[str],
+    timeout: float,
+    params: dict | None = None,
+    cpus: list[int] | None = None,
+) -> list[dict]:
+    """Run ``stages`` of size ``label`` one process each (pinned to ``cpus`` when given); append the rows."""
     workdir = RESULTS / label
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "params.yaml").write_text(yaml.safe_dump(params or params_for(n), sort_keys=False))
+    env = dict(os.environ)
+    if cpus is not None:
+        env.pop("RECFORGE_THREADS", None)  # the stage's share follows its pinned affinity, not an inherited budget
     rows = []
     for stage in stages:
         started = time.perf_counter()
@@ -199,6 +229,8 @@ def run_size(label: str, n: int, stages: list[str], timeout: float, params: dict
             capture_output=True,
             text=True,
             timeout=timeout,
+            env=env,
+            preexec_fn=None if cpus is None else (lambda: os.sched_setaffinity(0, cpus)),
         )
         if done.returncode != 0:
             row = {
@@ -208,6 +240,8 @@ def run_size(label: str, n: int, stages: list[str], timeout: float, params: dict
         else:
             row = json.loads(done.stdout.strip().splitlines()[-1])
         row.update(size=label, interactions=n, wall_seconds=round(time.perf_counter() - started, 1))
+        if cpus is not None:
+            row["cores"] = len(cpus)
         rows.append(row)
         with open(RESULTS / "results.jsonl", "a") as handle:
             handle.write(json.dumps(row) + "\n")
@@ -235,8 +269,10 @@ def report(rows: list[dict]) -> str:
 
     latest: dict[tuple[str, str], dict] = {}
     for row in rows:
-        if "error" not in row:
+        if "error" not in row and "cores" not in row:
             latest[(row["size"], row["stage"])] = row
+    if not latest:
+        return ""
     sizes = [s for s in SIZES if any(key[0] == s for key in latest)]
     header = (
         "| stage | "
@@ -312,6 +348,61 @@ def report(rows: list[dict]) -> str:
     return table
 
 
+def cores_report(rows: list[dict]) -> str:
+    """cores.md / cores.png: the latest pinned run of each (size, stage, cores), speed-up over the fewest cores."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    latest: dict[tuple[str, str, int], dict] = {}
+    for row in rows:
+        if "error" not in row and "cores" in row:
+            latest[(row["size"], row["stage"], row["cores"])] = row
+    if not latest:
+        return ""
+    counts = sorted({key[2] for key in latest})
+    lines = [
+        "| size | stage | "
+        + " | ".join(f"{c} core{'s' * (c > 1)} wall / CPU s" for c in counts)
+        + " | speed-up at the most cores |",
+        "|" + "---|" * (len(counts) + 3),
+    ]
+    fig, ax = plt.subplots(figsize=(7, 5))
+    pairs = list(dict.fromkeys((size, stage) for size, stage, _ in latest))
+    for size, stage in pairs:
+        measured = [(c, latest[(size, stage, c)]) for c in counts if (size, stage, c) in latest]
+        cells = [
+            f"{latest[(size, stage, c)]['seconds']:.1f} / {latest[(size, stage, c)]['cpu_seconds']:.1f}"
+            if (size, stage, c) in latest
+            else "-"
+            for c in counts
+        ]
+        first, last = measured[0], measured[-1]
+        speedup = first[1]["seconds"] / max(last[1]["seconds"], 1e-9)
+        lines.append(
+            f"| {size} | {stage} | " + " | ".join(cells) + f" | {speedup:.2f}x ({first[0]} -> {last[0]} cores) |"
+        )
+        if len(measured) >= 2:
+            ax.plot([c for c, _ in measured], [r["seconds"] for _, r in measured], marker="o", label=f"{size} {stage}")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("cores (process pinned)")
+    ax.set_ylabel("wall seconds")
+    ax.set_title("recforge stage time vs cores (a halving per doubling is perfect scaling)")
+    ax.grid(alpha=0.3, which="both")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(RESULTS / "cores.png", dpi=100)
+    plt.close(fig)
+    table = "\n".join(lines)
+    (RESULTS / "cores.md").write_text(
+        "# recforge: wall / CPU seconds per stage, each process pinned to N cores\n\n" + table + "\n"
+    )
+    return table
+
+
 def main() -> None:
     global RESULTS, SIZES, STAGES
     parser = argparse.ArgumentParser(description="time and peak memory per stage vs data size")
@@ -320,6 +411,9 @@ def main() -> None:
     parser.add_argument("--profile", type=Path, help="a params file (e.g. configs/quality.yaml): its whole pipeline")
     parser.add_argument("--data", type=Path, help="the ml-latest-small directory, for the ml-small size")
     parser.add_argument("--timeout", type=float, default=7200, help="seconds per stage")
+    parser.add_argument(
+        "--cores", nargs="+", type=int, help="run the stages again pinned to each count of cores (e.g. 1 2 4 8 16)"
+    )
     parser.add_argument("--report-only", action="store_true")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
@@ -337,12 +431,15 @@ def main() -> None:
         sizes = args.sizes or ["100k", "1m"]
         plans = dict.fromkeys(sizes)
     RESULTS.mkdir(parents=True, exist_ok=True)
+    pins = pinned_cores(args.cores) if args.cores else {None: None}
     if not args.report_only:
         for label in sizes:
             stages = args.stages or (profile_stages(plans[label]) if plans[label] else STAGES)
-            run_size(label, SIZES[label], stages, args.timeout, plans[label])
+            for cpus in pins.values():
+                run_size(label, SIZES[label], stages, args.timeout, plans[label], cpus)
     rows = [json.loads(line) for line in (RESULTS / "results.jsonl").read_text().splitlines() if line.strip()]
     print(report(rows))
+    print(cores_report(rows))
 
 
 if __name__ == "__main__":
