@@ -49,6 +49,7 @@ import json
 import logging
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -218,6 +219,9 @@ def run_size(
     workdir = RESULTS / label
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "params.yaml").write_text(yaml.safe_dump(params or params_for(n), sort_keys=False))
+    if "encode" in stages:  # a cached embedding from an earlier pass would time a file read, not the encoder
+        cache_dir = ((params or {}).get("paths") or {}).get("cache_dir", ".recforge-cache")
+        shutil.rmtree(workdir / cache_dir / "embeddings", ignore_errors=True)
     env = dict(os.environ)
     if cpus is not None:
         env.pop("RECFORGE_THREADS", None)  # the stage's share follows its pinned affinity, not an inherited budget
