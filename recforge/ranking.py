@@ -35,9 +35,9 @@ def top_k(
         valid = cols >= 0
         mask[rows[valid], cols[valid]] = 0.0
         scores += mask
-    if seen is not None:
-        coo = seen.tocoo()
-        scores[coo.row, coo.col] = -np.inf
+    if seen is not None:  # from the CSR arrays: a COO copy cost a fifth of top_k's time on the per-request path
+        seen = seen if seen.format == "csr" else seen.tocsr()
+        scores[np.repeat(np.arange(n_rows), np.diff(seen.indptr)), seen.indices] = -np.inf
     k_eff = min(k, n_items)
     # stable: sort by (-score, index) using lexsort on the partitioned block
     part = best_unordered(scores, k_eff)

@@ -221,3 +221,16 @@ def test_top_k_keeps_float64_precision_and_float32_scores_give_the_same_lists():
         np.testing.assert_array_equal(got[0], want[0])
         np.testing.assert_array_equal(got[1], want[1])
         assert got[1].dtype == np.float32
+
+
+def test_top_k_masks_seen_given_in_any_sparse_format():
+    # catches the seen mask read from CSR arrays on a matrix of another format (COO has no indptr; CSC's
+    # indptr runs over columns, so its items would be masked in the wrong rows)
+    scores = np.array([[5.0, 4.0, 3.0, 2.0], [1.0, 2.0, 3.0, 4.0], [9.0, 8.0, 7.0, 6.0]])
+    dense = np.array([[1, 0, 0, 0], [0, 0, 0, 1], [0, 0, 0, 0]])
+    want = top_k(scores, 2, seen=sp.csr_matrix(dense))
+    assert want[0].tolist() == [[1, 2], [2, 1], [0, 1]]
+    for other in (sp.coo_matrix(dense), sp.csc_matrix(dense), sp.csr_array(dense)):
+        items, values = top_k(scores, 2, seen=other)
+        assert items.tolist() == want[0].tolist(), other.format
+        assert values.tolist() == want[1].tolist(), other.format
