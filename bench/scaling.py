@@ -372,7 +372,7 @@ def cores_report(rows: list[dict]) -> str:
         + " | speed-up at the most cores |",
         "|" + "---|" * (len(counts) + 3),
     ]
-    fig, ax = plt.subplots(figsize=(7, 5))
+    fig, ax = plt.subplots(figsize=(9, 5))
     pairs = list(dict.fromkeys((size, stage) for size, stage, _ in latest))
     for size, stage in pairs:
         measured = [(c, latest[(size, stage, c)]) for c in counts if (size, stage, c) in latest]
@@ -388,7 +388,15 @@ def cores_report(rows: list[dict]) -> str:
             f"| {size} | {stage} | " + " | ".join(cells) + f" | {speedup:.2f}x ({first[0]} -> {last[0]} cores) |"
         )
         if len(measured) >= 2:
-            ax.plot([c for c, _ in measured], [r["seconds"] for _, r in measured], marker="o", label=f"{size} {stage}")
+            drawn = len(ax.get_lines())  # 20 colours, then the line style changes: no two stages look alike
+            ax.plot(
+                [c for c, _ in measured],
+                [r["seconds"] for _, r in measured],
+                marker="o",
+                color=plt.cm.tab20(drawn % 20),
+                linestyle=("-", "--", ":")[drawn // 20 % 3],
+                label=f"{size} {stage}",
+            )
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xlabel("cores (process pinned)")
@@ -396,7 +404,7 @@ def cores_report(rows: list[dict]) -> str:
     ax.set_title("recforge stage time vs cores (a halving per doubling is perfect scaling)")
     ax.grid(alpha=0.3, which="both")
     if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     fig.savefig(RESULTS / "cores.png", dpi=100)
     plt.close(fig)
