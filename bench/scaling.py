@@ -198,7 +198,7 @@ def child(stage: str, workdir: Path) -> dict:
 
 def pinned_cores(counts: list[int]) -> dict[int, list[int]]:
     """Each count's CPU set (the first N of this process's affinity); counts the machine lacks are left out."""
-    if any(isinstance(c, bool) or not isinstance(c, int) or c < 1 for c in counts):
+    if any(c < 1 for c in counts):  # argparse gave whole numbers
         raise SystemExit(f"--cores takes positive whole numbers, got {counts}")
     mine = sorted(os.sched_getaffinity(0))
     for count in counts:
@@ -220,8 +220,10 @@ def run_size(
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "params.yaml").write_text(yaml.safe_dump(params or params_for(n), sort_keys=False))
     if "encode" in stages:  # a cached embedding from an earlier pass would time a file read, not the encoder
-        cache_dir = ((params or {}).get("paths") or {}).get("cache_dir", ".recforge-cache")
-        shutil.rmtree(workdir / cache_dir / "embeddings", ignore_errors=True)
+        from recforge.encoding import embedding_cache_dir
+        from recforge.params import load_params
+
+        shutil.rmtree(workdir / embedding_cache_dir(load_params(workdir / "params.yaml")), ignore_errors=True)
     env = dict(os.environ)
     if cpus is not None:
         env.pop("RECFORGE_THREADS", None)  # the stage's share follows its pinned affinity, not an inherited budget

@@ -64,11 +64,16 @@ def fitted_encoder(params: Params, name: str, texts: Sequence[str]):
     return encoder
 
 
+def embedding_cache_dir(params: Params) -> Path:
+    """The folder of cached item and user embeddings (one entry per encoder, options and text digest)."""
+    return Path(params.paths.cache_dir) / "embeddings"
+
+
 def encode_items(params: Params, name: str, texts: list[str], digest: str):
     """(vectors, encoder state directory, the encoder when fitted here, else None) for one encoder,
     from the cache when possible."""
     options = dict(params.encode.options.get(name, {}))
-    cache = Path(params.paths.cache_dir) / "embeddings" / f"{name}-{cache_key(name, options, digest)}"
+    cache = embedding_cache_dir(params) / f"{name}-{cache_key(name, options, digest)}"
     if (cache / "items.npy").exists() and (cache / "encoder").exists():
         vectors = np.load(cache / "items.npy", allow_pickle=False)
         log.info("encoder %s: %d items from cache", name, len(vectors))

@@ -17,7 +17,14 @@ from typing import Any
 import numpy as np
 
 from recforge.artifacts import atomic_dir, write_npy
-from recforge.encoding import cache_key, encode_items, encoder_state_dir, load_encoder_state, text_digest
+from recforge.encoding import (
+    cache_key,
+    embedding_cache_dir,
+    encode_items,
+    encoder_state_dir,
+    load_encoder_state,
+    text_digest,
+)
 from recforge.params import Params
 from recforge.text import item_texts
 from recforge.workspace import Workspace
@@ -31,7 +38,7 @@ def _encode_user_texts(params: Params, name: str, encoder, texts: list[str], ite
     """Embeddings of the users' own texts (cached like the items; empty texts give zero rows)."""
     options = dict(params.encode.options.get(name, {}))
     key = cache_key(name, options, item_digest + text_digest(texts))
-    cached = Path(params.paths.cache_dir) / "embeddings" / f"{name}-users-{key}.npy"
+    cached = embedding_cache_dir(params) / f"{name}-users-{key}.npy"
     if cached.exists():
         return np.load(cached, allow_pickle=False)
     present = [i for i, t in enumerate(texts) if t]
